@@ -1,0 +1,184 @@
+"""The job record, its states, and the queue interface the handlers and the GPU consumer use.
+
+Today the queue is SQLite (``bot.queue.SqliteQueue``); one GPU consumer per GPU, or a
+PostgreSQL queue serving several GPU hosts, implement the same ``JobQueue`` protocol.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from generator.options import Backend, Intensity, PhotoType
+
+
+class Status(enum.StrEnum):
+    """Where a job is. A row's status is the truth."""
+
+    QUEUED = "queued"  # accepted, photo on disk, waiting for the GPU consumer
+    RUNNING = "running"  # claimed by a consumer (heartbeat_at says it is alive)
+    SENDING = "sending"  # clip made (video_path set), being uploaded to the chat
+    DONE = "done"  # delivered
+    FAILED = "failed"  # gave up; ``error`` holds the text the user was sent
+    CANCELLED = "cancelled"  # by its owner
+    EXPIRED = "expired"  # waited longer than the queue's time-to-live
+
+
+ACTIVE = frozenset({Status.QUEUED, Status.RUNNING, Status.SENDING})
+TERMINAL = frozenset({Status.DONE, Status.FAILED, Status.CANCELLED, Status.EXPIRED})
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """What the user picked on the settings card."""
+
+    backend: Backend = Backend.AUTO
+    intensity: Intensity = Intensity.MODERATE
+    photo_type: PhotoType = PhotoType.PORTRAIT
+    duration: int | None = None  # Veo seconds (4/6/8); None = backend default
+    custom_elements: tuple[str, ...] = ()
+    motion: int | None = None  # explicit motion bucket (More/Less motion buttons)
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """What the handlers hand to ``enqueue``.
+
+    ``dedupe_key`` makes enqueue idempotent: a second enqueue with the same key (a double
+    tap on Animate) returns the first job instead of creating another.
+    """
+
+    user_id: int
+    chat_id: int
+    photo_message_id: int  # the user's photo message, the video replies to it
+    photo_path: str  # photo saved in the data folder
+    options: JobOptions
+    dedupe_key: str
+    status_message_id: int | None = None  # the card that became the status message
+    max_attempts: int = 3
+
+
+@dataclass(frozen=True)
+class Job:
+    """One row of the jobs table, frozen. Timestamps are UNIX seconds (float)."""
+
+    id: int
+    user_id: int
+    chat_id: int
+    photo_message_id: int
+    photo_path: str
+    options: JobOptions
+    status: Status
+    dedupe_key: str
+    status_message_id: int | None = None
+    attempts: int = 0
+    max_attempts: int = 3
+    created_at: float = 0.0
+    started_at: float | None = None
+    heartbeat_at: float | None = None
+    finished_at: float | None = None
+    worker_id: str | None = None
+    used_backend: Backend | None = None
+    fallback_reason: str | None = None
+    veo_operation: str | None = None
+    cost_usd: float = 0.0
+    error: str | None = None
+    video_path: str | None = None
+    video_file_id: str | None = None
+    video_size: int | None = None
+    video_duration: float | None = None
+    video_width: int | None = None
+    video_height: int | None = None
+    seed: int | None = None
+    extra: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE
+
+    def info(self) -> str:
+        """One-line identity for log lines."""
+        return f"job {self.id} (user {self.user_id}, {self.status}, attempt {self.attempts})"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What ``finish`` records. Fields left ``None`` keep their stored value."""
+
+    status: Status
+    error: str | None = None
+    used_backend: Backend | None = None
+    fallback_reason: str | None = None
+    cost_usd: float | None = None
+    video_path: str | None = None
+    video_file_id: str | None = None
+    video_size: int | None = None
+    video_duration: float | None = None
+    video_width: int | None = None
+    video_height: int | None = None
+    seed: int | None = None
+
+
+def is_stale(job: Job, now: float, timeout: float) -> bool:
+    """A running job whose consumer stopped beating for ``timeout`` seconds."""
+    if job.status is not Status.RUNNING:
+        return False
+    last = job.heartbeat_at or job.started_at or job.created_at
+    return now - last > timeout
+
+
+def can_retry(job: Job) -> bool:
+    """Whether a stale or interrupted job may run again."""
+    return job.attempts < job.max_attempts
+
+
+def is_expired(job: Job, now: float, ttl: float) -> bool:
+    """A queued job that waited longer than the queue's time-to-live."""
+    return job.status is Status.QUEUED and ttl > 0 and now - job.created_at > ttl
+
+
+class JobQueue(Protocol):
+    """The small interface every queue implements. All methods are safe to call concurrently."""
+
+    async def enqueue(self, new: NewJob, *, now: float) -> Job:
+        """Store a queued job (idempotent on ``dedupe_key``) and return it."""
+
+    async def claim(self, worker_id: str, *, now: float) -> Job | None:
+        """Atomically take the next job, fairly between users (least recently served first),
+        mark it running, ``attempts += 1``; ``None`` when nothing is queued."""
+
+    async def heartbeat(self, job_id: int, *, now: float) -> None:
+        """Record that the consumer running ``job_id`` is alive."""
+
+    async def set_veo_operation(self, job_id: int, name: str) -> None:
+        """Remember a submitted Veo operation so a restart resumes it instead of paying again."""
+
+    async def mark_sending(self, job_id: int, outcome: Outcome, *, now: float) -> Job:
+        """The clip is made: record it (status ``sending``) before uploading."""
+
+    async def finish(self, job_id: int, outcome: Outcome, *, now: float) -> Job:
+        """Record a terminal outcome (done, failed, cancelled, expired)."""
+
+    async def requeue(self, job_id: int, *, now: float) -> Job:
+        """Put a running job back in the queue (shutdown, retryable error)."""
+
+    async def recover(self, *, now: float, stale_after: float) -> list[Job]:
+        """Requeue stale running jobs (or fail them past ``max_attempts``) and expire old
+        queued ones; return the jobs whose status changed."""
+
+    async def cancel(self, job_id: int, user_id: int, *, now: float) -> Job | None:
+        """Owner's cancel: a queued job becomes cancelled at once; a running one gets its
+        ``cancel_requested`` flag (the consumer stops at the next step). ``None`` if not
+        the owner's or already finished."""
+
+    async def cancel_requested(self, job_id: int) -> bool:
+        """Whether the owner asked to stop this running job."""
+
+    async def get(self, job_id: int) -> Job | None: ...
+
+    async def position(self, job_id: int) -> int | None:
+        """1-based place in the claim order among queued jobs; ``None`` if not queued."""
+
+    async def queued(self) -> list[Job]:
+        """Queued jobs in claim order."""

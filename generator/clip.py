@@ -1,0 +1,67 @@
+"""The result of one generation, and the progress events reported while it runs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from generator.options import Backend
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a running generation is.
+
+    ``stage`` is one of ``"loading"``, ``"denoising"``, ``"decoding"``, ``"submitted"``,
+    ``"polling"``, ``"downloading"``, ``"encoding"``. ``step``/``total`` count SVD
+    denoising steps (0/0 where there are none); ``elapsed`` is seconds since the stage began.
+    """
+
+    stage: str
+    step: int = 0
+    total: int = 0
+    elapsed: float = 0.0
+    backend: Backend | None = None
+
+
+#: Called with each progress event; must be cheap and must not raise.
+ProgressFn = Callable[[Progress], None]
+#: Polled between steps; returning True asks the generation to stop (raises ``Cancelled``).
+CancelFn = Callable[[], bool]
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What ffmpeg wrote: an H.264/yuv420p MP4 with ``+faststart``, and its thumbnail."""
+
+    path: Path
+    width: int
+    height: int
+    fps: float
+    frames: int
+    duration: float
+    size_bytes: int
+    thumbnail: Path | None = None
+
+
+@dataclass(frozen=True)
+class Clip:
+    """A finished clip.
+
+    ``backend`` is the engine that made it (never ``AUTO``); ``fallback_reason`` is a
+    sentence a person can read when ``auto`` had to use SVD; ``cost_usd`` is what Veo
+    charged (0 for SVD).
+    """
+
+    video: VideoInfo
+    backend: Backend
+    seed: int | None = None
+    fallback_reason: str | None = None
+    cost_usd: float = 0.0
+    seconds: float = 0.0
+    veo_operation: str | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.video.path
