@@ -1,0 +1,254 @@
+"""Typed callback payloads and the inline keyboards built from them.
+
+Each payload is a frozen dataclass with a ``PREFIX``; ``pack()`` writes ``prefix:field:field``
+and refuses anything over Telegram's 64-byte limit, ``unpack()`` raises ``ValueError`` on a
+payload of another layout. A new layout gets a new prefix, so old buttons fail to unpack
+and take the "expired" path instead of doing the wrong thing (model: aiogram's CallbackData).
+
+Example::
+
+    >>> ResultAction(job_id=7, action="more").pack()
+    'r1:7:more'
+    >>> ResultAction.unpack('r1:7:more')
+    ResultAction(job_id=7, action='more')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar, Self
+
+from telegram import InlineKeyboardButton, InlineKeyboardMarkup
+
+from bot import texts
+from bot.jobs import JobOptions
+from generator.options import VEO_DURATIONS, Backend, Intensity, PhotoType
+
+#: Telegram rejects callback_data longer than this many bytes (UTF-8).
+MAX_CALLBACK_BYTES = 64
+SEPARATOR = ":"
+
+
+class Payload:
+    """Base of the typed callback payloads: ``PREFIX`` plus str/int fields."""
+
+    PREFIX: ClassVar[str] = ""
+
+    def pack(self) -> str:
+        """``PREFIX:field:...``; ``ValueError`` if a value holds the separator or it is too long."""
+        parts = [self.PREFIX]
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = str(getattr(self, f.name))
+            if SEPARATOR in value:
+                raise ValueError(f"{f.name} may not contain {SEPARATOR!r}: {value!r}")
+            parts.append(value)
+        packed = SEPARATOR.join(parts)
+        if len(packed.encode()) > MAX_CALLBACK_BYTES:
+            raise ValueError(f"callback data is over {MAX_CALLBACK_BYTES} bytes: {packed!r}")
+        return packed
+
+    @classmethod
+    def unpack(cls, data: str) -> Self:
+        """Parse ``data`` packed by this class; ``ValueError`` for anything else."""
+        if not isinstance(data, str):
+            raise ValueError(f"expected a string, got {type(data).__name__}")
+        prefix, *values = data.split(SEPARATOR)
+        if prefix != cls.PREFIX:
+            raise ValueError(f"prefix {prefix!r} is not {cls.PREFIX!r}")
+        fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+        if len(values) != len(fields):
+            raise ValueError(f"{cls.__name__} takes {len(fields)} values, got {len(values)}")
+        hints = typing.get_type_hints(cls)
+        kwargs: dict[str, Any] = {}
+        for f, raw in zip(fields, values, strict=True):
+            kwargs[f.name] = int(raw) if hints[f.name] is int else raw  # int() raises ValueError
+        return cls(**kwargs)
+
+    @classmethod
+    def matches(cls, data: object) -> bool:
+        """``CallbackQueryHandler`` pattern: whether ``data`` unpacks as this class."""
+        try:
+            cls.unpack(data)  # type: ignore[arg-type]
+        except (ValueError, TypeError):
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class CardOption(Payload):
+    """A choice on a settings card: ``field`` is one of ``CARD_FIELDS``; ``value`` its value."""
+
+    PREFIX: ClassVar[str] = "c1"
+    field: str
+    value: str
+
+    def __post_init__(self) -> None:
+        # Check the value here so unpack() refuses a payload that names no real option.
+        parse = CARD_FIELDS.get(self.field)
+        if parse is None:
+            raise ValueError(f"unknown card field {self.field!r}")
+        parse(self.value)
+
+    def apply(self, options: JobOptions) -> JobOptions:
+        """The card's options with this choice made."""
+        name = _FIELD_NAMES[self.field]
+        return dataclasses.replace(options, **{name: CARD_FIELDS[self.field](self.value)})
+
+
+@dataclass(frozen=True)
+class Animate(Payload):
+    """The settings card's Animate button (the card is found by the pressed message)."""
+
+    PREFIX: ClassVar[str] = "a1"
+
+
+@dataclass(frozen=True)
+class CancelCard(Payload):
+    """The settings card's Cancel button: drop the card without making anything."""
+
+    PREFIX: ClassVar[str] = "x1"
+
+
+@dataclass(frozen=True)
+class JobCancel(Payload):
+    """Cancel a queued or running job from its status message."""
+
+    PREFIX: ClassVar[str] = "j1"
+    job_id: int
+
+
+RESULT_ACTIONS = ("again", "more", "less", "other")
+
+
+@dataclass(frozen=True)
+class ResultAction(Payload):
+    """A button under a delivered video: make another clip from the same photo."""
+
+    PREFIX: ClassVar[str] = "r1"
+    job_id: int
+    action: str
+
+    def __post_init__(self) -> None:
+        if self.action not in RESULT_ACTIONS:
+            raise ValueError(f"unknown result action {self.action!r}")
+
+
+@dataclass(frozen=True)
+class HistoryResend(Payload):
+    """A /history button: send a finished video again."""
+
+    PREFIX: ClassVar[str] = "h1"
+    job_id: int
+
+
+def _duration(value: str) -> int | None:
+    if value == "default":
+        return None
+    seconds = int(value)
+    if seconds not in VEO_DURATIONS:
+        raise ValueError(f"duration {seconds} is not one of {VEO_DURATIONS}")
+    return seconds
+
+
+#: Short field codes (callback data is small) and how each value string is parsed.
+CARD_FIELDS: dict[str, Any] = {
+    "i": Intensity,
+    "b": Backend,
+    "t": PhotoType,
+    "d": _duration,
+}
+_FIELD_NAMES = {"i": "intensity", "b": "backend", "t": "photo_type", "d": "duration"}
+
+ALL_PAYLOADS: tuple[type[Payload], ...] = (
+    CardOption,
+    Animate,
+    CancelCard,
+    JobCancel,
+    ResultAction,
+    HistoryResend,
+)
+
+
+def is_known(data: object) -> bool:
+    """Whether ``data`` is any current payload; everything else is a stale button."""
+    return any(cls.matches(data) for cls in ALL_PAYLOADS)
+
+
+def _button(text: str, payload: Payload, chosen: bool = False) -> InlineKeyboardButton:
+    return InlineKeyboardButton(texts.ticked(text, chosen), callback_data=payload.pack())
+
+
+def settings_keyboard(
+    options: JobOptions, *, veo_cost_usd: float | None = None
+) -> InlineKeyboardMarkup:
+    """The settings card's buttons, the current choices ticked.
+
+    ``veo_cost_usd`` is Veo's estimate for these options; ``None`` means Veo is not
+    configured, so neither the Veo button nor the duration row (Veo-only) appears.
+    """
+    veo = veo_cost_usd is not None
+    rows = [
+        [
+            _button(texts.INTENSITY_LABELS[i], CardOption("i", i.value), options.intensity is i)
+            for i in Intensity
+        ],
+        [
+            _button(
+                texts.backend_label(b, veo_cost_usd), CardOption("b", b.value), options.backend is b
+            )
+            for b in Backend
+            if veo or b is not Backend.VEO
+        ],
+    ]
+    types_ = list(PhotoType)
+    type_buttons = [
+        _button(texts.PHOTO_TYPE_LABELS[t], CardOption("t", t.value), options.photo_type is t)
+        for t in types_
+    ]
+    rows += [type_buttons[:3], type_buttons[3:]]
+    # SVD's length is frames / fps, so the row only appears where Veo may make the clip.
+    if veo and options.backend is not Backend.SVD:
+        chosen = options.duration or 8
+        rows.append(
+            [
+                _button(texts.duration_label(s), CardOption("d", str(s)), chosen == s)
+                for s in VEO_DURATIONS
+            ]
+        )
+    rows.append(
+        [
+            InlineKeyboardButton(texts.ANIMATE_BUTTON, callback_data=Animate().pack()),
+            InlineKeyboardButton(texts.CANCEL_BUTTON, callback_data=CancelCard().pack()),
+        ]
+    )
+    return InlineKeyboardMarkup(rows)
+
+
+def status_keyboard(job_id: int) -> InlineKeyboardMarkup:
+    """Under a queued or running job's status message: one Cancel button."""
+    return InlineKeyboardMarkup(
+        [[InlineKeyboardButton(texts.CANCEL_BUTTON, callback_data=JobCancel(job_id).pack())]]
+    )
+
+
+def result_keyboard(job_id: int) -> InlineKeyboardMarkup:
+    """Under a delivered video: Again / More motion / Less motion / Other backend."""
+    buttons = [
+        InlineKeyboardButton(texts.RESULT_LABELS[a], callback_data=ResultAction(job_id, a).pack())
+        for a in RESULT_ACTIONS
+    ]
+    return InlineKeyboardMarkup([buttons[:3], buttons[3:]])
+
+
+def history_keyboard(job_ids: list[tuple[int, str]]) -> InlineKeyboardMarkup | None:
+    """One "resend" button per finished video in /history: ``(job_id, label)`` pairs."""
+    if not job_ids:
+        return None
+    return InlineKeyboardMarkup(
+        [
+            [InlineKeyboardButton(label, callback_data=HistoryResend(job_id).pack())]
+            for job_id, label in job_ids
+        ]
+    )
