@@ -1,0 +1,7 @@
+"""``python -m generator IMAGE ...``: the command-line tool."""
+
+import sys
+
+from generator.cli import main
+
+sys.exit(main())
