@@ -1,0 +1,106 @@
+"""Auto backend rules and the circuit breaker, without clocks or networks."""
+
+from pathlib import Path
+
+import pytest
+
+from generator.errors import (
+    BackendUnavailable,
+    BudgetExceeded,
+    ContentFiltered,
+    RateLimited,
+    TransientError,
+)
+from generator.options import Backend, Request
+from generator.router import (
+    BreakerState,
+    CircuitBreaker,
+    Health,
+    choose_backend,
+    fallback_reason,
+)
+
+OK = Health(veo_configured=True, breaker_allows=True, budget_ok=True)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def req(backend: Backend) -> Request:
+    return Request(image=Path("p.jpg"), backend=backend)
+
+
+def test_auto_uses_veo_when_everything_is_fine():
+    assert choose_backend(req(Backend.AUTO), OK).backend is Backend.VEO
+
+
+@pytest.mark.parametrize(
+    ("health", "words"),
+    [
+        (Health(False, True, True), "not configured"),
+        (Health(True, True, False), "budget"),
+        (Health(True, False, True), "failing"),
+    ],
+)
+def test_auto_falls_back_to_svd_and_says_why(health, words):
+    choice = choose_backend(req(Backend.AUTO), health)
+    assert choice.backend is Backend.SVD
+    assert words in choice.reason
+
+
+def test_explicit_veo_is_refused_with_a_reason_instead_of_silently_using_svd():
+    with pytest.raises(BackendUnavailable, match="credentials"):
+        choose_backend(req(Backend.VEO), Health(False, True, True))
+    with pytest.raises(BudgetExceeded):
+        choose_backend(req(Backend.VEO), Health(True, True, False))
+    with pytest.raises(BackendUnavailable):
+        choose_backend(req(Backend.VEO), Health(True, False, True))
+
+
+def test_svd_is_always_svd():
+    assert choose_backend(req(Backend.SVD), Health(False, False, False)).backend is Backend.SVD
+
+
+def test_fallback_reasons_are_sentences_for_people():
+    assert "safety filter" in fallback_reason(ContentFiltered())
+    assert "rate limit" in fallback_reason(RateLimited())
+    assert "temporary" in fallback_reason(TransientError())
+
+
+def test_breaker_opens_after_n_failures_then_lets_one_probe_through_after_cooldown():
+    clock = Clock()
+    breaker = CircuitBreaker(failures=3, cooldown=300, clock=clock)
+    for _ in range(2):
+        assert breaker.allow()
+        breaker.record_failure()
+    assert breaker.state is BreakerState.CLOSED
+    assert breaker.allow()
+    breaker.record_failure()
+    assert breaker.state is BreakerState.OPEN
+    assert not breaker.allow()
+
+    clock.now += 299
+    assert not breaker.allow()
+    clock.now += 2
+    assert breaker.allow()  # the probe
+    assert not breaker.allow()  # only one at a time
+    breaker.record_failure()  # probe failed: another full cool-down
+    assert breaker.state is BreakerState.OPEN
+    clock.now += 301
+    assert breaker.allow()
+    breaker.record_success()
+    assert breaker.state is BreakerState.CLOSED
+    assert breaker.allow() and breaker.allow()
+
+
+def test_success_resets_the_failure_count():
+    breaker = CircuitBreaker(failures=2, cooldown=60, clock=Clock())
+    breaker.record_failure()
+    breaker.record_success()
+    breaker.record_failure()
+    assert breaker.state is BreakerState.CLOSED
