@@ -1,0 +1,8 @@
+"""Shared fixtures: each support module registers its own (tiny SVD, fake Veo, fake Bot API)."""
+
+pytest_plugins = [
+    "tests.support.images",
+    "tests.support.tiny_svd",
+    "tests.support.fake_veo",
+    "tests.support.fake_botapi",
+]
