@@ -1,0 +1,246 @@
+"""The bot's typed settings, read from one TOML file plus secrets from the environment.
+
+Example::
+
+    >>> settings = load_settings(Path("config.toml"), {"TELEGRAM_BOT_TOKEN": "123:abc"})
+    >>> settings.limits.max_queued_per_user
+    3
+
+Each table maps onto a frozen dataclass through ``generator.config.load_section``, so an
+unknown key or a bad value raises ``ConfigError`` naming the key. Secrets (the bot token,
+the webhook secret, the Gemini key) never come from the TOML file and never appear in a repr.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from generator.config import (
+    ConfigError,
+    GeneratorSettings,
+    VeoCredentials,
+    load_generator_settings,
+    load_section,
+    veo_credentials,
+)
+
+log = logging.getLogger(__name__)
+
+MODES = ("polling", "webhook")
+
+
+def _check(cond: bool, key: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {message}")
+
+
+@dataclass(frozen=True)
+class TelegramSettings:
+    """How to reach Telegram. ``token`` is filled from the environment or ``token_file``."""
+
+    token_file: Path | None = None  # a file holding only the token, readable by the service
+    base_url: str = ""  # a local Bot API server, e.g. "http://127.0.0.1:8081/bot"
+    base_file_url: str = ""  # its file URL, e.g. "http://127.0.0.1:8081/file/bot"
+    mode: str = "polling"  # polling | webhook
+    webhook_url: str = ""  # public HTTPS URL Telegram posts to (webhook mode)
+    webhook_listen: str = "127.0.0.1"  # address the webhook server binds (behind a proxy)
+    webhook_port: int = 8443
+    webhook_path: str = "telegram"  # URL path the webhook server answers on
+    concurrent_updates: int = 16  # updates handled at once; the GPU queue is separate
+    token: str = field(default="", repr=False)
+    webhook_secret: str = field(default="", repr=False)
+
+    def validate(self, name: str) -> None:
+        _check(self.mode in MODES, f"{name}.mode", f"must be polling or webhook, got {self.mode!r}")
+        _check(1 <= self.webhook_port <= 65535, f"{name}.webhook_port", "must be 1-65535")
+        _check(self.concurrent_updates >= 1, f"{name}.concurrent_updates", "must be at least 1")
+        if self.mode == "webhook":
+            _check(
+                self.webhook_url.startswith("https://"),
+                f"{name}.webhook_url",
+                "webhook mode needs an https:// URL",
+            )
+
+
+@dataclass(frozen=True)
+class AccessSettings:
+    """Who may use the bot. Private unless ``public``; admins are always allowed."""
+
+    allowed_users: frozenset[int] = frozenset()
+    admins: frozenset[int] = frozenset()
+    public: bool = False
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """Per-user and overall limits. 0 turns a limit off."""
+
+    max_queued_per_user: int = 3
+    daily_jobs_per_user: int = 20
+    veo_user_daily_usd: float = 2.0
+    veo_month_usd: float = 30.0
+    queue_ttl_s: float = 21600.0
+    max_photo_bytes: int = 20 * 1024 * 1024
+
+    def validate(self, name: str) -> None:
+        for key in ("max_queued_per_user", "daily_jobs_per_user", "max_photo_bytes"):
+            _check(getattr(self, key) >= 0, f"{name}.{key}", "must be >= 0")
+        for key in ("veo_user_daily_usd", "veo_month_usd", "queue_ttl_s"):
+            _check(getattr(self, key) >= 0, f"{name}.{key}", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """The GPU consumer."""
+
+    heartbeat_s: float = 5.0
+    stale_after_s: float = 120.0
+    shutdown_grace_s: float = 30.0
+    progress_edit_interval_s: float = 3.0
+    gpu_process: bool = True
+    max_attempts: int = 3
+
+    def validate(self, name: str) -> None:
+        for key in ("heartbeat_s", "stale_after_s", "progress_edit_interval_s"):
+            _check(getattr(self, key) > 0, f"{name}.{key}", "must be positive")
+        _check(self.shutdown_grace_s >= 0, f"{name}.shutdown_grace_s", "must be >= 0")
+        _check(self.max_attempts >= 1, f"{name}.max_attempts", "must be at least 1")
+        _check(
+            self.stale_after_s > self.heartbeat_s,
+            f"{name}.stale_after_s",
+            "must be longer than heartbeat_s",
+        )
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Where the database, photos and clips live."""
+
+    dir: Path = Path("data")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the bot needs."""
+
+    telegram: TelegramSettings = field(default_factory=TelegramSettings)
+    access: AccessSettings = field(default_factory=AccessSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    generator: GeneratorSettings = field(default_factory=GeneratorSettings)
+    data_dir: Path = Path("data")
+    veo: VeoCredentials = field(default_factory=VeoCredentials)
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "bot.sqlite3"
+
+    @property
+    def photos_dir(self) -> Path:
+        return self.data_dir / "photos"
+
+    def is_admin(self, user_id: int) -> bool:
+        return user_id in self.access.admins
+
+
+BOT_TABLES = ("telegram", "access", "limits", "worker", "data")
+GENERATOR_TABLES = ("image", "svd", "veo", "auto", "encode")
+
+
+def read_token_file(path: Path) -> str:
+    """The token in ``path``; warns when the file is readable by group or others."""
+    try:
+        mode = path.stat().st_mode
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"telegram.token_file: cannot read {path}: {exc.strerror}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("token file %s is readable by group or others; chmod 600 it", path)
+    return token
+
+
+def parse_settings(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
+    """Build ``Settings`` from parsed TOML ``data`` and the environment ``env``."""
+    unknown = sorted(set(data) - set(BOT_TABLES) - set(GENERATOR_TABLES))
+    if unknown:
+        known = ", ".join(BOT_TABLES + GENERATOR_TABLES)
+        raise ConfigError(f"{unknown[0]}: unknown table (known: {known})")
+    telegram_table = dict(data.get("telegram") or {})
+    secret_sources = {
+        "token": "TELEGRAM_BOT_TOKEN or token_file",
+        "webhook_secret": "TELEGRAM_WEBHOOK_SECRET",
+    }
+    for secret, source in secret_sources.items():
+        # Secrets stay out of a file that gets copied around and checked in.
+        if secret in telegram_table:
+            raise ConfigError(f"telegram.{secret}: set it in {source}, not in the config file")
+    telegram = load_section(TelegramSettings, telegram_table, "telegram")
+    token = env.get("TELEGRAM_BOT_TOKEN", "").strip()
+    if not token and telegram.token_file is not None:
+        token = read_token_file(telegram.token_file)
+    telegram = replace(
+        telegram, token=token, webhook_secret=env.get("TELEGRAM_WEBHOOK_SECRET", "").strip()
+    )
+    if telegram.mode == "webhook":
+        _check(
+            bool(telegram.webhook_secret),
+            "TELEGRAM_WEBHOOK_SECRET",
+            "webhook mode needs a secret token so only Telegram can post updates",
+        )
+    generator = load_generator_settings({k: data.get(k) for k in GENERATOR_TABLES})
+    return Settings(
+        telegram=telegram,
+        access=load_section(AccessSettings, data.get("access"), "access"),
+        limits=load_section(LimitSettings, data.get("limits"), "limits"),
+        worker=load_section(WorkerSettings, data.get("worker"), "worker"),
+        generator=generator,
+        data_dir=load_section(DataSettings, data.get("data"), "data").dir,
+        veo=veo_credentials(generator.veo, env),
+    )
+
+
+def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read ``path`` (TOML; ``None`` for all defaults) and secrets from ``env``.
+
+    Raises ``ConfigError`` naming the key for an unknown key, a bad value, or a file that is
+    not valid TOML. A missing token is not an error here: ``--check-config`` reports it.
+    """
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_settings(data, env)
+
+
+def summary(settings: Settings) -> str:
+    """A readable summary for ``--check-config``: no secrets, only whether they are set."""
+    t, a, lim, w = settings.telegram, settings.access, settings.limits, settings.worker
+    g = settings.generator
+    lines = [
+        f"telegram: mode={t.mode} token={'set' if t.token else 'MISSING'}"
+        + (f" base_url={t.base_url}" if t.base_url else "")
+        + (f" webhook_url={t.webhook_url}" if t.mode == "webhook" else ""),
+        f"access: {'public' if a.public else 'private'}, {len(a.allowed_users)} allowed, "
+        f"{len(a.admins)} admins",
+        f"limits: {lim.max_queued_per_user} queued/user, {lim.daily_jobs_per_user} jobs/day/user, "
+        f"Veo ${lim.veo_user_daily_usd:.2f}/user/day, ${lim.veo_month_usd:.2f}/month",
+        f"worker: {'GPU process' if w.gpu_process else 'inline'}, grace {w.shutdown_grace_s:g} s, "
+        f"{w.max_attempts} attempts",
+        f"data: {settings.data_dir}",
+        f"svd: {g.svd.model} ({g.svd.frames} frames, {g.svd.steps} steps, {g.svd.fps} fps)",
+        f"veo: {'configured' if settings.veo.configured else 'not configured'} ({g.veo.model})",
+    ]
+    return "\n".join(lines)

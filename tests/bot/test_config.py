@@ -1,0 +1,161 @@
+"""The example config documents every setting at its default, and bad configs name the key."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from bot.config import (
+    AccessSettings,
+    DataSettings,
+    LimitSettings,
+    Settings,
+    TelegramSettings,
+    WorkerSettings,
+    load_settings,
+    summary,
+)
+from generator.config import (
+    AutoSettings,
+    ConfigError,
+    EncodeSettings,
+    ImageSettings,
+    SvdSettings,
+    VeoSettings,
+)
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.toml"
+TOKEN = "123456:AAAA-secret-token"
+
+SECTIONS = {
+    "telegram": TelegramSettings,
+    "access": AccessSettings,
+    "limits": LimitSettings,
+    "worker": WorkerSettings,
+    "data": DataSettings,
+    "image": ImageSettings,
+    "svd": SvdSettings,
+    "veo": VeoSettings,
+    "auto": AutoSettings,
+    "encode": EncodeSettings,
+}
+SECRET_FIELDS = {"token", "webhook_secret"}
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_example_config_loads_to_the_defaults() -> None:
+    settings = load_settings(EXAMPLE, {"TELEGRAM_BOT_TOKEN": TOKEN})
+
+    plain = dataclasses.replace(settings, telegram=TelegramSettings(), veo=Settings().veo)
+    assert plain == Settings()
+    assert not settings.veo.configured
+    assert dataclasses.replace(settings.telegram, token="") == TelegramSettings()
+    assert settings.telegram.token == TOKEN
+
+
+def test_example_config_shows_every_key_of_every_section() -> None:
+    tables = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
+    text = EXAMPLE.read_text(encoding="utf-8")
+
+    for name, cls in SECTIONS.items():
+        assert name in tables, f"[{name}] missing"
+        for f in dataclasses.fields(cls):
+            if f.name in SECRET_FIELDS:
+                continue
+            # token_file has no safe default, so it is shown commented out.
+            shown = f.name in tables[name] or f"# {f.name} = " in text
+            assert shown, f"{name}.{f.name} is not in config.example.toml"
+
+
+def test_unknown_key_is_rejected_with_its_name(tmp_path: Path) -> None:
+    path = write(tmp_path, "[limits]\nmax_queud_per_user = 2\n")
+
+    with pytest.raises(ConfigError, match=r"limits\.max_queud_per_user: unknown key"):
+        load_settings(path, {})
+
+
+def test_unknown_table_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"limit: unknown table"):
+        load_settings(write(tmp_path, "[limit]\nx = 1\n"), {})
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ('[limits]\ndaily_jobs_per_user = "many"', r"limits\.daily_jobs_per_user"),
+        ("[worker]\nmax_attempts = 0", r"worker\.max_attempts"),
+        ('[telegram]\nmode = "carrier-pigeon"', r"telegram\.mode"),
+        ('[access]\nadmins = ["alice"]', r"access\.admins\[0\]"),
+        ("[svd]\nsteps = 0", r"svd\.steps"),
+    ],
+)
+def test_bad_value_is_rejected_with_its_key(tmp_path: Path, toml: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        load_settings(write(tmp_path, toml + "\n"), {})
+
+
+def test_token_in_the_config_file_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, f'[telegram]\ntoken = "{TOKEN}"\n')
+
+    with pytest.raises(ConfigError, match=r"telegram\.token: set it in TELEGRAM_BOT_TOKEN") as e:
+        load_settings(path, {})
+    assert TOKEN not in str(e.value)
+
+
+def test_token_file_is_read_and_a_loose_mode_warned(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n", encoding="utf-8")
+    token_file.chmod(0o644)
+    path = write(tmp_path, f'[telegram]\ntoken_file = "{token_file}"\n')
+
+    with caplog.at_level(logging.WARNING, logger="bot.config"):
+        settings = load_settings(path, {})
+
+    assert settings.telegram.token == TOKEN
+    assert "readable by group or others" in caplog.text
+
+    caplog.clear()
+    token_file.chmod(0o600)
+    load_settings(path, {})
+    assert "readable" not in caplog.text
+
+
+def test_environment_token_wins_over_the_token_file(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("from-file", encoding="utf-8")
+    path = write(tmp_path, f'[telegram]\ntoken_file = "{token_file}"\n')
+
+    assert load_settings(path, {"TELEGRAM_BOT_TOKEN": TOKEN}).telegram.token == TOKEN
+
+
+def test_webhook_mode_needs_a_secret_token(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, '[telegram]\nmode = "webhook"\nwebhook_url = "https://bot.example.org/tg"\n'
+    )
+
+    with pytest.raises(ConfigError, match="TELEGRAM_WEBHOOK_SECRET"):
+        load_settings(path, {"TELEGRAM_BOT_TOKEN": TOKEN})
+    settings = load_settings(path, {"TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_WEBHOOK_SECRET": "s3"})
+    assert settings.telegram.webhook_secret == "s3"
+
+
+def test_secrets_stay_out_of_reprs_and_the_summary() -> None:
+    settings = load_settings(EXAMPLE, {"TELEGRAM_BOT_TOKEN": TOKEN, "GEMINI_API_KEY": "gk-123"})
+
+    assert settings.veo.configured
+    for text in (repr(settings), summary(settings)):
+        assert TOKEN not in text
+        assert "gk-123" not in text
+    assert "token=set" in summary(settings)
+    assert "token=MISSING" in summary(load_settings(EXAMPLE, {}))
