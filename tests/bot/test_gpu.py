@@ -1,0 +1,251 @@
+"""The GPU runners: a real child process makes clips, survives being killed, and carries
+progress, Veo operations, budgets, cancel and errors across the process boundary."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from bot.gpu import InlineRunner, ProcessRunner, VeoBudget, WorkerCrashed
+from generator.clip import Clip, Progress, VideoInfo
+from generator.config import GeneratorSettings
+from generator.errors import BudgetExceeded, Cancelled, ContentFiltered, OutOfMemory
+from generator.options import Backend, Profile, Request
+
+HANG = 1  # seed that makes the scripted generator run until cancelled or killed
+FILTERED = 2  # seed that makes it raise ContentFiltered
+OOM = 3  # seed that runs out of memory unless the low-vram profile is asked for
+
+
+class ScriptedGenerator:
+    """A generator whose behaviour the request's seed picks; runs in the child process.
+
+    It writes a real file and reports real progress, but skips the model, so the process
+    plumbing is tested apart from SVD's speed.
+    """
+
+    def __init__(self, settings: GeneratorSettings) -> None:
+        self.settings = settings
+
+    async def generate(
+        self,
+        request: Request,
+        out_path: Path,
+        *,
+        on_progress,
+        should_cancel,
+        veo_budget_ok,
+        on_veo_operation,
+        resume_veo_operation,
+    ) -> Clip:
+        on_progress(Progress("denoising", 1, 2, backend=Backend.SVD))
+        if request.seed == HANG:
+            # Stands in for denoising steps, on a thread as the real SVD runs.
+            await asyncio.to_thread(_wait_for_cancel, should_cancel)
+            raise Cancelled("stopped at step 2")
+        if request.seed == FILTERED:
+            raise ContentFiltered("filtered", reasons=("celebrity",))
+        if request.seed == OOM and request.profile is not Profile.LOW_VRAM:
+            raise OutOfMemory("CUDA out of memory")
+        if request.backend is Backend.VEO:
+            if veo_budget_ok is not None and not veo_budget_ok(3.2):
+                raise BudgetExceeded("budget says no")
+            await on_veo_operation(resume_veo_operation or "operations/new-1")
+        size = await asyncio.to_thread(_write_clip, out_path)
+        info = VideoInfo(out_path, 32, 32, 7.0, 2, 2 / 7, size)
+        return Clip(info, Backend.VEO if request.backend is Backend.VEO else Backend.SVD, 5)
+
+
+def _wait_for_cancel(should_cancel) -> None:
+    while not should_cancel():
+        time.sleep(0.01)
+
+
+def _write_clip(out_path: Path) -> int:
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_bytes(f"clip pid={os.getpid()}".encode())
+    return out_path.stat().st_size
+
+
+def scripted_factory(settings: GeneratorSettings) -> ScriptedGenerator:
+    return ScriptedGenerator(settings)
+
+
+@pytest.fixture
+async def runner():
+    runner = ProcessRunner(GeneratorSettings(), generator_factory=scripted_factory)
+    yield runner
+    await runner.close()
+
+
+async def _noop_operation(name: str) -> None:
+    pass
+
+
+async def test_child_makes_clip_and_reports_progress(runner: ProcessRunner, tmp_path: Path):
+    events: list[Progress] = []
+    operations: list[str] = []
+
+    async def saved(name: str) -> None:
+        operations.append(name)
+
+    clip = await runner.run(
+        Request(image=tmp_path / "p.jpg", backend=Backend.VEO),
+        tmp_path / "out.mp4",
+        on_progress=events.append,
+        on_veo_operation=saved,
+        resume_veo_operation="operations/old-7",
+        veo_budget_ok=VeoBudget(5.0),
+    )
+    assert clip.backend is Backend.VEO
+    assert clip.path.read_bytes() == f"clip pid={runner.pid}".encode()  # made in the child
+    assert runner.pid != os.getpid()
+    assert events == [Progress("denoising", 1, 2, backend=Backend.SVD)]
+    assert operations == ["operations/old-7"]  # resumed, not resubmitted
+
+
+async def test_budget_refusal_comes_back_as_budget_exceeded(runner: ProcessRunner, tmp_path):
+    with pytest.raises(BudgetExceeded) as caught:
+        await runner.run(
+            Request(image=tmp_path / "p.jpg", backend=Backend.VEO),
+            tmp_path / "out.mp4",
+            on_progress=lambda p: None,
+            on_veo_operation=_noop_operation,
+            resume_veo_operation=None,
+            veo_budget_ok=VeoBudget(1.0),
+        )
+    assert caught.value.user_text == BudgetExceeded.user_text
+
+
+async def test_error_class_and_details_cross_the_boundary(runner: ProcessRunner, tmp_path):
+    with pytest.raises(ContentFiltered) as caught:
+        await runner.run(
+            Request(image=tmp_path / "p.jpg", seed=FILTERED),
+            tmp_path / "out.mp4",
+            on_progress=lambda p: None,
+            on_veo_operation=_noop_operation,
+            resume_veo_operation=None,
+            veo_budget_ok=None,
+        )
+    assert caught.value.reasons == ("celebrity",)
+    assert caught.value.user_text == ContentFiltered.user_text
+
+
+async def test_cancel_stops_the_running_generation(runner: ProcessRunner, tmp_path: Path):
+    started = asyncio.Event()
+    run = asyncio.create_task(
+        runner.run(
+            Request(image=tmp_path / "p.jpg", seed=HANG),
+            tmp_path / "out.mp4",
+            on_progress=lambda p: started.set(),
+            on_veo_operation=_noop_operation,
+            resume_veo_operation=None,
+            veo_budget_ok=None,
+        )
+    )
+    await started.wait()
+    await runner.cancel()
+    with pytest.raises(Cancelled):
+        await run
+
+
+async def test_killed_child_raises_worker_crashed_and_next_run_restarts(
+    runner: ProcessRunner, tmp_path: Path
+):
+    started = asyncio.Event()
+    run = asyncio.create_task(
+        runner.run(
+            Request(image=tmp_path / "p.jpg", seed=HANG),
+            tmp_path / "out.mp4",
+            on_progress=lambda p: started.set(),
+            on_veo_operation=_noop_operation,
+            resume_veo_operation=None,
+            veo_budget_ok=None,
+        )
+    )
+    await started.wait()
+    dead = runner.pid
+    assert dead is not None
+    os.kill(dead, signal.SIGKILL)
+    with pytest.raises(WorkerCrashed):
+        await run
+
+    clip = await runner.run(
+        Request(image=tmp_path / "p.jpg"),
+        tmp_path / "out.mp4",
+        on_progress=lambda p: None,
+        on_veo_operation=_noop_operation,
+        resume_veo_operation=None,
+        veo_budget_ok=None,
+    )
+    assert runner.pid not in (None, dead)
+    assert clip.path.read_bytes() == f"clip pid={runner.pid}".encode()
+
+
+async def test_out_of_memory_retries_once_in_low_vram_in_a_fresh_child(
+    runner: ProcessRunner, tmp_path: Path
+):
+    await runner.start()
+    first = runner.pid
+    clip = await runner.run(
+        Request(image=tmp_path / "p.jpg", seed=OOM),
+        tmp_path / "out.mp4",
+        on_progress=lambda p: None,
+        on_veo_operation=_noop_operation,
+        resume_veo_operation=None,
+        veo_budget_ok=None,
+    )
+    assert clip.backend is Backend.SVD
+    assert runner.pid != first
+
+
+async def test_process_runner_refuses_a_budget_callback_it_cannot_send(runner, tmp_path):
+    with pytest.raises(TypeError):
+        await runner.run(
+            Request(image=tmp_path / "p.jpg"),
+            tmp_path / "out.mp4",
+            on_progress=lambda p: None,
+            on_veo_operation=_noop_operation,
+            resume_veo_operation=None,
+            veo_budget_ok=lambda cost: True,
+        )
+
+
+async def test_inline_runner_cancel_and_low_vram_retry(tmp_path: Path):
+    runner = InlineRunner(ScriptedGenerator(GeneratorSettings()))
+    clip = await runner.run(
+        Request(image=tmp_path / "p.jpg", seed=OOM),
+        tmp_path / "out.mp4",
+        on_progress=lambda p: None,
+        on_veo_operation=_noop_operation,
+        resume_veo_operation=None,
+        veo_budget_ok=None,
+    )
+    assert clip.path.exists()
+
+    started = asyncio.Event()
+    run = asyncio.create_task(
+        runner.run(
+            Request(image=tmp_path / "p.jpg", seed=HANG),
+            tmp_path / "out.mp4",
+            on_progress=lambda p: started.set(),
+            on_veo_operation=_noop_operation,
+            resume_veo_operation=None,
+            veo_budget_ok=None,
+        )
+    )
+    await started.wait()
+    await runner.cancel()
+    with pytest.raises(Cancelled):
+        await run
+
+
+def test_veo_budget_is_data():
+    assert VeoBudget(None)(100.0)
+    assert VeoBudget(0.8)(0.8)
+    assert not VeoBudget(0.79)(0.8)
