@@ -1,0 +1,326 @@
+"""The SQLite job queue: idempotent enqueue, fair atomic claims, recovery, expiry and cancel."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bot.jobs import JobOptions, NewJob, Outcome, Status
+from bot.queue import GIVE_UP_TEXT, SqliteQueue
+from bot.store import Store
+from generator.options import Backend
+
+ALICE, BOB, CAROL = 1, 2, 3
+
+
+def new_job(user_id: int, key: str, *, max_attempts: int = 3) -> NewJob:
+    return NewJob(
+        user_id=user_id,
+        chat_id=user_id,
+        photo_message_id=100,
+        photo_path=f"/data/{key}.jpg",
+        options=JobOptions(backend=Backend.SVD, custom_elements=("snow",)),
+        dedupe_key=key,
+        max_attempts=max_attempts,
+    )
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    store = await Store.open(tmp_path / "bot.sqlite3")
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+def queue(store: Store) -> SqliteQueue:
+    return store.queue
+
+
+async def test_double_enqueue_with_same_key_makes_one_job(queue: SqliteQueue) -> None:
+    first = await queue.enqueue(new_job(ALICE, "card-7-0"), now=10.0)
+    again = await queue.enqueue(new_job(ALICE, "card-7-0"), now=11.0)
+
+    assert again == first
+    assert first.status is Status.QUEUED
+    assert first.options == JobOptions(backend=Backend.SVD, custom_elements=("snow",))
+    assert [job.id for job in await queue.queued()] == [first.id]
+
+
+async def test_claim_on_empty_queue_returns_none(queue: SqliteQueue) -> None:
+    assert await queue.claim("gpu0", now=1.0) is None
+
+
+async def test_claim_marks_running_and_counts_the_attempt(queue: SqliteQueue) -> None:
+    job = await queue.enqueue(new_job(ALICE, "a"), now=1.0)
+
+    claimed = await queue.claim("gpu0", now=5.0)
+
+    assert claimed is not None and claimed.id == job.id
+    assert (claimed.status, claimed.attempts, claimed.worker_id) == (Status.RUNNING, 1, "gpu0")
+    assert claimed.started_at == claimed.heartbeat_at == 5.0
+    assert await queue.claim("gpu0", now=6.0) is None
+
+
+async def test_claims_are_fair_between_users(queue: SqliteQueue) -> None:
+    for n in range(3):
+        await queue.enqueue(new_job(ALICE, f"a{n}"), now=1.0 + n)
+    await queue.enqueue(new_job(BOB, "b0"), now=4.0)
+
+    owners = []
+    for now in (10.0, 20.0, 30.0, 40.0):
+        job = await queue.claim("gpu0", now=now)
+        assert job is not None
+        owners.append(job.user_id)
+        await queue.finish(job.id, Outcome(Status.DONE), now=now + 5)
+
+    assert owners == [ALICE, BOB, ALICE, ALICE]
+
+
+async def test_position_simulates_the_round_robin(queue: SqliteQueue) -> None:
+    alice = [await queue.enqueue(new_job(ALICE, f"a{n}"), now=1.0 + n) for n in range(3)]
+    bob = await queue.enqueue(new_job(BOB, "b0"), now=4.0)
+
+    assert [await queue.position(job.id) for job in alice] == [1, 3, 4]
+    assert await queue.position(bob.id) == 2
+    order = [alice[0].id, bob.id, alice[1].id, alice[2].id]
+    assert [job.id for job in await queue.queued()] == order
+
+    # Once Alice has been served, a newcomer (Carol) goes before Alice's next photo.
+    await queue.claim("gpu0", now=10.0)
+    carol = await queue.enqueue(new_job(CAROL, "c0"), now=11.0)
+    assert [job.user_id for job in await queue.queued()] == [BOB, CAROL, ALICE, ALICE]
+    assert await queue.position(carol.id) == 2
+    assert await queue.position(alice[0].id) is None  # running, not queued
+
+
+async def test_position_matches_the_actual_claim_order(queue: SqliteQueue) -> None:
+    keys = [(ALICE, "a0"), (ALICE, "a1"), (BOB, "b0"), (CAROL, "c0"), (BOB, "b1"), (ALICE, "a2")]
+    for n, (user, key) in enumerate(keys):
+        await queue.enqueue(new_job(user, key), now=float(n))
+    await queue.enqueue(new_job(BOB, "b2"), now=6.0)
+    await queue.claim("gpu0", now=1.0)  # Alice's a0: nobody served yet, oldest first
+    predicted = [job.id for job in await queue.queued()]
+
+    claimed = []
+    now = 100.0
+    while (job := await queue.claim("gpu0", now=now)) is not None:
+        claimed.append(job.id)
+        now += 10
+
+    assert claimed == predicted
+
+
+async def test_two_consumers_never_claim_the_same_job(tmp_path: Path) -> None:
+    path = tmp_path / "bot.sqlite3"
+    first, second = await Store.open(path), await Store.open(path)
+    try:
+        for n in range(6):
+            await first.queue.enqueue(new_job(ALICE + n % 2, f"k{n}"), now=float(n))
+
+        async def drain(store: Store, name: str) -> list[int]:
+            ids = []
+            while (job := await store.queue.claim(name, now=50.0)) is not None:
+                ids.append(job.id)
+            return ids
+
+        got_a, got_b = await asyncio.gather(drain(first, "gpu0"), drain(second, "gpu1"))
+    finally:
+        await first.close()
+        await second.close()
+
+    assert sorted(got_a + got_b) == [1, 2, 3, 4, 5, 6]
+    assert not set(got_a) & set(got_b)
+
+
+async def test_recover_requeues_stale_job_with_attempts_left(queue: SqliteQueue) -> None:
+    job = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
+    await queue.claim("gpu0", now=1.0)
+    await queue.heartbeat(job.id, now=50.0)
+
+    assert await queue.recover(now=100.0, stale_after=60.0) == []  # beat 50 s ago: alive
+
+    [recovered] = await queue.recover(now=111.0, stale_after=60.0)
+    assert (recovered.id, recovered.status, recovered.attempts) == (job.id, Status.QUEUED, 1)
+    assert recovered.worker_id is None
+    again = await queue.claim("gpu0", now=120.0)
+    assert again is not None and again.attempts == 2
+
+
+async def test_recover_gives_up_after_max_attempts(queue: SqliteQueue) -> None:
+    job = await queue.enqueue(new_job(ALICE, "a", max_attempts=3), now=0.0)
+    for attempt in range(3):
+        claimed = await queue.claim("gpu0", now=10.0 * attempt)
+        assert claimed is not None and claimed.attempts == attempt + 1
+        # stale_after=0: at start-up every running job was orphaned by the restart.
+        [recovered] = await queue.recover(now=10.0 * attempt, stale_after=0)
+
+    assert recovered.id == job.id
+    assert recovered.status is Status.FAILED
+    assert recovered.error == GIVE_UP_TEXT
+    assert recovered.finished_at == 20.0
+    assert await queue.claim("gpu0", now=100.0) is None
+
+
+async def test_recover_leaves_sending_jobs_for_redelivery(queue: SqliteQueue) -> None:
+    job = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
+    await queue.claim("gpu0", now=1.0)
+    await queue.mark_sending(job.id, Outcome(Status.SENDING, video_path="/v/a.mp4"), now=2.0)
+
+    assert await queue.recover(now=1000.0, stale_after=0) == []
+    stored = await queue.get(job.id)
+    assert stored is not None
+    assert (stored.status, stored.video_path) == (Status.SENDING, "/v/a.mp4")
+
+
+async def test_recover_cancels_a_job_its_owner_asked_to_stop(queue: SqliteQueue) -> None:
+    job = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
+    await queue.claim("gpu0", now=1.0)
+    await queue.cancel(job.id, ALICE, now=2.0)
+
+    [recovered] = await queue.recover(now=3.0, stale_after=0)
+
+    assert recovered.status is Status.CANCELLED
+
+
+async def test_expire_only_takes_queued_jobs_past_the_ttl(queue: SqliteQueue) -> None:
+    old = await queue.enqueue(new_job(ALICE, "old"), now=0.0)
+    fresh = await queue.enqueue(new_job(BOB, "fresh"), now=500.0)
+    carol = await queue.enqueue(new_job(CAROL, "c"), now=0.0)
+    await queue.claim("gpu0", now=1.0)  # Alice's, the oldest: a finished job never expires
+    await queue.finish(old.id, Outcome(Status.DONE), now=2.0)
+    old2 = await queue.enqueue(new_job(ALICE, "old2"), now=10.0)
+
+    assert await queue.expire(now=1000.0, ttl=0) == []  # ttl 0: never expire
+    expired = await queue.expire(now=1000.0, ttl=600.0)
+
+    assert [job.id for job in expired] == [carol.id, old2.id]
+    assert all(job.status is Status.EXPIRED and job.finished_at == 1000.0 for job in expired)
+    assert [job.id for job in await queue.queued()] == [fresh.id]
+
+
+async def test_owner_cancels_a_queued_job_at_once(queue: SqliteQueue) -> None:
+    job = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
+
+    assert await queue.cancel(job.id, BOB, now=1.0) is None  # not Bob's
+    cancelled = await queue.cancel(job.id, ALICE, now=2.0)
+
+    assert cancelled is not None
+    assert (cancelled.status, cancelled.finished_at) == (Status.CANCELLED, 2.0)
+    assert await queue.claim("gpu0", now=3.0) is None
+    assert await queue.cancel(job.id, ALICE, now=4.0) is None  # already finished
+
+
+async def test_owner_cancel_of_a_running_job_raises_the_flag(queue: SqliteQueue) -> None:
+    job = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
+    await queue.claim("gpu0", now=1.0)
+
+    assert await queue.cancel(job.id, BOB, now=2.0) is None
+    assert not await queue.cancel_requested(job.id)
+    flagged = await queue.cancel(job.id, ALICE, now=2.0)
+
+    assert flagged is not None and flagged.status is Status.RUNNING
+    assert await queue.cancel_requested(job.id)
+    # The consumer stops at its next step and records the cancel.
+    done = await queue.finish(job.id, Outcome(Status.CANCELLED), now=3.0)
+    assert done.status is Status.CANCELLED
+
+
+async def test_cancel_of_sending_or_unknown_job_returns_none(queue: SqliteQueue) -> None:
+    job = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
+    await queue.claim("gpu0", now=1.0)
+    await queue.mark_sending(job.id, Outcome(Status.SENDING, video_path="/v.mp4"), now=2.0)
+
+    assert await queue.cancel(job.id, ALICE, now=3.0) is None
+    assert await queue.cancel(999, ALICE, now=3.0) is None
+
+
+async def test_finish_keeps_stored_values_for_fields_left_none(queue: SqliteQueue) -> None:
+    job = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
+    await queue.claim("gpu0", now=1.0)
+    await queue.set_veo_operation(job.id, "operations/123")
+    sending = await queue.mark_sending(
+        job.id,
+        Outcome(
+            Status.SENDING,
+            used_backend=Backend.VEO,
+            cost_usd=1.2,
+            video_path="/v/a.mp4",
+            video_width=1280,
+            video_height=720,
+            video_duration=8.0,
+            seed=42,
+        ),
+        now=30.0,
+    )
+    assert sending.status is Status.SENDING and sending.finished_at is None
+
+    done = await queue.finish(
+        job.id, Outcome(Status.DONE, video_file_id="BAAC", video_size=1234), now=31.0
+    )
+
+    assert done.status is Status.DONE and done.finished_at == 31.0
+    assert done.used_backend is Backend.VEO and done.cost_usd == 1.2
+    assert (done.video_path, done.video_file_id, done.video_size) == ("/v/a.mp4", "BAAC", 1234)
+    assert (done.video_width, done.video_height, done.seed) == (1280, 720, 42)
+    assert done.veo_operation == "operations/123"
+
+
+async def test_finish_rejects_non_terminal_status_and_first_outcome_wins(
+    queue: SqliteQueue,
+) -> None:
+    job = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
+    await queue.claim("gpu0", now=1.0)
+    with pytest.raises(ValueError, match="terminal"):
+        await queue.finish(job.id, Outcome(Status.RUNNING), now=2.0)
+
+    await queue.finish(job.id, Outcome(Status.FAILED, error="Out of memory."), now=2.0)
+    after = await queue.finish(job.id, Outcome(Status.DONE), now=3.0)
+
+    assert (after.status, after.error, after.finished_at) == (Status.FAILED, "Out of memory.", 2.0)
+
+
+async def test_requeue_keeps_attempts_and_job_runs_again(queue: SqliteQueue) -> None:
+    job = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
+    await queue.claim("gpu0", now=1.0)
+
+    requeued = await queue.requeue(job.id, now=2.0)
+
+    assert (requeued.status, requeued.attempts) == (Status.QUEUED, 1)
+    assert await queue.position(job.id) == 1
+    again = await queue.claim("gpu0", now=3.0)
+    assert again is not None and (again.id, again.attempts) == (job.id, 2)
+
+
+async def test_heartbeat_keeps_a_running_job_alive(queue: SqliteQueue) -> None:
+    job = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
+    await queue.claim("gpu0", now=0.0)
+
+    await queue.heartbeat(job.id, now=100.0)
+
+    stored = await queue.get(job.id)
+    assert stored is not None and stored.heartbeat_at == 100.0
+    assert await queue.recover(now=130.0, stale_after=60.0) == []
+
+
+async def test_jobs_survive_closing_and_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "bot.sqlite3"
+    store = await Store.open(path)
+    alice = await store.queue.enqueue(new_job(ALICE, "a"), now=0.0)
+    bob = await store.queue.enqueue(new_job(BOB, "b"), now=1.0)
+    await store.queue.claim("gpu0", now=2.0)  # Alice's, the oldest
+    await store.close()
+
+    reopened = await Store.open(path)
+    try:
+        assert await reopened.queue.get(bob.id) == bob
+        stored = await reopened.queue.get(alice.id)
+        assert stored is not None and stored.status is Status.RUNNING
+        # After a restart, the orphaned running job goes back to the queue.
+        [recovered] = await reopened.queue.recover(now=3.0, stale_after=0)
+        assert recovered.id == alice.id and recovered.status is Status.QUEUED
+    finally:
+        await reopened.close()
