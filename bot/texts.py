@@ -335,3 +335,7 @@ def internal_error() -> str:
 
 
 # --- worker and delivery ---
+
+
+def delivery_failed() -> str:
+    return "The clip was made but Telegram wouldn't take it."
