@@ -1,0 +1,1385 @@
+"""A loopback Telegram Bot API server, so the real PTB bot runs unchanged in end-to-end tests.
+
+Point the bot at it with ``ApplicationBuilder().token(TOKEN).base_url(fake.base_url)
+.base_file_url(fake.base_file_url)``; act as the user with ``send_text``, ``send_command``,
+``send_photo``, ``send_document`` and ``press``; assert on what the user would see with
+``messages``, ``videos``, ``alerts`` and ``calls``; wait with ``await fake.wait_for_...``.
+
+The server speaks the wire format PTB's ``HTTPXRequest`` sends (form-encoded or multipart
+bodies whose non-string values are JSON) and answers with the Bot API envelope
+``{"ok": true, "result": ...}`` or ``{"ok": false, "error_code": ..., "description": ...}``.
+Errors mirror real Telegram where bots commonly trip: "message is not modified", "file is too
+big", 64-byte callback data, unknown callback queries and messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import email.message
+import io
+import itertools
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import pytest
+from PIL import Image
+from telegram import TelegramObject, Update
+
+__all__ = [
+    "BOT_FIRST_NAME",
+    "BOT_ID",
+    "BOT_USERNAME",
+    "MAX_DOWNLOAD_SIZE",
+    "TOKEN",
+    "Alert",
+    "BotMessage",
+    "Call",
+    "FakeBotApi",
+    "FakeUser",
+    "Pushed",
+    "SentVideo",
+    "UploadedFile",
+    "fake_botapi",
+]
+
+TOKEN = "123456:TEST-token"
+BOT_ID = 999
+BOT_USERNAME = "animate_test_bot"
+BOT_FIRST_NAME = "Animate Test"
+# getFile refuses anything larger, as the public Bot API server does.
+MAX_DOWNLOAD_SIZE = 20 * 1024 * 1024
+# Uploads over this size are refused with 413 by the public Bot API server.
+MAX_UPLOAD_SIZE = 50 * 1024 * 1024
+MAX_CALLBACK_DATA = 64
+# Telegram keeps a photo as several JPEG renditions; these are the box sides it uses (s, m, x).
+PHOTO_SIZES = (90, 320, 800)
+
+T = TypeVar("T")
+
+# How PTB encodes values: strings as-is, everything else JSON-dumped into the form field.
+_JSON_FIELDS = frozenset(
+    {
+        "reply_markup",
+        "reply_parameters",
+        "entities",
+        "caption_entities",
+        "allowed_updates",
+        "commands",
+        "scope",
+        "link_preview_options",
+        "media",
+    }
+)
+_INT_FIELDS = frozenset(
+    {
+        "chat_id",
+        "message_id",
+        "offset",
+        "limit",
+        "timeout",
+        "width",
+        "height",
+        "duration",
+        "cache_time",
+        "user_id",
+        "message_thread_id",
+        "reply_to_message_id",
+    }
+)
+_BOOL_FIELDS = frozenset(
+    {
+        "show_alert",
+        "supports_streaming",
+        "disable_notification",
+        "protect_content",
+        "drop_pending_updates",
+        "has_spoiler",
+        "disable_content_type_detection",
+        "show_caption_above_media",
+        "allow_sending_without_reply",
+    }
+)
+# Methods a bot may call at startup or in settings whose effect tests never look at.
+_NO_OPS = frozenset(
+    {
+        "close",
+        "logout",
+        "setmydescription",
+        "setmyshortdescription",
+        "setmyname",
+        "setchatmenubutton",
+        "setmydefaultadministratorrights",
+    }
+)
+
+NOT_MODIFIED = (
+    "Bad Request: message is not modified: specified new message content and reply markup are "
+    "exactly the same as a current content and reply markup of the message"
+)
+QUERY_TOO_OLD = "Bad Request: query is too old and response timeout expired or query ID is invalid"
+BLOCKED = "Forbidden: bot was blocked by the user"
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeUser:
+    """A Telegram user talking to the bot in a private chat (chat id == user id)."""
+
+    id: int
+    first_name: str = "Ann"
+    username: str | None = None
+    language_code: str | None = "en"
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"id": self.id, "is_bot": False, "first_name": self.first_name}
+        if self.username:
+            data["username"] = self.username
+        if self.language_code:
+            data["language_code"] = self.language_code
+        return data
+
+    def chat_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"id": self.id, "type": "private", "first_name": self.first_name}
+        if self.username:
+            data["username"] = self.username
+        return data
+
+
+@dataclasses.dataclass(frozen=True)
+class UploadedFile:
+    """One multipart file part of a request."""
+
+    field: str
+    filename: str | None
+    content_type: str | None
+    data: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Call:
+    """One Bot API request the bot made, with its decoded parameters and the answer it got."""
+
+    index: int
+    method: str
+    params: dict[str, Any]
+    files: dict[str, UploadedFile]
+    status: int
+    result: Any = None
+    description: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == HTTPStatus.OK
+
+    @property
+    def chat_id(self) -> Any:
+        return self.params.get("chat_id")
+
+    def summary(self) -> str:
+        shown = {
+            k: (v if len(repr(v)) < 80 else repr(v)[:77] + "...") for k, v in self.params.items()
+        }
+        files = f" files={sorted(self.files)}" if self.files else ""
+        error = f" {self.description!r}" if self.description else ""
+        return f"#{self.index} {self.method} -> {self.status}{error} {shown}{files}"
+
+
+@dataclasses.dataclass(frozen=True)
+class BotMessage:
+    """A message the bot sent, as the user currently sees it (edits applied)."""
+
+    chat_id: int
+    message_id: int
+    kind: str  # "text", "video", "photo" or "document"
+    date: int
+    text: str | None = None
+    caption: str | None = None
+    parse_mode: str | None = None
+    reply_markup: dict[str, Any] | None = None
+    reply_to_message_id: int | None = None
+    file_id: str | None = None
+    # The media part of the Message object ({"video": {...}}), merged into the JSON we return.
+    media: dict[str, Any] = dataclasses.field(default_factory=dict)
+    edits: int = 0
+    edit_date: int | None = None
+    deleted: bool = False
+
+    @property
+    def content(self) -> str:
+        """Text or caption, whichever the message has."""
+        return self.text if self.text is not None else (self.caption or "")
+
+    @property
+    def buttons(self) -> list[list[tuple[str, str | None]]]:
+        """Inline keyboard rows as (label, callback_data) pairs; empty without a keyboard."""
+        rows = (self.reply_markup or {}).get("inline_keyboard") or []
+        return [[(b.get("text", ""), b.get("callback_data")) for b in row] for row in rows]
+
+    def button_data(self, label: str) -> str:
+        """The callback data of the button whose label contains ``label``."""
+        for row in self.buttons:
+            for text, data in row:
+                if label in text and data is not None:
+                    return data
+        raise AssertionError(f"no button {label!r} on message {self.message_id}: {self.buttons}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SentVideo:
+    """A sendVideo the server accepted, with the uploaded bytes (or the resent file's bytes)."""
+
+    chat_id: int
+    message_id: int
+    file_id: str
+    data: bytes
+    thumbnail: bytes | None
+    caption: str | None
+    parse_mode: str | None
+    width: int | None
+    height: int | None
+    duration: int | None
+    supports_streaming: bool | None
+    reply_to_message_id: int | None
+    reply_markup: dict[str, Any] | None
+    file_name: str | None
+    resent: bool  # True when sent by file_id instead of uploaded
+
+
+@dataclasses.dataclass(frozen=True)
+class Alert:
+    """An answerCallbackQuery: the toast (or alert box, with show_alert) the user saw."""
+
+    callback_query_id: str
+    user_id: int | None
+    text: str | None
+    show_alert: bool
+    url: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Pushed:
+    """Ids of what a user action put into the update queue."""
+
+    update_id: int
+    message_id: int | None = None
+    callback_query_id: str | None = None
+    file_id: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _StoredFile:
+    file_id: str
+    file_unique_id: str
+    data: bytes
+    file_size: int
+    file_path: str
+
+
+@dataclasses.dataclass
+class _Failure:
+    method: str
+    status: int
+    description: str
+    retry_after: int | None
+    chat_id: int | None
+    remaining: int
+
+
+class ApiError(Exception):
+    """Raised inside a method handler to answer with an error envelope."""
+
+    def __init__(
+        self, status: int, description: str, parameters: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(description)
+        self.status = status
+        self.description = description
+        self.parameters = parameters
+
+
+def _bad(description: str) -> ApiError:
+    return ApiError(HTTPStatus.BAD_REQUEST, f"Bad Request: {description}")
+
+
+def _decode_value(name: str, value: Any) -> Any:
+    """Undo PTB's form encoding for the fields whose type we rely on."""
+    if not isinstance(value, str):
+        return value
+    try:
+        if name in _JSON_FIELDS or name in _BOOL_FIELDS:
+            return json.loads(value)
+        if name in _INT_FIELDS:
+            return int(value) if value.lstrip("-").isdigit() else float(value)
+    except ValueError:
+        # e.g. chat_id="@channel": keep the string, as Telegram accepts it.
+        return value
+    return value
+
+
+def _parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, str], dict[str, Any]]:
+    header = email.message.Message()
+    header["content-type"] = content_type
+    boundary = header.get_param("boundary")
+    if not isinstance(boundary, str):
+        raise _bad("multipart body without boundary")
+    fields: dict[str, str] = {}
+    files: dict[str, UploadedFile] = {}
+    for part in body.split(b"--" + boundary.encode())[1:]:
+        if part.startswith(b"--"):
+            break
+        part = part.removeprefix(b"\r\n").removesuffix(b"\r\n")
+        head, _, content = part.partition(b"\r\n\r\n")
+        headers = email.message_from_bytes(head + b"\r\n\r\n")
+        name = headers.get_param("name", header="content-disposition")
+        if not isinstance(name, str):
+            continue
+        filename = headers.get_filename()
+        if filename is None:
+            fields[name] = content.decode("utf-8")
+        else:
+            files[name] = UploadedFile(
+                field=name,
+                filename=unquote(filename),
+                content_type=headers.get_content_type(),
+                data=content,
+            )
+    return fields, files
+
+
+def _check_round_trip(data: dict[str, Any]) -> None:
+    """Parse ``data`` with PTB and fail on any key PTB does not know (a typo in this fake)."""
+    update = Update.de_json(data, bot=None)
+    if update is None or update.update_id != data["update_id"]:
+        raise AssertionError(f"PTB could not parse the update: {data}")
+
+    def walk(obj: object, path: str) -> None:
+        if isinstance(obj, TelegramObject):
+            if obj.api_kwargs:
+                raise AssertionError(f"unknown keys at {path}: {dict(obj.api_kwargs)}")
+            for key, value in obj._get_attrs(recursive=False).items():
+                walk(value, f"{path}.{key}")
+        elif isinstance(obj, tuple | list):
+            for i, item in enumerate(obj):
+                walk(item, f"{path}[{i}]")
+
+    walk(update, "update")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    fake: FakeBotApi
+
+
+class _Handler(BaseHTTPRequestHandler):
+    # Keep-alive, like api.telegram.org, so httpx reuses its pooled connections.
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def do_POST(self) -> None:
+        self.server.fake._serve(self)
+
+    def do_GET(self) -> None:
+        self.server.fake._serve(self)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # Request lines carry the token and would flood test output.
+        pass
+
+
+class FakeBotApi:
+    """A Bot API server on 127.0.0.1 in a background thread; a context manager.
+
+    Args:
+        token: if given, requests with another token get 401 Unauthorized; by default any token
+            is accepted.
+        clock: seconds since the epoch for message dates; inject one for fixed dates.
+
+    Example:
+        >>> with FakeBotApi() as fake:
+        ...     app = ApplicationBuilder().token(TOKEN).base_url(fake.base_url) \\
+        ...         .base_file_url(fake.base_file_url).build()
+    """
+
+    def __init__(self, token: str | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.token = token
+        self._clock = clock
+        # One re-entrant lock guards all state; predicates passed to wait_for may call helpers.
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._async_waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        self._server: _Server | None = None
+        self._port: int | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._polling = 0
+
+        self._calls: list[Call] = []
+        self._pending: list[dict[str, Any]] = []
+        self._update_ids = itertools.count(10_001)
+        self._file_ids = itertools.count(1)
+        self._callback_ids = itertools.count(1)
+        self._next_message_id: dict[int, int] = {}
+        self._users: dict[int, FakeUser] = {}
+        # Every message id that exists in a chat (user's and bot's), for reply checks.
+        self._existing: dict[int, set[int]] = {}
+        self._messages: dict[int, dict[int, BotMessage]] = {}
+        self._videos: list[SentVideo] = []
+        self._alerts: list[Alert] = []
+        self._callbacks: dict[str, int] = {}
+        self._files: dict[str, _StoredFile] = {}
+        self._files_by_path: dict[str, _StoredFile] = {}
+        self._failures: list[_Failure] = []
+        self._commands: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> FakeBotApi:
+        server = _Server(("127.0.0.1", 0), _Handler)
+        server.fake = self
+        self._server = server
+        self._port = server.server_address[1]
+        # A short select timeout so stop() returns promptly.
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Answer parked long polls with no updates and shut the server down; idempotent."""
+        if self._server is None:
+            return
+        with self._cond:
+            self._stopping = True
+            # Wake long polls so they answer [] now instead of after their timeout.
+            self._cond.notify_all()
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join()
+        self._server = None
+
+    def __enter__(self) -> FakeBotApi:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        assert self._port is not None, "FakeBotApi is not started"
+        return self._port
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/bot"
+
+    @property
+    def base_file_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/file/bot"
+
+    # ------------------------------------------------------------------ user actions
+
+    def send_text(self, user: FakeUser, text: str) -> Pushed:
+        """The user sends a plain text message."""
+        return self._push_message(user, {"text": text})
+
+    def send_command(self, user: FakeUser, command: str) -> Pushed:
+        """The user sends a command such as ``"/start args"``, tagged as a bot_command entity."""
+        if not command.startswith("/"):
+            raise ValueError(f"a command starts with '/': {command!r}")
+        length = len(command.split(maxsplit=1)[0])
+        entity = {"type": "bot_command", "offset": 0, "length": length}
+        return self._push_message(user, {"text": command, "entities": [entity]})
+
+    def send_photo(self, user: FakeUser, data: bytes, caption: str | None = None) -> Pushed:
+        """The user sends a compressed photo; Telegram stores several sizes, largest last.
+
+        The largest size's bytes are ``data`` unchanged, so a download can be compared with it.
+        """
+        sizes = self._photo_sizes(data)
+        fields: dict[str, Any] = {"photo": sizes}
+        if caption is not None:
+            fields["caption"] = caption
+        pushed = self._push_message(user, fields)
+        return dataclasses.replace(pushed, file_id=sizes[-1]["file_id"])
+
+    def send_document(
+        self,
+        user: FakeUser,
+        data: bytes,
+        file_name: str = "photo.jpg",
+        mime_type: str = "image/jpeg",
+        caption: str | None = None,
+        file_size: int | None = None,
+    ) -> Pushed:
+        """The user sends a file uncompressed. ``file_size`` may claim more than ``len(data)``,
+        to test the 20 MB download limit without allocating it."""
+        stored = self._store_file(data, "documents", file_name.rpartition(".")[2], file_size)
+        document = {
+            "file_id": stored.file_id,
+            "file_unique_id": stored.file_unique_id,
+            "file_name": file_name,
+            "mime_type": mime_type,
+            "file_size": stored.file_size,
+        }
+        fields: dict[str, Any] = {"document": document}
+        if caption is not None:
+            fields["caption"] = caption
+        pushed = self._push_message(user, fields)
+        return dataclasses.replace(pushed, file_id=stored.file_id)
+
+    def press(
+        self, user: FakeUser, message_id: int, callback_data: str, strict: bool = True
+    ) -> Pushed:
+        """The user presses an inline button on one of the bot's messages in their chat.
+
+        With ``strict`` (the default) the message must currently show a button with that
+        callback data, as a real user can press nothing else; pass False to forge data.
+        """
+        with self._lock:
+            message = self._messages.get(user.id, {}).get(message_id)
+            if message is None or message.deleted:
+                raise AssertionError(f"no bot message {message_id} in chat {user.id} to press on")
+            if strict and callback_data not in [d for row in message.buttons for _, d in row]:
+                raise AssertionError(
+                    f"message {message_id} has no button {callback_data!r}: {message.buttons}"
+                )
+            query_id = f"{user.id}-{next(self._callback_ids)}"
+            self._users.setdefault(user.id, user)
+            query = {
+                "id": query_id,
+                "from": user.to_dict(),
+                "message": self._message_dict(message),
+                "chat_instance": f"ci{user.id}",
+                "data": callback_data,
+            }
+            update_id = self._push("callback_query", query)
+            self._callbacks[query_id] = user.id
+            return Pushed(update_id=update_id, message_id=message_id, callback_query_id=query_id)
+
+    def press_button(self, user: FakeUser, message_id: int, label: str) -> Pushed:
+        """Press the button whose label contains ``label`` on a bot message."""
+        return self.press(user, message_id, self.message(user.id, message_id).button_data(label))
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def sent(self) -> list[Call]:
+        """Every request the bot made, in order (injected failures included)."""
+        with self._lock:
+            return list(self._calls)
+
+    def calls(self, method: str | None = None, ok: bool | None = None) -> list[Call]:
+        """Requests to ``method`` (any when None), optionally only those that did/did not fail."""
+        with self._lock:
+            return [
+                c
+                for c in self._calls
+                if (method is None or c.method.lower() == method.lower())
+                and (ok is None or c.ok == ok)
+            ]
+
+    def messages(self, chat_id: int, include_deleted: bool = False) -> dict[int, BotMessage]:
+        """The bot's messages in a chat by message id, as they look now (edits applied)."""
+        with self._lock:
+            return {
+                mid: m
+                for mid, m in self._messages.get(chat_id, {}).items()
+                if include_deleted or not m.deleted
+            }
+
+    def message(self, chat_id: int, message_id: int) -> BotMessage:
+        """One bot message as it looks now (deleted ones too); AssertionError if never sent."""
+        with self._lock:
+            found = self._messages.get(chat_id, {}).get(message_id)
+        if found is None:
+            raise AssertionError(f"the bot sent no message {message_id} to chat {chat_id}")
+        return found
+
+    def last_message(self, chat_id: int) -> BotMessage | None:
+        """The newest message from the bot still visible in the chat."""
+        visible = self.messages(chat_id)
+        return visible[max(visible)] if visible else None
+
+    def videos(self, chat_id: int | None = None) -> list[SentVideo]:
+        """Videos the bot sent, in order, with their bytes."""
+        with self._lock:
+            return [v for v in self._videos if chat_id is None or v.chat_id == chat_id]
+
+    @property
+    def alerts(self) -> list[Alert]:
+        """Every answerCallbackQuery, in order."""
+        with self._lock:
+            return list(self._alerts)
+
+    @property
+    def commands(self) -> list[dict[str, Any]]:
+        """The command list from the last setMyCommands."""
+        with self._lock:
+            return list(self._commands)
+
+    @property
+    def polling(self) -> int:
+        """How many getUpdates requests are parked in the server right now."""
+        with self._lock:
+            return self._polling
+
+    @property
+    def pending_updates(self) -> int:
+        """Updates pushed and not yet confirmed by a getUpdates offset."""
+        with self._lock:
+            return len(self._pending)
+
+    def dump(self, last: int = 20) -> str:
+        """Recent calls for failure messages; successful getUpdates are left out as noise."""
+        with self._lock:
+            shown = [c for c in self._calls if not (c.method == "getUpdates" and c.ok)]
+        lines = [c.summary() for c in shown[-last:]] or ["(no calls besides getUpdates)"]
+        return "recent Bot API calls:\n  " + "\n  ".join(lines)
+
+    # ------------------------------------------------------------------ waiting
+
+    # A timeout argument (not asyncio.timeout around the call) so a failure can dump the calls.
+    async def wait_for(
+        self,
+        predicate: Callable[[], T],
+        timeout: float = 10.0,  # noqa: ASYNC109
+        what: str | None = None,
+    ) -> T:
+        """Wait until ``predicate()`` is truthy and return its value.
+
+        The predicate is re-evaluated whenever the server records something (a call or a push),
+        never on a timer. On timeout, AssertionError with the recent calls.
+        """
+        loop = asyncio.get_running_loop()
+        event = asyncio.Event()
+        waiter = (loop, event)
+        with self._lock:
+            self._async_waiters.add(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    # Clear first: a change during the predicate then sets it again.
+                    event.clear()
+                    value = predicate()
+                    if value:
+                        return value
+                    await event.wait()
+        except TimeoutError:
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {what or predicate}\n{self.dump()}"
+            ) from None
+        finally:
+            with self._lock:
+                self._async_waiters.discard(waiter)
+
+    async def wait_for_call(
+        self,
+        method: str,
+        timeout: float = 10.0,  # noqa: ASYNC109
+        **match: Any,
+    ) -> Call:
+        """Wait for a successful call of ``method`` whose params equal every ``match`` item."""
+
+        def find() -> Call | None:
+            for call in self.calls(method, ok=True):
+                if all(call.params.get(k) == v for k, v in match.items()):
+                    return call
+            return None
+
+        return await self.wait_for(find, timeout, what=f"{method} {match}")
+
+    async def wait_for_video(
+        self,
+        chat_id: int,
+        count: int = 1,
+        timeout: float = 10.0,  # noqa: ASYNC109
+    ) -> SentVideo:
+        """Wait until the chat has received ``count`` videos and return the ``count``-th."""
+
+        def find() -> SentVideo | None:
+            videos = self.videos(chat_id)
+            return videos[count - 1] if len(videos) >= count else None
+
+        return await self.wait_for(find, timeout, what=f"video #{count} in chat {chat_id}")
+
+    async def wait_for_text(
+        self,
+        chat_id: int,
+        substring: str,
+        timeout: float = 10.0,  # noqa: ASYNC109
+    ) -> BotMessage:
+        """Wait until a visible bot message (text or caption, edits applied) contains
+        ``substring``; return the newest such message."""
+
+        def find() -> BotMessage | None:
+            hits = [m for m in self.messages(chat_id).values() if substring in m.content]
+            return hits[-1] if hits else None
+
+        return await self.wait_for(find, timeout, what=f"{substring!r} in chat {chat_id}")
+
+    # ------------------------------------------------------------------ failure injection
+
+    def fail_next(
+        self,
+        method: str,
+        status: int = HTTPStatus.TOO_MANY_REQUESTS,
+        retry_after: int | None = None,
+        description: str | None = None,
+        count: int = 1,
+        chat_id: int | None = None,
+    ) -> None:
+        """Answer the next ``count`` calls of ``method`` (for ``chat_id`` only, if given) with an
+        error: 429 with retry_after (default 1), 403 "bot was blocked by the user", 5xx, ..."""
+        if status == HTTPStatus.TOO_MANY_REQUESTS and retry_after is None:
+            retry_after = 1
+        if description is None:
+            if status == HTTPStatus.TOO_MANY_REQUESTS:
+                description = f"Too Many Requests: retry after {retry_after}"
+            elif status == HTTPStatus.FORBIDDEN:
+                description = BLOCKED
+            else:
+                description = HTTPStatus(status).phrase
+        with self._lock:
+            self._failures.append(
+                _Failure(method.lower(), status, description, retry_after, chat_id, count)
+            )
+
+    # ------------------------------------------------------------------ HTTP plumbing
+
+    def _serve(self, handler: _Handler) -> None:
+        path = urlsplit(handler.path).path
+        try:
+            if self._stopping:
+                handler.close_connection = True
+                raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "Service Unavailable")
+            if path.startswith("/file/bot"):
+                token, _, file_path = path.removeprefix("/file/bot").partition("/")
+                self._check_token(token)
+                data = self._download(unquote(file_path))
+                self._reply(handler, HTTPStatus.OK, data, "application/octet-stream")
+                return
+            if not path.startswith("/bot"):
+                raise ApiError(HTTPStatus.NOT_FOUND, "Not Found")
+            token, _, method = path.removeprefix("/bot").partition("/")
+            self._check_token(token)
+            params, files = self._read_params(handler)
+            status, body = self._call(method, params, files)
+        except ApiError as exc:
+            status, body = exc.status, self._error_body(exc)
+        self._reply(handler, status, json.dumps(body).encode())
+
+    def _check_token(self, token: str) -> None:
+        if self.token is not None and token != self.token:
+            raise ApiError(HTTPStatus.UNAUTHORIZED, "Unauthorized")
+
+    @staticmethod
+    def _error_body(exc: ApiError) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "ok": False,
+            "error_code": int(exc.status),
+            "description": exc.description,
+        }
+        if exc.parameters:
+            body["parameters"] = exc.parameters
+        return body
+
+    @staticmethod
+    def _reply(
+        handler: _Handler, status: int, payload: bytes, content_type: str = "application/json"
+    ) -> None:
+        # The client may have given up (timeout, shutdown); that is not the server's problem.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            handler.send_response(status)
+            handler.send_header("Content-Type", content_type)
+            handler.send_header("Content-Length", str(len(payload)))
+            handler.end_headers()
+            handler.wfile.write(payload)
+
+    @staticmethod
+    def _read_params(handler: _Handler) -> tuple[dict[str, Any], dict[str, UploadedFile]]:
+        length = int(handler.headers.get("Content-Length") or 0)
+        body = handler.rfile.read(length) if length else b""
+        content_type = handler.headers.get("Content-Type") or ""
+        raw: dict[str, Any] = dict(parse_qsl(urlsplit(handler.path).query))
+        files: dict[str, UploadedFile] = {}
+        if content_type.startswith("multipart/form-data"):
+            fields, files = _parse_multipart(content_type, body)
+            raw.update(fields)
+        elif content_type.startswith("application/json") and body:
+            raw.update(json.loads(body))
+        elif body:
+            raw.update(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
+        return {k: _decode_value(k, v) for k, v in raw.items()}, files
+
+    def _call(
+        self, method: str, params: dict[str, Any], files: dict[str, UploadedFile]
+    ) -> tuple[int, dict[str, Any]]:
+        handler = self._methods().get(method.lower())
+        if handler is None:
+            self._record(method, params, files, HTTPStatus.NOT_FOUND, None, "method not found")
+            raise ApiError(HTTPStatus.NOT_FOUND, "Not Found: method not found")
+        name = handler.__name__.removeprefix("_m_")
+        # Long polling blocks outside the lock (the condition releases it while waiting).
+        with self._lock:
+            failure = self._take_failure(name, params)
+        if failure is not None:
+            self._record(name, params, files, failure.status, None, failure.description)
+            raise failure
+        try:
+            result = handler(params, files)
+        except ApiError as exc:
+            self._record(name, params, files, exc.status, None, exc.description)
+            raise
+        self._record(name, params, files, HTTPStatus.OK, result, None)
+        return HTTPStatus.OK, {"ok": True, "result": result}
+
+    def _take_failure(self, name: str, params: dict[str, Any]) -> ApiError | None:
+        for failure in self._failures:
+            if failure.method != name.lower():
+                continue
+            if failure.chat_id is not None and params.get("chat_id") != failure.chat_id:
+                continue
+            failure.remaining -= 1
+            if failure.remaining <= 0:
+                self._failures.remove(failure)
+            parameters = {"retry_after": failure.retry_after} if failure.retry_after else None
+            return ApiError(failure.status, failure.description, parameters)
+        return None
+
+    def _record(
+        self,
+        method: str,
+        params: dict[str, Any],
+        files: dict[str, UploadedFile],
+        status: int,
+        result: Any,
+        description: str | None,
+    ) -> None:
+        with self._lock:
+            call = Call(len(self._calls), method, params, files, int(status), result, description)
+            self._calls.append(call)
+            self._notify()
+
+    def _notify(self) -> None:
+        """Wake long polls and every wait_for (caller holds the lock)."""
+        self._cond.notify_all()
+        for loop, event in list(self._async_waiters):
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:
+                # The waiter's loop is closed: nobody is waiting any more.
+                self._async_waiters.discard((loop, event))
+
+    def _methods(self) -> dict[str, Callable[[dict[str, Any], dict[str, UploadedFile]], Any]]:
+        methods = {
+            name.removeprefix("_m_").lower(): getattr(self, name)
+            for name in dir(self)
+            if name.startswith("_m_")
+        }
+        for name in _NO_OPS:
+            methods.setdefault(name, self._m_noop)
+        return methods
+
+    # ------------------------------------------------------------------ state helpers
+
+    def _push(self, kind: str, payload: dict[str, Any]) -> int:
+        with self._lock:
+            update_id = next(self._update_ids)
+            data = {"update_id": update_id, kind: payload}
+            _check_round_trip(data)
+            self._pending.append(data)
+            self._notify()
+            return update_id
+
+    def _push_message(self, user: FakeUser, fields: dict[str, Any]) -> Pushed:
+        with self._lock:
+            self._users[user.id] = user
+            message_id = self._new_message_id(user.id)
+            message = {
+                "message_id": message_id,
+                "date": int(self._clock()),
+                "chat": user.chat_dict(),
+                "from": user.to_dict(),
+                **fields,
+            }
+            update_id = self._push("message", message)
+            return Pushed(update_id=update_id, message_id=message_id)
+
+    def _new_message_id(self, chat_id: int) -> int:
+        message_id = self._next_message_id.get(chat_id, 1)
+        self._next_message_id[chat_id] = message_id + 1
+        self._existing.setdefault(chat_id, set()).add(message_id)
+        return message_id
+
+    def _store_file(
+        self, data: bytes, folder: str, extension: str, file_size: int | None = None
+    ) -> _StoredFile:
+        with self._lock:
+            n = next(self._file_ids)
+            stored = _StoredFile(
+                file_id=f"BAACAgIAAxk-{folder}-{n:06d}",
+                file_unique_id=f"AgAD{n:06d}",
+                data=data,
+                file_size=file_size if file_size is not None else len(data),
+                file_path=f"{folder}/file_{n}.{extension or 'bin'}",
+            )
+            self._files[stored.file_id] = stored
+            self._files_by_path[stored.file_path] = stored
+            return stored
+
+    def _photo_sizes(self, data: bytes) -> list[dict[str, Any]]:
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+                width, height = image.size
+                renditions: list[tuple[bytes, int, int]] = []
+                for side in PHOTO_SIZES:
+                    if side >= max(width, height):
+                        break
+                    small = image.convert("RGB")
+                    small.thumbnail((side, side))
+                    buffer = io.BytesIO()
+                    small.save(buffer, "JPEG")
+                    renditions.append((buffer.getvalue(), *small.size))
+        except OSError as exc:
+            raise ValueError(f"not an image Telegram would accept as a photo: {exc}") from exc
+        renditions.append((data, width, height))
+        sizes = []
+        for blob, w, h in renditions:
+            stored = self._store_file(blob, "photos", "jpg")
+            sizes.append(
+                {
+                    "file_id": stored.file_id,
+                    "file_unique_id": stored.file_unique_id,
+                    "width": w,
+                    "height": h,
+                    "file_size": stored.file_size,
+                }
+            )
+        return sizes
+
+    def _chat_dict(self, chat_id: int) -> dict[str, Any]:
+        user = self._users.get(chat_id)
+        if user is not None:
+            return user.chat_dict()
+        if chat_id < 0:
+            return {"id": chat_id, "type": "group", "title": "Group"}
+        # A chat the test never wrote from: still deliverable, as for a user known from the DB.
+        return {"id": chat_id, "type": "private", "first_name": "User"}
+
+    def _message_dict(self, message: BotMessage) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "message_id": message.message_id,
+            "date": message.date,
+            "chat": self._chat_dict(message.chat_id),
+            "from": {
+                "id": BOT_ID,
+                "is_bot": True,
+                "first_name": BOT_FIRST_NAME,
+                "username": BOT_USERNAME,
+            },
+            **message.media,
+        }
+        if message.text is not None:
+            data["text"] = message.text
+        if message.caption is not None:
+            data["caption"] = message.caption
+        if message.reply_markup:
+            data["reply_markup"] = message.reply_markup
+        if message.edit_date is not None:
+            data["edit_date"] = message.edit_date
+        return data
+
+    def _chat_id(self, params: dict[str, Any]) -> int:
+        chat_id = params.get("chat_id")
+        if chat_id is None or chat_id == "":
+            raise _bad("chat_id is empty")
+        if not isinstance(chat_id, int):
+            raise _bad("chat not found")
+        return chat_id
+
+    def _reply_to(self, chat_id: int, params: dict[str, Any]) -> int | None:
+        reply = params.get("reply_parameters")
+        if isinstance(reply, dict):
+            message_id = reply.get("message_id")
+            allow = reply.get("allow_sending_without_reply", False)
+        else:
+            message_id = params.get("reply_to_message_id")
+            allow = params.get("allow_sending_without_reply", False)
+        if message_id is None:
+            return None
+        if message_id not in self._existing.get(chat_id, set()):
+            if allow:
+                return None
+            raise _bad("message to be replied not found")
+        return int(message_id)
+
+    @staticmethod
+    def _check_markup(markup: Any) -> dict[str, Any] | None:
+        if markup is None:
+            return None
+        if not isinstance(markup, dict):
+            raise _bad("can't parse reply keyboard markup JSON object")
+        for row in markup.get("inline_keyboard", []):
+            for button in row:
+                data = button.get("callback_data")
+                if data is not None and not 1 <= len(data.encode()) <= MAX_CALLBACK_DATA:
+                    raise _bad("BUTTON_DATA_INVALID")
+        return markup
+
+    @staticmethod
+    def _check_caption(caption: Any) -> str | None:
+        if caption is not None and len(caption) > 1024:
+            raise _bad("message caption is too long")
+        return caption
+
+    def _store_bot_message(self, chat_id: int, params: dict[str, Any], **fields: Any) -> BotMessage:
+        reply_to = self._reply_to(chat_id, params)
+        markup = self._check_markup(params.get("reply_markup"))
+        message = BotMessage(
+            chat_id=chat_id,
+            message_id=self._new_message_id(chat_id),
+            date=int(self._clock()),
+            parse_mode=params.get("parse_mode"),
+            reply_markup=markup,
+            reply_to_message_id=reply_to,
+            **fields,
+        )
+        self._messages.setdefault(chat_id, {})[message.message_id] = message
+        return message
+
+    def _upload(
+        self, params: dict[str, Any], files: dict[str, UploadedFile], field: str
+    ) -> UploadedFile | _StoredFile | None:
+        """The file in ``field``: an upload (direct or attach://name) or an earlier file_id."""
+        if field in files:
+            return files[field]
+        value = params.get(field)
+        if value is None:
+            return None
+        if isinstance(value, str) and value.startswith("attach://"):
+            attached = files.get(value.removeprefix("attach://"))
+            if attached is None:
+                raise _bad(f"file {value} not found in the request")
+            return attached
+        stored = self._files.get(str(value))
+        if stored is None:
+            raise _bad("wrong file identifier/HTTP URL specified")
+        return stored
+
+    def _editable(self, params: dict[str, Any]) -> BotMessage:
+        if params.get("inline_message_id"):
+            raise _bad("inline messages are not supported by this fake")
+        chat_id = self._chat_id(params)
+        message = self._messages.get(chat_id, {}).get(params.get("message_id"))  # type: ignore[arg-type]
+        if message is None or message.deleted:
+            raise _bad("message to edit not found")
+        return message
+
+    def _apply_edit(self, old: BotMessage, **changes: Any) -> dict[str, Any]:
+        new = dataclasses.replace(old, **changes)
+        if (new.text, new.caption, new.reply_markup) == (old.text, old.caption, old.reply_markup):
+            raise _bad(NOT_MODIFIED.removeprefix("Bad Request: "))
+        new = dataclasses.replace(new, edits=old.edits + 1, edit_date=int(self._clock()))
+        self._messages[old.chat_id][old.message_id] = new
+        return self._message_dict(new)
+
+    # ------------------------------------------------------------------ Bot API methods
+    # Each _m_<Name> takes decoded params and uploaded files and returns the "result" JSON.
+
+    def _m_getMe(self, params: dict[str, Any], files: dict[str, UploadedFile]) -> Any:
+        return {
+            "id": BOT_ID,
+            "is_bot": True,
+            "first_name": BOT_FIRST_NAME,
+            "username": BOT_USERNAME,
+            "can_join_groups": True,
+            "can_read_all_group_messages": False,
+            "supports_inline_queries": False,
+        }
+
+    def _m_getUpdates(self, params: dict[str, Any], files: dict[str, UploadedFile]) -> Any:
+        offset = params.get("offset") or 0
+        limit = params.get("limit") or 100
+        timeout = float(params.get("timeout") or 0)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            # An offset confirms (and forgets) every earlier update; a negative one keeps the
+            # last -offset updates, as documented for getUpdates.
+            if offset > 0:
+                self._pending = [u for u in self._pending if u["update_id"] >= offset]
+            elif offset < 0:
+                self._pending = self._pending[offset:]
+            self._polling += 1
+            # Tell waiters a long poll is parked, so a test can push "while the bot waits".
+            self._notify()
+            try:
+                while not self._pending and not self._stopping:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+            finally:
+                self._polling -= 1
+            return list(self._pending[:limit])
+
+    def _m_deleteWebhook(self, params: dict[str, Any], files: dict[str, UploadedFile]) -> Any:
+        if params.get("drop_pending_updates"):
+            with self._lock:
+                self._pending.clear()
+        return True
+
+    def _m_getWebhookInfo(self, params: dict[str, Any], files: dict[str, UploadedFile]) -> Any:
+        return {"url": "", "has_custom_certificate": False, "pending_update_count": 0}
+
+    def _m_setMyCommands(self, params: dict[str, Any], files: dict[str, UploadedFile]) -> Any:
+        with self._lock:
+            self._commands = list(params.get("commands") or [])
+        return True
+
+    def _m_getMyCommands(self, params: dict[str, Any], files: dict[str, UploadedFile]) -> Any:
+        return self.commands
+
+    def _m_deleteMyCommands(self, params: dict[str, Any], files: dict[str, UploadedFile]) -> Any:
+        with self._lock:
+            self._commands = []
+        return True
+
+    def _m_noop(self, params: dict[str, Any], files: dict[str, UploadedFile]) -> Any:
+        return True
+
+    def _m_sendChatAction(self, params: dict[str, Any], files: dict[str, UploadedFile]) -> Any:
+        self._chat_id(params)
+        if not params.get("action"):
+            raise _bad("action is empty")
+        return True
+
+    def _m_sendMessage(self, params: dict[str, Any], files: dict[str, UploadedFile]) -> Any:
+        chat_id = self._chat_id(params)
+        text = params.get("text")
+        if not text:
+            raise _bad("message text is empty")
+        if len(text) > 4096:
+            raise _bad("message is too long")
+        with self._lock:
+            message = self._store_bot_message(chat_id, params, kind="text", text=text)
+            return self._message_dict(message)
+
+    def _m_editMessageText(self, params: dict[str, Any], files: dict[str, UploadedFile]) -> Any:
+        text = params.get("text")
+        if not text:
+            raise _bad("message text is empty")
+        with self._lock:
+            message = self._editable(params)
+            if message.text is None:
+                raise _bad("there is no text in the message to edit")
+            # Like Telegram, an edit without reply_markup removes the inline keyboard.
+            markup = self._check_markup(params.get("reply_markup"))
+            return self._apply_edit(
+                message, text=text, reply_markup=markup, parse_mode=params.get("parse_mode")
+            )
+
+    def _m_editMessageCaption(self, params: dict[str, Any], files: dict[str, UploadedFile]) -> Any:
+        with self._lock:
+            message = self._editable(params)
+            if message.kind == "text":
+                raise _bad("there is no caption in the message to edit")
+            markup = self._check_markup(params.get("reply_markup"))
+            caption = self._check_caption(params.get("caption"))
+            return self._apply_edit(
+                message, caption=caption, reply_markup=markup, parse_mode=params.get("parse_mode")
+            )
+
+    def _m_editMessageReplyMarkup(
+        self, params: dict[str, Any], files: dict[str, UploadedFile]
+    ) -> Any:
+        with self._lock:
+            message = self._editable(params)
+            markup = self._check_markup(params.get("reply_markup"))
+            return self._apply_edit(message, reply_markup=markup)
+
+    def _m_deleteMessage(self, params: dict[str, Any], files: dict[str, UploadedFile]) -> Any:
+        chat_id = self._chat_id(params)
+        with self._lock:
+            message = self._messages.get(chat_id, {}).get(params.get("message_id"))  # type: ignore[arg-type]
+            if message is None or message.deleted:
+                raise _bad("message to delete not found")
+            self._messages[chat_id][message.message_id] = dataclasses.replace(message, deleted=True)
+            self._existing[chat_id].discard(message.message_id)
+            return True
+
+    def _m_answerCallbackQuery(self, params: dict[str, Any], files: dict[str, UploadedFile]) -> Any:
+        query_id = str(params.get("callback_query_id") or "")
+        with self._lock:
+            if query_id not in self._callbacks:
+                raise _bad(QUERY_TOO_OLD.removeprefix("Bad Request: "))
+            self._alerts.append(
+                Alert(
+                    callback_query_id=query_id,
+                    user_id=self._callbacks[query_id],
+                    text=params.get("text"),
+                    show_alert=bool(params.get("show_alert")),
+                    url=params.get("url"),
+                )
+            )
+            return True
+
+    def _m_getFile(self, params: dict[str, Any], files: dict[str, UploadedFile]) -> Any:
+        with self._lock:
+            stored = self._files.get(str(params.get("file_id") or ""))
+        if stored is None:
+            raise _bad("invalid file_id")
+        if stored.file_size > MAX_DOWNLOAD_SIZE:
+            raise _bad("file is too big")
+        return {
+            "file_id": stored.file_id,
+            "file_unique_id": stored.file_unique_id,
+            "file_size": stored.file_size,
+            "file_path": stored.file_path,
+        }
+
+    def _download(self, file_path: str) -> bytes:
+        with self._lock:
+            stored = self._files_by_path.get(file_path)
+        if stored is None:
+            raise ApiError(HTTPStatus.NOT_FOUND, "Not Found")
+        return stored.data
+
+    def _m_sendVideo(self, params: dict[str, Any], files: dict[str, UploadedFile]) -> Any:
+        chat_id = self._chat_id(params)
+        source = self._upload(params, files, "video")
+        if source is None:
+            raise _bad("there is no video in the request")
+        caption = self._check_caption(params.get("caption"))
+        thumb = self._upload(params, files, "thumbnail")
+        with self._lock:
+            if isinstance(source, UploadedFile):
+                if len(source.data) > MAX_UPLOAD_SIZE:
+                    raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "Request Entity Too Large")
+                stored = self._store_file(source.data, "videos", "mp4")
+                file_name = source.filename
+            else:
+                stored, file_name = source, None
+            video: dict[str, Any] = {
+                "file_id": stored.file_id,
+                "file_unique_id": stored.file_unique_id,
+                "width": params.get("width") or 0,
+                "height": params.get("height") or 0,
+                "duration": params.get("duration") or 0,
+                "mime_type": "video/mp4",
+                "file_size": stored.file_size,
+            }
+            if file_name:
+                video["file_name"] = file_name
+            if thumb is not None:
+                thumb_file = self._store_file(thumb.data, "thumbnails", "jpg")
+                video["thumbnail"] = {
+                    "file_id": thumb_file.file_id,
+                    "file_unique_id": thumb_file.file_unique_id,
+                    "width": 320,
+                    "height": 320,
+                    "file_size": thumb_file.file_size,
+                }
+            message = self._store_bot_message(
+                chat_id,
+                params,
+                kind="video",
+                caption=caption,
+                file_id=stored.file_id,
+                media={"video": video},
+            )
+            self._videos.append(
+                SentVideo(
+                    chat_id=chat_id,
+                    message_id=message.message_id,
+                    file_id=stored.file_id,
+                    data=stored.data,
+                    thumbnail=thumb.data if thumb is not None else None,
+                    caption=caption,
+                    parse_mode=params.get("parse_mode"),
+                    width=params.get("width"),
+                    height=params.get("height"),
+                    duration=params.get("duration"),
+                    supports_streaming=params.get("supports_streaming"),
+                    reply_to_message_id=message.reply_to_message_id,
+                    reply_markup=message.reply_markup,
+                    file_name=file_name,
+                    resent=not isinstance(source, UploadedFile),
+                )
+            )
+            return self._message_dict(message)
+
+    def _m_sendPhoto(self, params: dict[str, Any], files: dict[str, UploadedFile]) -> Any:
+        chat_id = self._chat_id(params)
+        source = self._upload(params, files, "photo")
+        if source is None:
+            raise _bad("there is no photo in the request")
+        caption = self._check_caption(params.get("caption"))
+        with self._lock:
+            if isinstance(source, UploadedFile):
+                sizes = self._photo_sizes(source.data)
+            else:
+                sizes = [
+                    {
+                        "file_id": source.file_id,
+                        "file_unique_id": source.file_unique_id,
+                        "width": 0,
+                        "height": 0,
+                        "file_size": source.file_size,
+                    }
+                ]
+            message = self._store_bot_message(
+                chat_id,
+                params,
+                kind="photo",
+                caption=caption,
+                file_id=sizes[-1]["file_id"],
+                media={"photo": sizes},
+            )
+            return self._message_dict(message)
+
+    def _m_sendDocument(self, params: dict[str, Any], files: dict[str, UploadedFile]) -> Any:
+        chat_id = self._chat_id(params)
+        source = self._upload(params, files, "document")
+        if source is None:
+            raise _bad("there is no document in the request")
+        caption = self._check_caption(params.get("caption"))
+        with self._lock:
+            if isinstance(source, UploadedFile):
+                name = source.filename or "file.bin"
+                stored = self._store_file(source.data, "documents", name.rpartition(".")[2])
+                mime = source.content_type or "application/octet-stream"
+            else:
+                stored, name, mime = source, "file.bin", "application/octet-stream"
+            document = {
+                "file_id": stored.file_id,
+                "file_unique_id": stored.file_unique_id,
+                "file_name": name,
+                "mime_type": mime,
+                "file_size": stored.file_size,
+            }
+            message = self._store_bot_message(
+                chat_id,
+                params,
+                kind="document",
+                caption=caption,
+                file_id=stored.file_id,
+                media={"document": document},
+            )
+            return self._message_dict(message)
+
+
+@pytest.fixture
+def fake_botapi() -> Iterator[FakeBotApi]:
+    """A started FakeBotApi, stopped after the test."""
+    with FakeBotApi() as fake:
+        yield fake
