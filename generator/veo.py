@@ -167,6 +167,8 @@ class VeoBackend:
         credentials: API key (Gemini Developer API) or Vertex project/location; never logged.
         clock: monotonic seconds; injected so tests control time.
         sleep: awaited between polls and retries; injected so tests never wait.
+        google_credentials: Vertex only: a ``google.auth`` credentials object; ``None`` uses
+            Application Default Credentials (``gcloud auth application-default login``).
     """
 
     def __init__(
@@ -176,8 +178,10 @@ class VeoBackend:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        google_credentials: Any = None,
     ) -> None:
         self._settings = settings
+        self._google_credentials = google_credentials
         self._credentials = credentials
         self._clock = clock
         self._sleep = sleep
@@ -205,6 +209,7 @@ class VeoBackend:
                     vertexai=True,
                     project=creds.project,
                     location=creds.location or self._settings.location,
+                    credentials=self._google_credentials,
                     http_options=http_options,
                 )
             else:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import pytest
+from google.oauth2.credentials import Credentials as OAuthCredentials
 from PIL import Image
 
 from generator.clip import Progress
@@ -367,3 +368,55 @@ def test_cost_is_price_per_second_times_seconds() -> None:
     assert veo_cost(4, "veo-3.1-generate-preview", settings) == 1.6
     assert veo_cost(8, settings.fast_model, settings) == 1.2
     assert veo_cost(6, "veo-3.1-fast-generate-001", settings) == 0.9
+
+
+def vertex_backend(settings: VeoSettings, fake_time: FakeTime) -> VeoBackend:
+    # A ready-made bearer token stands in for Application Default Credentials offline.
+    return VeoBackend(
+        settings,
+        VeoCredentials(use_vertex=True, project="family-photos", location="europe-west4"),
+        clock=fake_time.clock,
+        sleep=fake_time.sleep,
+        google_credentials=OAuthCredentials(token="vertex-test-token"),
+    )
+
+
+async def test_vertex_mode_submits_polls_and_saves_the_returned_bytes(
+    settings: VeoSettings, fake_veo: FakeVeo, fake_time: FakeTime, tmp_path: Path
+) -> None:
+    fake_veo.script(pending_polls=1, outcome="inline")
+    veo = vertex_backend(settings, fake_time)
+    request = dataclasses.replace(REQUEST, seed=1234)
+    result = await veo.generate(portrait_photo(), request, tmp_path / "clip.mp4")
+    await veo.aclose()
+
+    assert_is_the_served_video(result.path, fake_veo)
+    model = "projects/family-photos/locations/europe-west4/publishers/google/models/"
+    model += "veo-3.1-generate-preview"
+    (submit,) = fake_veo.submits
+    assert submit.path == f"/v1beta1/{model}:predictLongRunning"
+    assert submit.headers["authorization"] == "Bearer vertex-test-token"
+    assert submit.body["parameters"]["seed"] == 1234  # Vertex takes a seed; the Gemini API not
+    assert [p.path for p in fake_veo.polls] == [f"/v1beta1/{model}:fetchPredictOperation"] * 2
+    assert fake_veo.polls[0].body == {"operationName": result.operation}
+
+
+async def test_vertex_safety_filter_raises_content_filtered(
+    settings: VeoSettings, fake_veo: FakeVeo, fake_time: FakeTime, tmp_path: Path
+) -> None:
+    fake_veo.script(outcome="filtered", filtered_reasons=("minor detected",))
+    veo = vertex_backend(settings, fake_time)
+    with pytest.raises(ContentFiltered) as caught:
+        await veo.generate(portrait_photo(), REQUEST, tmp_path / "clip.mp4")
+    await veo.aclose()
+    assert caught.value.reasons == ("minor detected",)
+
+
+async def test_api_key_mode_never_sends_a_seed(
+    backend: VeoBackend, fake_veo: FakeVeo, tmp_path: Path
+) -> None:
+    fake_veo.script(outcome="inline")
+    await backend.generate(
+        portrait_photo(), dataclasses.replace(REQUEST, seed=7), tmp_path / "clip.mp4"
+    )
+    assert "seed" not in fake_veo.submits[0].body["parameters"]

@@ -46,6 +46,11 @@ _STATUS_NAMES = {
     504: "DEADLINE_EXCEEDED",
 }
 
+_MLDEV_RESPONSE_TYPE = (
+    "type.googleapis.com/google.ai.generativelanguage.v1beta.PredictLongRunningResponse"
+)
+_VERTEX_RESPONSE_TYPE = "type.googleapis.com/cloud.ai.large_models.vision.GenerateVideoResponse"
+
 #: The 400 the Gemini API gives when a key's region/tier may not set personGeneration.
 PERSON_GENERATION_MESSAGE = "allow_adult for personGeneration is currently not supported."
 
@@ -67,7 +72,18 @@ class RecordedRequest:
 
     @property
     def is_poll(self) -> bool:
+        if self.method == "POST":  # Vertex: {model}:fetchPredictOperation {"operationName"}
+            return self.path.endswith(":fetchPredictOperation")
         return self.method == "GET" and "/operations/" in self.path
+
+    @property
+    def is_vertex(self) -> bool:
+        return self.path.startswith("/v1beta1/")
+
+    @property
+    def resource(self) -> str:
+        """The path without its API version and ``:method``, e.g. ``models/veo-3.1-...``."""
+        return self.path.split("/", 2)[2].split(":", 1)[0]
 
     @property
     def is_download(self) -> bool:
@@ -100,6 +116,7 @@ class Script:
 @dataclass
 class _Operation:
     name: str
+    vertex: bool = False
     polls: int = 0
 
 
@@ -157,14 +174,14 @@ class FakeVeo:
             params = (req.body or {}).get("parameters", {})
             if s.reject_person_generation and "personGeneration" in params:
                 return _error(400, PERSON_GENERATION_MESSAGE)
-            model = req.path.removeprefix("/v1beta/").removesuffix(":predictLongRunning")
-            name = f"{model}/operations/op{next(self._ids)}"
-            self._operations[name] = _Operation(name)
+            name = f"{req.resource}/operations/op{next(self._ids)}"
+            self._operations[name] = _Operation(name, vertex=req.is_vertex)
             return _json({"name": name})
         if req.is_poll:
             if s.poll_errors:
                 return _error(s.poll_errors.pop(0))
-            op = self._operations.get(req.path.removeprefix("/v1beta/"))
+            name = req.body["operationName"] if req.method == "POST" else req.resource
+            op = self._operations.get(name)
             if op is None:
                 return _error(404, "Operation not found.")
             op.polls += 1
@@ -188,6 +205,13 @@ class FakeVeo:
         if s.outcome == "filtered":
             response["raiMediaFilteredCount"] = 1
             response["raiMediaFilteredReasons"] = list(s.filtered_reasons)
+        elif op.vertex:  # Vertex sends bytes, or a gs:// uri when output_gcs_uri was set
+            encoded = base64.b64encode(self.video).decode()
+            response["videos"] = [
+                {"gcsUri": "gs://bucket/veo/sample_0.mp4", "mimeType": "video/mp4"}
+                if s.outcome == "file"
+                else {"bytesBase64Encoded": encoded, "mimeType": "video/mp4"}
+            ]
         elif s.outcome == "inline":
             encoded = base64.b64encode(self.video).decode()
             response["generatedSamples"] = [
@@ -197,11 +221,10 @@ class FakeVeo:
             file_id = op.name.rsplit("/", 1)[-1]
             uri = f"https://generativelanguage.googleapis.com/v1beta/files/{file_id}:download?alt=media"
             response["generatedSamples"] = [{"video": {"uri": uri}}]
-        body["response"] = {
-            "@type": "type.googleapis.com/google.ai.generativelanguage.v1beta."
-            "PredictLongRunningResponse",
-            "generateVideoResponse": response,
-        }
+        if op.vertex:
+            body["response"] = {"@type": _VERTEX_RESPONSE_TYPE, **response}
+        else:
+            body["response"] = {"@type": _MLDEV_RESPONSE_TYPE, "generateVideoResponse": response}
         return body
 
 
