@@ -250,6 +250,16 @@ class SqliteQueue:
         async with self._store.read() as db:
             return await _one(db, "SELECT * FROM jobs WHERE id = :id", {"id": job_id})
 
+    async def by_dedupe_key(self, dedupe_key: str) -> Job | None:
+        """The job enqueued under ``dedupe_key``, or ``None``."""
+        async with self._store.read() as db:
+            return await _one(db, "SELECT * FROM jobs WHERE dedupe_key = :key", {"key": dedupe_key})
+
+    async def sending(self) -> list[Job]:
+        """Jobs whose clip is made but not yet delivered, oldest first (re-delivered at start)."""
+        async with self._store.read() as db:
+            return await _all(db, "SELECT * FROM jobs WHERE status = 'sending' ORDER BY id", {})
+
     async def position(self, job_id: int) -> int | None:
         """1-based place in the claim order among queued jobs; ``None`` if not queued."""
         for place, job in enumerate(await self.queued(), start=1):

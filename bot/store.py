@@ -287,15 +287,24 @@ class Store:
         async with self._lock:
             self._owner = task
             try:
+                # BEGIN and COMMIT inside the try: a cancel while either is awaited still
+                # runs it on aiosqlite's thread, so the connection must be rolled back.
                 await self._db.execute(f"BEGIN {mode}")
-                try:
-                    yield self._db
-                except BaseException:
-                    await self._db.execute("ROLLBACK")
-                    raise
+                yield self._db
                 await self._db.execute("COMMIT")
+            except BaseException:
+                await self._rollback()
+                raise
             finally:
                 self._owner = None
+
+    async def _rollback(self) -> None:
+        try:
+            await self._db.execute("ROLLBACK")
+        except sqlite3.OperationalError as exc:
+            # BEGIN failed (busy) or COMMIT went through: nothing left to undo.
+            if "no transaction is active" not in str(exc):
+                raise
 
     @contextlib.asynccontextmanager
     async def _savepoint(self) -> AsyncIterator[None]:

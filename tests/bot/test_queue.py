@@ -48,6 +48,8 @@ async def test_double_enqueue_with_same_key_makes_one_job(queue: SqliteQueue) ->
     assert first.status is Status.QUEUED
     assert first.options == JobOptions(backend=Backend.SVD, custom_elements=("snow",))
     assert [job.id for job in await queue.queued()] == [first.id]
+    assert await queue.by_dedupe_key("card-7-0") == first
+    assert await queue.by_dedupe_key("card-7-1") is None
 
 
 async def test_claim_on_empty_queue_returns_none(queue: SqliteQueue) -> None:
@@ -136,6 +138,17 @@ async def test_two_consumers_never_claim_the_same_job(tmp_path: Path) -> None:
     assert not set(got_a) & set(got_b)
 
 
+async def test_concurrent_claims_on_one_connection_take_distinct_jobs(queue: SqliteQueue) -> None:
+    for n in range(4):
+        await queue.enqueue(new_job(ALICE + n, f"k{n}"), now=float(n))
+
+    claimed = await asyncio.gather(*(queue.claim(f"gpu{n}", now=9.0) for n in range(6)))
+
+    ids = [job.id for job in claimed if job is not None]
+    assert sorted(ids) == [1, 2, 3, 4]
+    assert claimed.count(None) == 2
+
+
 async def test_recover_requeues_stale_job_with_attempts_left(queue: SqliteQueue) -> None:
     job = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
     await queue.claim("gpu0", now=1.0)
@@ -171,9 +184,8 @@ async def test_recover_leaves_sending_jobs_for_redelivery(queue: SqliteQueue) ->
     await queue.mark_sending(job.id, Outcome(Status.SENDING, video_path="/v/a.mp4"), now=2.0)
 
     assert await queue.recover(now=1000.0, stale_after=0) == []
-    stored = await queue.get(job.id)
-    assert stored is not None
-    assert (stored.status, stored.video_path) == (Status.SENDING, "/v/a.mp4")
+    [stored] = await queue.sending()
+    assert (stored.id, stored.status, stored.video_path) == (job.id, Status.SENDING, "/v/a.mp4")
 
 
 async def test_recover_cancels_a_job_its_owner_asked_to_stop(queue: SqliteQueue) -> None:

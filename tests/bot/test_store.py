@@ -100,6 +100,22 @@ async def test_transaction_rolls_back_on_error(store: Store) -> None:
     assert await store.get_flag("paused") is None
 
 
+async def test_store_calls_inside_a_transaction_commit_with_it(store: Store) -> None:
+    async with store.transaction():
+        await store.set_flag("paused", "1")
+        await store.set_allowed(BOB, True, by=ALICE, now=1.0)
+        assert await store.get_flag("paused") == "1"  # reads see the open transaction
+
+    assert await store.get_flag("paused") == "1"
+    assert await store.allowed_override(BOB) is True
+
+
+async def test_transaction_mode_is_checked(store: Store) -> None:
+    with pytest.raises(ValueError, match="mode"):
+        async with store.transaction("SHARED"):
+            pass
+
+
 async def test_transaction_rolls_back_when_cancelled(store: Store) -> None:
     inside = asyncio.Event()
 
