@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from bot.jobs import Job, JobOptions, Status
 from generator.options import Backend, Intensity, PhotoType, motion_band
 
@@ -217,15 +219,15 @@ def daily_limit(limit: int) -> str:
 
 
 def veo_budget_refused(reason: str) -> str:
-    return f"Veo isn't available: {reason} Choose Auto or Local instead."
+    return f"{reason} Choose Auto or SVD instead."
 
 
 def veo_budget_fallback(reason: str) -> str:
     return f"{reason} This clip will be made with the local engine."
 
 
-VEO_USER_BUDGET = "you've used today's Veo budget."
-VEO_MONTH_BUDGET = "this month's Veo budget is used up."
+VEO_USER_BUDGET = "You've used today's Veo budget."
+VEO_MONTH_BUDGET = "This month's Veo budget is used up."
 VEO_NOT_CONFIGURED = "Veo isn't set up on this bot."
 
 
@@ -328,6 +330,27 @@ def paused() -> str:
 
 def resumed() -> str:
     return "▶ Resumed."
+
+
+def caption_too_long(limit: int) -> str:
+    return f"Please keep the caption under {limit} characters; it describes extra details."
+
+
+def stats(stats: Any, *, paused: bool) -> str:
+    """/stats for admins, from ``bot.store.Stats``."""
+    by_status = ", ".join(f"{k} {v}" for k, v in sorted(stats.by_status.items())) or "none"
+    by_backend = ", ".join(f"{k} {v}" for k, v in sorted(stats.by_backend.items())) or "none"
+    medians = ", ".join(f"{k} {human_seconds(v)}" for k, v in sorted(stats.median_seconds.items()))
+    lines = [
+        f"Jobs: {stats.total} ({by_status})",
+        f"Engines: {by_backend}",
+        f"Median run time: {medians or 'no data yet'}",
+        f"Veo spend: {money(stats.veo_spend_today)} today, {money(stats.veo_spend_month)} "
+        "this month",
+        f"Failure rate this month: {stats.failure_rate:.0%}",
+        "Queue: paused" if paused else "Queue: running",
+    ]
+    return "\n".join(lines)
 
 
 def internal_error() -> str:

@@ -1,0 +1,161 @@
+"""Wiring only: build the PTB ``Application`` from settings, store and worker.
+
+Example::
+
+    app = build_app(settings, store, worker)
+    app.run_polling(allowed_updates=Update.ALL_TYPES)
+
+Services come in as arguments (``async with app`` in tests skips ``post_init``); handler
+bodies live in ``bot.handlers``. ``post_init`` registers the command list and starts the
+worker, ``post_stop`` stops it with its grace period, ``post_shutdown`` closes the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from telegram import BotCommand, Update
+from telegram.ext import (
+    AIORateLimiter,
+    Application,
+    ApplicationBuilder,
+    CallbackQueryHandler,
+    CommandHandler,
+    ContextTypes,
+    MessageHandler,
+    TypeHandler,
+    filters,
+)
+from telegram.request import BaseRequest
+
+from bot import handlers as h
+from bot.config import Settings
+from bot.keyboards import Animate, CancelCard, CardOption, HistoryResend, JobCancel, ResultAction
+from bot.store import Store
+
+if TYPE_CHECKING:
+    from bot.worker import Worker
+
+log = logging.getLogger(__name__)
+
+COMMANDS = [
+    BotCommand("start", "What this bot does"),
+    BotCommand("help", "How to use it"),
+    BotCommand("queue", "Where your clips are in the queue"),
+    BotCommand("cancel", "Cancel your latest clip"),
+    BotCommand("history", "Your last clips"),
+    BotCommand("settings", "Your default options"),
+]
+
+
+@dataclass
+class BotData:
+    """The services every handler reaches through ``context.bot_data``."""
+
+    settings: Settings
+    store: Store
+    worker: Worker
+    clock: Callable[[], float] = time.time
+    # Serialises "check limits, then enqueue" so a double tap cannot slip past a limit.
+    enqueue_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def quiet_loggers() -> None:
+    """httpx logs every request URL at INFO, and Bot API URLs hold the token."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+def add_handlers(app: Application) -> None:
+    """Register every handler. Order matters within a group: the first match wins."""
+    # Group -1 runs before everything and stops updates from users who are not allowed.
+    app.add_handler(TypeHandler(Update, h.guard), group=-1)
+
+    commands = {
+        "start": h.start,
+        "help": h.help_command,
+        "history": h.history,
+        "queue": h.queue_command,
+        "cancel": h.cancel_command,
+        "settings": h.settings_command,
+        "stats": h.stats_command,
+        "pause": h.pause_command,
+        "resume": h.resume_command,
+        "allow": h.allow_command,
+        "deny": h.deny_command,
+    }
+    for name, callback in commands.items():
+        app.add_handler(CommandHandler(name, callback))
+
+    app.add_handler(MessageHandler(filters.PHOTO | filters.Document.IMAGE, h.on_photo))
+    app.add_handler(MessageHandler(filters.Document.ALL, h.on_other_document))
+    app.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, h.on_text))
+
+    app.add_handler(CallbackQueryHandler(h.on_card_option, pattern=CardOption.matches))
+    app.add_handler(CallbackQueryHandler(h.on_animate, pattern=Animate.matches))
+    app.add_handler(CallbackQueryHandler(h.on_card_cancel, pattern=CancelCard.matches))
+    app.add_handler(CallbackQueryHandler(h.on_job_cancel, pattern=JobCancel.matches))
+    app.add_handler(CallbackQueryHandler(h.on_result_action, pattern=ResultAction.matches))
+    app.add_handler(CallbackQueryHandler(h.on_history_resend, pattern=HistoryResend.matches))
+    # Last: old layouts and forged payloads get "expired" instead of silence.
+    app.add_handler(CallbackQueryHandler(h.on_stale_button))
+
+    app.add_error_handler(h.on_error)
+
+
+async def _post_init(app: Application) -> None:
+    await app.bot.set_my_commands(COMMANDS)
+    await app.bot_data.worker.start()
+
+
+async def _post_stop(app: Application) -> None:
+    await app.bot_data.worker.stop()
+
+
+async def _post_shutdown(app: Application) -> None:
+    await app.bot_data.store.close()
+
+
+def build_app(
+    settings: Settings,
+    store: Store,
+    worker: Worker,
+    *,
+    clock: Callable[[], float] = time.time,
+    request: BaseRequest | None = None,
+    rate_limiter: bool = True,
+) -> Application:
+    """The bot, ready for ``run_polling``/``run_webhook`` or ``async with app`` in tests.
+
+    ``request`` replaces the HTTP transport (tests); ``rate_limiter`` keeps Telegram's flood
+    limits with PTB's ``AIORateLimiter`` (edits of progress messages add up).
+    """
+    quiet_loggers()
+    telegram = settings.telegram
+    builder: Any = (
+        ApplicationBuilder()
+        .token(telegram.token)
+        .concurrent_updates(telegram.concurrent_updates)
+        .post_init(_post_init)
+        .post_stop(_post_stop)
+        .post_shutdown(_post_shutdown)
+    )
+    if telegram.base_url:
+        builder = builder.base_url(telegram.base_url)
+    if telegram.base_file_url:
+        builder = builder.base_file_url(telegram.base_file_url)
+    if rate_limiter:
+        builder = builder.rate_limiter(AIORateLimiter())
+    if request is not None:
+        builder = builder.request(request).get_updates_request(request)
+    data = BotData(settings=settings, store=store, worker=worker, clock=clock)
+    # ContextTypes calls bot_data() once to make application.bot_data; hand it our instance.
+    app = builder.context_types(ContextTypes(bot_data=lambda: data)).build()
+    add_handlers(app)
+    worker.bind(app)
+    return app

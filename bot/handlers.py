@@ -1,0 +1,837 @@
+"""Handler bodies for the Telegram front end: photos, settings cards, buttons and commands.
+
+Each handler gathers what it needs from the update and ``context.bot_data`` (a ``BotData``),
+calls plain decision functions (``check_access``, ``check_limits``, ``result_options``) and
+applies the result: a reply, an edited card, a queued job and ``worker.wake()``. Wiring lives
+in ``bot.app``; texts in ``bot.texts``; buttons in ``bot.keyboards``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import dataclasses
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from telegram import Message, Update
+from telegram.error import BadRequest, TelegramError
+from telegram.ext import ApplicationHandlerStop, CallbackContext, ExtBot
+
+from bot import eta, texts
+from bot.config import Settings
+from bot.jobs import ACTIVE, Job, JobOptions, NewJob, Status
+from bot.keyboards import (
+    CardOption,
+    HistoryResend,
+    JobCancel,
+    ResultAction,
+    history_keyboard,
+    result_keyboard,
+    settings_keyboard,
+    status_keyboard,
+)
+from bot.store import Card
+from generator.image import sniff_image
+from generator.options import (
+    INTENSITY_MOTION,
+    MAX_CUSTOM_ELEMENTS_CHARS,
+    MOTION_BANDS,
+    Backend,
+    motion_band,
+    step_intensity,
+    svd_duration,
+)
+
+if TYPE_CHECKING:
+    from bot.app import BotData
+
+log = logging.getLogger(__name__)
+
+Context: TypeAlias = "CallbackContext[ExtBot[None], dict[Any, Any], dict[Any, Any], BotData]"
+
+DAY = 86400.0
+
+
+# --- decisions (pure) -------------------------------------------------------------------
+
+
+def check_access(settings: Settings, user_id: int, override: bool | None) -> bool:
+    """Whether ``user_id`` may use the bot; ``override`` is the stored /allow (True) or /deny."""
+    access = settings.access
+    if access.public or user_id in access.admins:
+        return True
+    if override is not None:
+        return override
+    return user_id in access.allowed_users
+
+
+def day_start(now: float) -> float:
+    """UNIX time of the UTC midnight at or before ``now`` (daily limits reset then)."""
+    return now - now % DAY
+
+
+def month_start(now: float) -> float:
+    """UNIX time of the first of this UTC month (the monthly Veo budget resets then)."""
+    t = time.gmtime(now)
+    return float(calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0)))
+
+
+def veo_cost(settings: Settings, options: JobOptions) -> float | None:
+    """What Veo would charge for ``options``; ``None`` when Veo is not configured."""
+    if not settings.veo.configured:
+        return None
+    from generator.veo import veo_cost as cost
+
+    seconds = options.duration or 8
+    return cost(seconds, settings.generator.veo.model, settings.generator.veo)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a user has used, read from the store before a new job."""
+
+    active: int
+    today: int
+    veo_user_today: float
+    veo_month: float
+
+
+class Refused(Exception):
+    """A job may not be queued; ``text`` tells the user why."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+def check_limits(
+    settings: Settings, options: JobOptions, usage: Usage, veo_estimate: float | None
+) -> tuple[JobOptions, str | None]:
+    """The options to queue and a note for the user, or ``Refused`` with the reason.
+
+    Per-user queue and daily limits refuse outright. When a Veo budget (the user's day or
+    the bot's month) cannot pay ``veo_estimate``, auto turns into SVD with a note, and an
+    explicit Veo request is refused. A limit of 0 is off.
+    """
+    limits = settings.limits
+    if limits.max_queued_per_user and usage.active >= limits.max_queued_per_user:
+        raise Refused(texts.too_many_queued(limits.max_queued_per_user))
+    if limits.daily_jobs_per_user and usage.today >= limits.daily_jobs_per_user:
+        raise Refused(texts.daily_limit(limits.daily_jobs_per_user))
+    if options.backend is Backend.SVD:
+        return options, None
+    if veo_estimate is None:
+        if options.backend is Backend.VEO:
+            raise Refused(texts.veo_budget_refused(texts.VEO_NOT_CONFIGURED))
+        return options, None  # auto without Veo is SVD anyway; nothing to say
+    reason = None
+    if (
+        limits.veo_user_daily_usd
+        and usage.veo_user_today + veo_estimate > limits.veo_user_daily_usd
+    ):
+        reason = texts.VEO_USER_BUDGET
+    elif limits.veo_month_usd and usage.veo_month + veo_estimate > limits.veo_month_usd:
+        reason = texts.VEO_MONTH_BUDGET
+    if reason is None:
+        return options, None
+    if options.backend is Backend.VEO:
+        raise Refused(texts.veo_budget_refused(reason))
+    svd = dataclasses.replace(options, backend=Backend.SVD, duration=None)
+    return svd, texts.veo_budget_fallback(reason)
+
+
+def shift_motion(options: JobOptions, delta: int) -> JobOptions:
+    """One step more (+1) or less (-1) motion: the next intensity, then the next motion band."""
+    if options.motion is None:
+        stepped = step_intensity(options.intensity, delta)
+        if stepped is not options.intensity:
+            return dataclasses.replace(options, intensity=stepped)
+    current = options.motion if options.motion is not None else INTENSITY_MOTION[options.intensity]
+    index = MOTION_BANDS.index(motion_band(current))
+    target = min(max(index + delta, 0), len(MOTION_BANDS) - 1)
+    band = MOTION_BANDS[target]
+    if target == index:  # already in the end band: go to its edge
+        value = band.high if delta > 0 else band.low
+    else:
+        value = (band.low + band.high) // 2
+    return dataclasses.replace(options, motion=value)
+
+
+def result_options(
+    options: JobOptions, action: str, used: Backend | None, veo_available: bool
+) -> JobOptions:
+    """The options for a result button: ``again``, ``more``, ``less`` or ``other`` (engine).
+
+    ``other`` swaps the engine that made the clip (SVD <-> Veo; auto becomes SVD); it raises
+    ``Refused`` when that would be Veo and Veo is not configured.
+    """
+    if action == "again":
+        return options
+    if action in ("more", "less"):
+        return shift_motion(options, 1 if action == "more" else -1)
+    if action != "other":
+        raise ValueError(f"unknown result action {action!r}")
+    made_with = used or options.backend
+    if made_with is Backend.SVD:
+        if not veo_available:
+            raise Refused(texts.veo_budget_refused(texts.VEO_NOT_CONFIGURED))
+        return dataclasses.replace(options, backend=Backend.VEO)
+    # SVD decides its own length (frames / fps); a Veo duration would be refused.
+    return dataclasses.replace(options, backend=Backend.SVD, duration=None)
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def _data(context: Context) -> BotData:
+    return context.bot_data
+
+
+def _svd_seconds(settings: Settings) -> float:
+    return svd_duration(settings.generator.svd.frames, settings.generator.svd.fps)
+
+
+def _card_text(settings: Settings, options: JobOptions, note: str | None = None) -> str:
+    return texts.settings_card(
+        options,
+        veo_available=settings.veo.configured,
+        svd_seconds=_svd_seconds(settings),
+        note=note,
+    )
+
+
+def _usable_options(settings: Settings, options: JobOptions) -> JobOptions:
+    """Stored defaults, made valid for this bot (Veo may have been configured away)."""
+    options = dataclasses.replace(options, motion=None, custom_elements=())
+    if not settings.veo.configured and options.backend is Backend.VEO:
+        options = dataclasses.replace(options, backend=Backend.AUTO)
+    return options
+
+
+def _save_photo(folder: Path, name: str, data: bytes) -> Path:
+    """Write ``data`` under ``folder/name`` atomically (temp file, then rename)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".part-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        path = folder / name
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+async def _edit(message: Message | None, text: str, **kwargs: Any) -> None:
+    """Edit a card; a double tap's second edit is "not modified", which is fine."""
+    if message is None:
+        return
+    try:
+        await message.edit_text(text, **kwargs)
+    except BadRequest as exc:
+        if "not modified" not in str(exc):
+            raise
+
+
+async def _usage(data: BotData, user_id: int, now: float) -> Usage:
+    store = data.store
+    return Usage(
+        active=await store.active_count(user_id),
+        today=await store.jobs_since(user_id, day_start(now)),
+        veo_user_today=await store.veo_spend(since=day_start(now), user_id=user_id),
+        veo_month=await store.veo_spend(since=month_start(now)),
+    )
+
+
+async def _eta(data: BotData, position: int | None, now: float) -> float | None:
+    if position is None:
+        return None
+    durations = {b: await data.store.recent_durations(b) for b in (Backend.SVD, Backend.VEO)}
+    remaining = None
+    running_id = data.worker.running_job_id
+    if running_id is not None:
+        running = await data.store.queue.get(running_id)
+        started = running.started_at if running is not None else None
+        remaining = eta.running_remaining(started, now, durations)
+    return eta.estimate_wait(position, durations, remaining)
+
+
+async def _queue_text(data: BotData, job: Job, now: float, note: str | None) -> str:
+    position = await data.store.queue.position(job.id)
+    text = texts.queue_card(position or 1, await _eta(data, position, now))
+    return f"{text}\n\n{note}" if note else text
+
+
+async def _enqueue(
+    data: BotData,
+    user_id: int,
+    options: JobOptions,
+    *,
+    chat_id: int,
+    photo_message_id: int,
+    photo_path: str,
+    dedupe_key: str,
+    status_message_id: int,
+) -> tuple[Job, str | None, bool]:
+    """Check limits and queue one job; ``(job, note, new)``. ``Refused`` when over a limit.
+
+    Runs under ``enqueue_lock`` so a double tap sees the first tap's job (and is not refused
+    by the queue limit that job itself now fills).
+    """
+    now = data.clock()
+    existing = await data.store.fetchone(
+        "SELECT id FROM jobs WHERE dedupe_key = :key", {"key": dedupe_key}
+    )
+    if existing is not None:
+        job = await data.store.queue.get(existing["id"])
+        assert job is not None
+        return job, None, False
+    usage = await _usage(data, user_id, now)
+    queued_options, note = check_limits(
+        data.settings, options, usage, veo_cost(data.settings, options)
+    )
+    job = await data.store.queue.enqueue(
+        NewJob(
+            user_id=user_id,
+            chat_id=chat_id,
+            photo_message_id=photo_message_id,
+            photo_path=photo_path,
+            options=queued_options,
+            dedupe_key=dedupe_key,
+            status_message_id=status_message_id,
+            max_attempts=data.settings.worker.max_attempts,
+        ),
+        now=now,
+    )
+    return job, note, True
+
+
+# --- access guard -----------------------------------------------------------------------
+
+
+async def guard(update: Update, context: Context) -> None:
+    """Group -1: let allowed users through; tell everyone else, once, and stop the update."""
+    user = update.effective_user
+    if user is None:
+        return  # channel posts and the like: no handler of ours matches them anyway
+    data = _data(context)
+    if check_access(data.settings, user.id, await data.store.allowed_override(user.id)):
+        return
+    log.info("refused update %s from user %s", update.update_id, user.id)
+    if update.callback_query is not None:
+        await update.callback_query.answer(texts.not_allowed_alert(), show_alert=True)
+    elif update.effective_message is not None and update.effective_chat is not None:
+        if update.effective_chat.type == "private":
+            await update.effective_message.reply_text(texts.not_allowed(user.id))
+    raise ApplicationHandlerStop
+
+
+# --- photos -----------------------------------------------------------------------------
+
+
+async def on_photo(update: Update, context: Context) -> None:
+    """A photo (largest size) or an image document: download it and reply with a card."""
+    message = update.effective_message
+    user = update.effective_user
+    assert message is not None and user is not None
+    data = _data(context)
+    limit = data.settings.limits.max_photo_bytes
+    if message.photo:
+        attachment: Any = message.photo[-1]  # sizes are sorted; the last is the largest
+    elif message.document is not None:
+        attachment = message.document
+        if not (message.document.mime_type or "").startswith("image/"):
+            await message.reply_text(texts.not_an_image())
+            return
+    else:
+        return
+    if limit and (attachment.file_size or 0) > limit:
+        await message.reply_text(texts.too_large(limit))
+        return
+    caption = (message.caption or "").strip()
+    if len(caption) > MAX_CUSTOM_ELEMENTS_CHARS:
+        await message.reply_text(texts.caption_too_long(MAX_CUSTOM_ELEMENTS_CHARS))
+        return
+
+    try:
+        file = await attachment.get_file()
+        content = bytes(await file.download_as_bytearray())
+    except TelegramError as exc:
+        log.warning("user %s: photo download failed: %s", user.id, exc)
+        await message.reply_text(texts.download_failed())
+        return
+    if limit and len(content) > limit:
+        await message.reply_text(texts.too_large(limit))
+        return
+    kind = sniff_image(content[:32])
+    if kind is None:
+        await message.reply_text(texts.not_an_image())
+        return
+    name = f"{message.chat_id}-{message.message_id}-{attachment.file_unique_id}.{kind}"
+    # Saved now, so nothing later depends on Telegram's file links (they expire).
+    path = await asyncio.to_thread(_save_photo, data.settings.photos_dir, name, content)
+
+    now = data.clock()
+    await data.store.touch_user(user.id, user.full_name, now=now)
+    stored = await data.store.get_user_options(user.id)
+    options = _usable_options(data.settings, stored or JobOptions())
+    if caption:
+        options = dataclasses.replace(options, custom_elements=(caption,))
+    # Buttons go on once the card is stored, so every button a user can see already works.
+    card = await message.reply_text(_card_text(data.settings, options), do_quote=True)
+    await data.store.save_card(
+        Card(
+            chat_id=card.chat_id,
+            message_id=card.message_id,
+            user_id=user.id,
+            photo_message_id=message.message_id,
+            photo_path=str(path),
+            options=options,
+            created_at=now,
+        )
+    )
+    await card.edit_reply_markup(
+        settings_keyboard(options, veo_cost_usd=veo_cost(data.settings, options))
+    )
+    log.info("user %s: card %s for %s", user.id, card.message_id, path.name)
+
+
+async def on_other_document(update: Update, context: Context) -> None:
+    """A document that is not an image."""
+    assert update.effective_message is not None
+    await update.effective_message.reply_text(texts.not_an_image())
+
+
+async def on_text(update: Update, context: Context) -> None:
+    """Plain text: say what the bot wants."""
+    assert update.effective_message is not None
+    await update.effective_message.reply_text(texts.help_text())
+
+
+# --- settings card buttons --------------------------------------------------------------
+
+
+async def _own_card(update: Update, context: Context) -> Card | None:
+    """The pressed card if it exists and is the presser's; else alert and ``None``."""
+    query = update.callback_query
+    assert query is not None and query.message is not None
+    card = await _data(context).store.get_card(query.message.chat.id, query.message.message_id)
+    if card is None:
+        await query.answer(texts.stale_button(), show_alert=True)
+        return None
+    if card.user_id != query.from_user.id:
+        await query.answer(texts.not_yours(), show_alert=True)
+        return None
+    return card
+
+
+async def on_card_option(update: Update, context: Context) -> None:
+    """An option button: tick it and redraw the card in place."""
+    query = update.callback_query
+    assert query is not None
+    data = _data(context)
+    choice = CardOption.unpack(query.data or "")
+    card = await _own_card(update, context)
+    if card is None:
+        return
+    if choice.field == "b" and choice.value == Backend.VEO and not data.settings.veo.configured:
+        await query.answer(texts.stale_button(), show_alert=True)
+        return
+    await query.answer()  # first, so the button stops spinning
+    options = choice.apply(card.options)
+    if options == card.options:
+        return
+    await data.store.save_card(dataclasses.replace(card, options=options))
+    await _edit(
+        query.message,  # type: ignore[arg-type]
+        _card_text(data.settings, options),
+        reply_markup=settings_keyboard(options, veo_cost_usd=veo_cost(data.settings, options)),
+    )
+
+
+async def on_animate(update: Update, context: Context) -> None:
+    """Animate: one job per card (a double tap gives the same job), the card becomes its status."""
+    query = update.callback_query
+    assert query is not None and query.message is not None
+    data = _data(context)
+    async with data.enqueue_lock:
+        card = await _own_card(update, context)
+        if card is None:
+            return
+        if not await asyncio.to_thread(
+            os.path.exists, card.photo_path
+        ):  # the card was dismissed (old client, forged)
+            await query.answer(texts.stale_button(), show_alert=True)
+            return
+        key = f"card:{card.chat_id}:{card.message_id}:{card.generation}"
+        try:
+            job, note, new = await _enqueue(
+                data,
+                card.user_id,
+                card.options,
+                chat_id=card.chat_id,
+                photo_message_id=card.photo_message_id,
+                photo_path=card.photo_path,
+                dedupe_key=key,
+                status_message_id=card.message_id,
+            )
+        except Refused as exc:
+            await query.answer(exc.text, show_alert=True)
+            return
+        await query.answer()
+        if not new:
+            return  # the first tap already turned the card into the status message
+        await data.store.save_user_options(card.user_id, card.options)
+    await _edit(
+        query.message,  # type: ignore[arg-type]
+        await _queue_text(data, job, data.clock(), note),
+        reply_markup=status_keyboard(job.id),
+    )
+    data.worker.wake()
+
+
+async def on_card_cancel(update: Update, context: Context) -> None:
+    """Cancel on a card: drop it and its photo."""
+    query = update.callback_query
+    assert query is not None
+    card = await _own_card(update, context)
+    if card is None:
+        return
+    await query.answer()
+    await _edit(query.message, texts.card_dismissed())  # type: ignore[arg-type]
+    # Delete the card's record by making it stale: nothing refers to the photo any more.
+    await asyncio.to_thread(Path(card.photo_path).unlink, missing_ok=True)
+
+
+# --- job buttons ------------------------------------------------------------------------
+
+
+async def _own_job(update: Update, context: Context, job_id: int) -> Job | None:
+    query = update.callback_query
+    assert query is not None
+    job = await _data(context).store.queue.get(job_id)
+    if job is None:
+        await query.answer(texts.stale_button(), show_alert=True)
+        return None
+    if job.user_id != query.from_user.id:
+        await query.answer(texts.not_yours(), show_alert=True)
+        return None
+    return job
+
+
+async def cancel_job(data: BotData, job: Job, user_id: int, bot: Any) -> Job | None:
+    """Cancel ``job`` for its owner: queued ends now; running stops at the next step."""
+    result = await data.store.queue.cancel(job.id, user_id, now=data.clock())
+    if result is None:
+        return None
+    if result.status is Status.RUNNING:
+        await data.worker.cancel_running(job.id)
+        text = texts.cancel_requested()
+    else:
+        text = texts.cancelled()
+    if job.status_message_id is not None:
+        try:
+            await bot.edit_message_text(text, chat_id=job.chat_id, message_id=job.status_message_id)
+        except BadRequest as exc:
+            # The status message may be gone or already say this; the job is cancelled anyway.
+            log.info("job %s: status message not edited: %s", job.id, exc)
+    return result
+
+
+async def on_job_cancel(update: Update, context: Context) -> None:
+    """Cancel under a status message."""
+    query = update.callback_query
+    assert query is not None
+    payload = JobCancel.unpack(query.data or "")
+    job = await _own_job(update, context, payload.job_id)
+    if job is None:
+        return
+    if not job.active:
+        await query.answer(texts.stale_button(), show_alert=True)
+        return
+    await query.answer()
+    result = await cancel_job(_data(context), job, query.from_user.id, context.bot)
+    if result is None:
+        log.info("job %s: cancel came too late", job.id)
+
+
+async def on_result_action(update: Update, context: Context) -> None:
+    """Again / More motion / Less motion / Other engine under a video: a new job, same photo."""
+    query = update.callback_query
+    assert query is not None and query.message is not None
+    data = _data(context)
+    payload = ResultAction.unpack(query.data or "")
+    job = await _own_job(update, context, payload.job_id)
+    if job is None:
+        return
+    chat_id, pressed_id = query.message.chat.id, query.message.message_id
+    async with data.enqueue_lock:
+        # A card on the video message counts the presses, so each press is its own job.
+        card = await data.store.get_card(chat_id, pressed_id) or Card(
+            chat_id=chat_id,
+            message_id=pressed_id,
+            user_id=job.user_id,
+            photo_message_id=job.photo_message_id,
+            photo_path=job.photo_path,
+            options=job.options,
+            created_at=data.clock(),
+        )
+        try:
+            options = result_options(
+                job.options, payload.action, job.used_backend, data.settings.veo.configured
+            )
+            # Checked before the status message exists, so a refusal leaves no trace.
+            check_limits(
+                data.settings,
+                options,
+                await _usage(data, job.user_id, data.clock()),
+                veo_cost(data.settings, options),
+            )
+        except Refused as exc:
+            await query.answer(exc.text, show_alert=True)
+            return
+        if not await asyncio.to_thread(os.path.exists, job.photo_path):
+            await query.answer(texts.stale_button(), show_alert=True)
+            return
+        await query.answer()
+        status = await context.bot.send_message(
+            chat_id,
+            texts.queue_card(1, None),
+            reply_to_message_id=job.photo_message_id,
+            allow_sending_without_reply=True,
+        )
+        try:
+            new_job, note, _new = await _enqueue(
+                data,
+                job.user_id,
+                options,
+                chat_id=chat_id,
+                photo_message_id=job.photo_message_id,
+                photo_path=job.photo_path,
+                dedupe_key=f"result:{chat_id}:{pressed_id}:{payload.action}:{card.generation}",
+                status_message_id=status.message_id,
+            )
+        except Refused as exc:
+            await status.edit_text(exc.text)
+            return
+        await data.store.save_card(dataclasses.replace(card, generation=card.generation + 1))
+    await _edit(
+        status,
+        await _queue_text(data, new_job, data.clock(), note),
+        reply_markup=status_keyboard(new_job.id),
+    )
+    data.worker.wake()
+
+
+async def on_history_resend(update: Update, context: Context) -> None:
+    """A /history button: send that video again by its Telegram file id."""
+    query = update.callback_query
+    assert query is not None
+    payload = HistoryResend.unpack(query.data or "")
+    job = await _own_job(update, context, payload.job_id)
+    if job is None:
+        return
+    if not job.video_file_id:
+        await query.answer(texts.video_gone(), show_alert=True)
+        return
+    await query.answer()
+    taken = (job.finished_at or 0) - (job.started_at or job.finished_at or 0)
+    await context.bot.send_video(
+        job.chat_id,
+        job.video_file_id,
+        caption=texts.video_caption(job, taken),
+        reply_markup=result_keyboard(job.id),
+    )
+
+
+async def on_stale_button(update: Update, context: Context) -> None:
+    """Any other button: an old layout or a forged payload."""
+    assert update.callback_query is not None
+    await update.callback_query.answer(texts.stale_button(), show_alert=True)
+
+
+# --- commands ---------------------------------------------------------------------------
+
+
+async def start(update: Update, context: Context) -> None:
+    """/start: what the bot does and how to use it."""
+    user = update.effective_user
+    assert update.effective_message is not None and user is not None
+    await _data(context).store.touch_user(user.id, user.full_name, now=_data(context).clock())
+    await update.effective_message.reply_text(texts.start(user.first_name))
+
+
+async def help_command(update: Update, context: Context) -> None:
+    """/help."""
+    assert update.effective_message is not None
+    await update.effective_message.reply_text(texts.help_text())
+
+
+async def history(update: Update, context: Context) -> None:
+    """/history: the last 10 jobs, with a resend button for each delivered video."""
+    user = update.effective_user
+    assert update.effective_message is not None and user is not None
+    jobs = await _data(context).store.history(user.id, limit=10)
+    lines = [
+        texts.history_line(j, time.strftime("%d %b %H:%M", time.gmtime(j.created_at))) for j in jobs
+    ]
+    resend = [
+        (j.id, texts.resend_label(j.id))
+        for j in jobs
+        if j.status is Status.DONE and j.video_file_id
+    ]
+    await update.effective_message.reply_text(
+        texts.history(lines), reply_markup=history_keyboard(resend)
+    )
+
+
+async def queue_command(update: Update, context: Context) -> None:
+    """/queue: where the user's jobs are and what runs now."""
+    user = update.effective_user
+    assert update.effective_message is not None and user is not None
+    data = _data(context)
+    now = data.clock()
+    lines = []
+    for place, job in enumerate(await data.store.queue.queued(), start=1):
+        if job.user_id == user.id:
+            wait = await _eta(data, place, now)
+            eta_text = f", about {texts.human_seconds(wait)}" if wait is not None else ""
+            lines.append(f"#{job.id}: number {place} in the queue{eta_text}")
+    running_id = data.worker.running_job_id
+    running = None
+    if running_id is not None:
+        job = await data.store.queue.get(running_id)
+        mine = job is not None and job.user_id == user.id
+        running = f"#{running_id}" + (" (yours)" if mine else "")
+    await update.effective_message.reply_text(
+        texts.queue_overview(lines, running, data.worker.paused)
+    )
+
+
+async def cancel_command(update: Update, context: Context) -> None:
+    """/cancel: cancel the user's latest active job."""
+    user = update.effective_user
+    message = update.effective_message
+    assert message is not None and user is not None
+    data = _data(context)
+    for job in await data.store.history(user.id, limit=20):
+        if job.status in ACTIVE and await cancel_job(data, job, user.id, context.bot):
+            await message.reply_text(f"{texts.cancelled()} (#{job.id})")
+            return
+    await message.reply_text(texts.nothing_to_cancel())
+
+
+async def settings_command(update: Update, context: Context) -> None:
+    """/settings: the user's defaults."""
+    user = update.effective_user
+    assert update.effective_message is not None and user is not None
+    data = _data(context)
+    options = await data.store.get_user_options(user.id) or JobOptions()
+    await update.effective_message.reply_text(
+        texts.settings_summary(_usable_options(data.settings, options))
+    )
+
+
+# --- admin commands ---------------------------------------------------------------------
+
+
+async def _admin(update: Update, context: Context) -> bool:
+    user = update.effective_user
+    assert update.effective_message is not None and user is not None
+    if _data(context).settings.is_admin(user.id):
+        return True
+    await update.effective_message.reply_text(texts.not_admin())
+    return False
+
+
+async def stats_command(update: Update, context: Context) -> None:
+    """/stats (admins): job counts, run times, Veo spend, failure rate."""
+    if not await _admin(update, context):
+        return
+    data = _data(context)
+    now = data.clock()
+    stats = await data.store.stats(now=now, day_start=day_start(now), month_start=month_start(now))
+    assert update.effective_message is not None
+    await update.effective_message.reply_text(texts.stats(stats, paused=data.worker.paused))
+
+
+async def pause_command(update: Update, context: Context) -> None:
+    """/pause (admins): stop taking jobs from the queue; the running one finishes."""
+    if not await _admin(update, context):
+        return
+    await _maybe_await(_data(context).worker.pause())
+    assert update.effective_message is not None
+    await update.effective_message.reply_text(texts.paused())
+
+
+async def resume_command(update: Update, context: Context) -> None:
+    """/resume (admins)."""
+    if not await _admin(update, context):
+        return
+    await _maybe_await(_data(context).worker.resume())
+    assert update.effective_message is not None
+    await update.effective_message.reply_text(texts.resumed())
+
+
+async def _maybe_await(value: Any) -> None:
+    # pause/resume persist a flag; the worker may do that synchronously or as a coroutine.
+    if asyncio.iscoroutine(value):
+        await value
+
+
+async def _set_access(update: Update, context: Context, allowed: bool) -> None:
+    if not await _admin(update, context):
+        return
+    message, user = update.effective_message, update.effective_user
+    assert message is not None and user is not None
+    command = "allow" if allowed else "deny"
+    args = context.args or []
+    if len(args) != 1 or not args[0].lstrip("-").isdigit():
+        await message.reply_text(texts.usage(command, "USER_ID"))
+        return
+    target = int(args[0])
+    data = _data(context)
+    await data.store.set_allowed(target, allowed, by=user.id, now=data.clock())
+    await message.reply_text(texts.access_changed(target, allowed))
+
+
+async def allow_command(update: Update, context: Context) -> None:
+    """/allow ID (admins): let a user in, stored in the database."""
+    await _set_access(update, context, True)
+
+
+async def deny_command(update: Update, context: Context) -> None:
+    """/deny ID (admins): shut a user out, even one in the config's allowlist."""
+    await _set_access(update, context, False)
+
+
+# --- errors -----------------------------------------------------------------------------
+
+
+async def on_error(update: object, context: Context) -> None:
+    """Log first (update id and user, never the token), then a short apology if possible."""
+    if isinstance(update, Update):
+        user = update.effective_user
+        log.error(
+            "update %s from user %s failed",
+            update.update_id,
+            user.id if user else None,
+            exc_info=context.error,
+        )
+    else:
+        log.error("background task failed", exc_info=context.error)
+        return
+    try:
+        if update.callback_query is not None:
+            await update.callback_query.answer(texts.internal_error(), show_alert=True)
+        elif update.effective_message is not None:
+            await update.effective_message.reply_text(texts.internal_error())
+    except TelegramError:
+        pass  # already answered, or Telegram unreachable: the log line is what matters
