@@ -275,3 +275,32 @@ async def test_application_answers_start_over_long_polling(fake_botapi: FakeBotA
 
     assert reply.chat_id == ANN.id and pushed.message_id < reply.message_id
     assert fake_botapi.pending_updates == 0
+
+
+async def test_markup_telegram_cannot_parse_is_refused(fake_botapi: FakeBotApi) -> None:
+    async with make_bot(fake_botapi) as bot:
+        card = await bot.send_message(ANN.id, "<b>Queued</b> &lt;2&gt;", parse_mode="HTML")
+        with pytest.raises(BadRequest, match=r"(?i)can't parse entities.*unsupported start tag"):
+            await bot.send_message(ANN.id, "Prompt: <photo of a cat>", parse_mode="HTML")
+        with pytest.raises(BadRequest, match=r"(?i)can't parse entities.*'\.' is reserved"):
+            await bot.send_message(ANN.id, "Done in 2.5 s", parse_mode="MarkdownV2")
+        await bot.send_message(ANN.id, r"*Done* in 2\.5 s", parse_mode="MarkdownV2")
+
+    assert fake_botapi.message(ANN.id, card.message_id).plain == "Queued <2>"
+    assert (await fake_botapi.wait_for_text(ANN.id, "Done in 2.5 s")).text == r"*Done* in 2\.5 s"
+    assert len(fake_botapi.messages(ANN.id)) == 2
+
+
+async def test_updates_outside_allowed_updates_are_dropped(fake_botapi: FakeBotApi) -> None:
+    async with make_bot(fake_botapi) as bot:
+        card = await bot.send_message(
+            ANN.id,
+            "Pick",
+            reply_markup=InlineKeyboardMarkup([[InlineKeyboardButton("Go", callback_data="go")]]),
+        )
+        await bot.get_updates(timeout=0, allowed_updates=["message"])
+        fake_botapi.press(ANN, card.message_id, "go")
+        text = fake_botapi.send_text(ANN, "hello")
+        updates = await bot.get_updates(timeout=0)
+
+    assert [u.update_id for u in updates] == [text.update_id]

@@ -24,6 +24,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from html.parser import HTMLParser
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
@@ -48,6 +49,7 @@ __all__ = [
     "SentVideo",
     "UploadedFile",
     "fake_botapi",
+    "visible_text",
 ]
 
 TOKEN = "123456:TEST-token"
@@ -217,6 +219,11 @@ class BotMessage:
         return self.text if self.text is not None else (self.caption or "")
 
     @property
+    def plain(self) -> str:
+        """Text or caption as the user sees it: HTML/MarkdownV2 markup removed."""
+        return visible_text(self.content, self.parse_mode)
+
+    @property
     def buttons(self) -> list[list[tuple[str, str | None]]]:
         """Inline keyboard rows as (label, callback_data) pairs; empty without a keyboard."""
         rows = (self.reply_markup or {}).get("inline_keyboard") or []
@@ -323,6 +330,118 @@ def _decode_value(name: str, value: Any) -> Any:
     return value
 
 
+_HTML_TAGS = frozenset(
+    {
+        "b",
+        "strong",
+        "i",
+        "em",
+        "u",
+        "ins",
+        "s",
+        "strike",
+        "del",
+        "span",
+        "tg-spoiler",
+        "a",
+        "tg-emoji",
+        "code",
+        "pre",
+        "blockquote",
+    }
+)
+# MarkdownV2 characters that must be escaped wherever they are not markup.
+_MDV2_RESERVED = frozenset(".!-=+#{}()>")
+_MDV2_MARKERS = frozenset("*_~|")
+
+
+class _HtmlEntities(HTMLParser):
+    """Telegram's HTML subset: known tags only, properly nested; collects the visible text."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.open: list[str] = []
+        self.visible: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag not in _HTML_TAGS:
+            raise _entities(f'Unsupported start tag "{tag}"')
+        self.open.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if not self.open or self.open[-1] != tag:
+            raise _entities(f'Unmatched end tag "{tag}"')
+        self.open.pop()
+
+    def handle_data(self, data: str) -> None:
+        self.visible.append(data)
+
+
+def _entities(problem: str) -> ApiError:
+    return _bad(f"can't parse entities: {problem}")
+
+
+def _markdown_v2_visible(text: str) -> str:
+    """Check the MarkdownV2 escaping rules bots most often break; return the visible text."""
+    visible: list[str] = []
+    in_code = in_url = False
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\":
+            if i + 1 == len(text):
+                raise _entities("Can't find end of the entity: trailing backslash")
+            visible.append(text[i + 1])
+            i += 2
+            continue
+        if in_code:
+            if ch == "`":
+                in_code = False
+            else:
+                visible.append(ch)
+        elif in_url:
+            # Inside (...) of a link only ")" and "\\" are special; the URL is not shown.
+            in_url = ch != ")"
+        elif ch == "`":
+            in_code = True
+        elif ch == "]":
+            if text[i + 1 : i + 2] == "(":
+                in_url = True
+                i += 1
+        elif ch == ">" and (i == 0 or text[i - 1] == "\n"):
+            pass  # a block quote
+        elif ch in _MDV2_RESERVED:
+            raise _entities(
+                f"Character '{ch}' is reserved and must be escaped with the preceding '\\'"
+            )
+        elif ch not in _MDV2_MARKERS and ch != "[":
+            visible.append(ch)
+        i += 1
+    if in_code or in_url:
+        raise _entities("Can't find end of the entity")
+    return "".join(visible)
+
+
+def visible_text(text: str, parse_mode: str | None) -> str:
+    """What the user sees of ``text`` sent with ``parse_mode``; ApiError (400 "can't parse
+    entities") where Telegram would refuse it. Legacy Markdown is passed through unchecked."""
+    if parse_mode is None:
+        return text
+    mode = parse_mode.lower()
+    if mode == "html":
+        parser = _HtmlEntities()
+        parser.feed(text)
+        parser.close()
+        if parser.open:
+            raise _entities(f'Can\'t find end tag corresponding to start tag "{parser.open[-1]}"')
+        return "".join(parser.visible)
+    if mode == "markdownv2":
+        return _markdown_v2_visible(text)
+    if mode == "markdown":
+        return text
+    raise _bad(f"unsupported parse_mode {parse_mode!r}")
+
+
 def _parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, str], dict[str, Any]]:
     header = email.message.Message()
     header["content-type"] = content_type
@@ -419,6 +538,7 @@ class FakeBotApi:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._polling = 0
+        self._allowed_updates: frozenset[str] = frozenset()
 
         self._calls: list[Call] = []
         self._pending: list[dict[str, Any]] = []
@@ -571,7 +691,6 @@ class FakeBotApi:
 
     # ------------------------------------------------------------------ queries
 
-    @property
     def sent(self) -> list[Call]:
         """Every request the bot made, in order (injected failures included)."""
         with self._lock:
@@ -721,7 +840,11 @@ class FakeBotApi:
         ``substring``; return the newest such message."""
 
         def find() -> BotMessage | None:
-            hits = [m for m in self.messages(chat_id).values() if substring in m.content]
+            hits = [
+                m
+                for m in self.messages(chat_id).values()
+                if substring in m.content or substring in m.plain
+            ]
             return hits[-1] if hits else None
 
         return await self.wait_for(find, timeout, what=f"{substring!r} in chat {chat_id}")
@@ -771,7 +894,10 @@ class FakeBotApi:
                 raise ApiError(HTTPStatus.NOT_FOUND, "Not Found")
             token, _, method = path.removeprefix("/bot").partition("/")
             self._check_token(token)
-            params, files = self._read_params(handler)
+            try:
+                params, files = self._read_params(handler)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise _bad(f"can't parse request body: {exc}") from exc
             status, body = self._call(method, params, files)
         except ApiError as exc:
             status, body = exc.status, self._error_body(exc)
@@ -839,6 +965,12 @@ class FakeBotApi:
         except ApiError as exc:
             self._record(name, params, files, exc.status, None, exc.description)
             raise
+        except Exception as exc:
+            # A bug in this fake (or a request it cannot read) should show up in dump(), not as
+            # a dropped connection that PTB reports as a vague NetworkError.
+            description = f"Internal Server Error: fake_botapi failed on {name}: {exc!r}"
+            self._record(name, params, files, HTTPStatus.INTERNAL_SERVER_ERROR, None, description)
+            raise ApiError(HTTPStatus.INTERNAL_SERVER_ERROR, description) from exc
         self._record(name, params, files, HTTPStatus.OK, result, None)
         return HTTPStatus.OK, {"ok": True, "result": result}
 
@@ -896,9 +1028,14 @@ class FakeBotApi:
             update_id = next(self._update_ids)
             data = {"update_id": update_id, kind: payload}
             _check_round_trip(data)
-            self._pending.append(data)
+            if self._allowed(data):
+                self._pending.append(data)
             self._notify()
             return update_id
+
+    def _allowed(self, update: dict[str, Any]) -> bool:
+        kinds = set(update) - {"update_id"}
+        return not self._allowed_updates or kinds <= self._allowed_updates
 
     def _push_message(self, user: FakeUser, fields: dict[str, Any]) -> Pushed:
         with self._lock:
@@ -1037,8 +1174,8 @@ class FakeBotApi:
         return markup
 
     @staticmethod
-    def _check_caption(caption: Any) -> str | None:
-        if caption is not None and len(caption) > 1024:
+    def _check_caption(caption: Any, parse_mode: str | None) -> str | None:
+        if caption is not None and len(visible_text(caption, parse_mode)) > 1024:
             raise _bad("message caption is too long")
         return caption
 
@@ -1113,6 +1250,10 @@ class FakeBotApi:
         timeout = float(params.get("timeout") or 0)
         deadline = time.monotonic() + timeout
         with self._cond:
+            # Like Telegram, allowed_updates sticks until changed, and updates of other kinds
+            # created after this call are dropped (queued ones are still delivered).
+            if params.get("allowed_updates") is not None:
+                self._allowed_updates = frozenset(params["allowed_updates"])
             # An offset confirms (and forgets) every earlier update; a negative one keeps the
             # last -offset updates, as documented for getUpdates.
             if offset > 0:
@@ -1168,7 +1309,8 @@ class FakeBotApi:
         text = params.get("text")
         if not text:
             raise _bad("message text is empty")
-        if len(text) > 4096:
+        # Telegram counts the text left after parsing entities.
+        if len(visible_text(text, params.get("parse_mode"))) > 4096:
             raise _bad("message is too long")
         with self._lock:
             message = self._store_bot_message(chat_id, params, kind="text", text=text)
@@ -1178,6 +1320,8 @@ class FakeBotApi:
         text = params.get("text")
         if not text:
             raise _bad("message text is empty")
+        if len(visible_text(text, params.get("parse_mode"))) > 4096:
+            raise _bad("message is too long")
         with self._lock:
             message = self._editable(params)
             if message.text is None:
@@ -1194,7 +1338,7 @@ class FakeBotApi:
             if message.kind == "text":
                 raise _bad("there is no caption in the message to edit")
             markup = self._check_markup(params.get("reply_markup"))
-            caption = self._check_caption(params.get("caption"))
+            caption = self._check_caption(params.get("caption"), params.get("parse_mode"))
             return self._apply_edit(
                 message, caption=caption, reply_markup=markup, parse_mode=params.get("parse_mode")
             )
@@ -1259,7 +1403,7 @@ class FakeBotApi:
         source = self._upload(params, files, "video")
         if source is None:
             raise _bad("there is no video in the request")
-        caption = self._check_caption(params.get("caption"))
+        caption = self._check_caption(params.get("caption"), params.get("parse_mode"))
         thumb = self._upload(params, files, "thumbnail")
         with self._lock:
             if isinstance(source, UploadedFile):
@@ -1323,7 +1467,7 @@ class FakeBotApi:
         source = self._upload(params, files, "photo")
         if source is None:
             raise _bad("there is no photo in the request")
-        caption = self._check_caption(params.get("caption"))
+        caption = self._check_caption(params.get("caption"), params.get("parse_mode"))
         with self._lock:
             if isinstance(source, UploadedFile):
                 sizes = self._photo_sizes(source.data)
@@ -1352,7 +1496,7 @@ class FakeBotApi:
         source = self._upload(params, files, "document")
         if source is None:
             raise _bad("there is no document in the request")
-        caption = self._check_caption(params.get("caption"))
+        caption = self._check_caption(params.get("caption"), params.get("parse_mode"))
         with self._lock:
             if isinstance(source, UploadedFile):
                 name = source.filename or "file.bin"
