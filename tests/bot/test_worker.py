@@ -1,0 +1,401 @@
+"""The GPU consumer end to end: a real store, the real PTB bot against the loopback Bot API,
+and the tiny SVD model making real clips (in this process, and in a GPU child process)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import imageio.v2 as imageio
+import pytest
+from telegram import Bot
+
+from bot import texts
+from bot.config import LimitSettings, Settings, WorkerSettings
+from bot.delivery import USER_BLOCKED
+from bot.gpu import InlineRunner, ProcessRunner
+from bot.jobs import Job, JobOptions, NewJob, Outcome, Status
+from bot.store import Store
+from bot.worker import Worker, day_start, eta_seconds, month_start, veo_allowance
+from generator.config import GeneratorSettings, ImageSettings, VeoCredentials
+from generator.encode import encode_frames
+from generator.errors import BudgetExceeded, InvalidImage
+from generator.image import prepare_image
+from generator.options import Backend
+from generator.router import Generator
+from tests.support.fake_botapi import TOKEN, FakeBotApi, FakeUser
+from tests.support.images import photo_bytes, write_photo
+from tests.support.tiny_svd import tiny_settings
+
+ANN = FakeUser(101, "Ann")
+BOB = FakeUser(202, "Bob")
+SVD = JobOptions(backend=Backend.SVD)
+
+
+class Clock:
+    """UNIX time that moves 5 s each time it is read: every progress edit is past the throttle."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        self.now += 5.0
+        return self.now
+
+
+def generator_settings(tiny_svd_dir: Path) -> GeneratorSettings:
+    return GeneratorSettings(
+        svd=tiny_settings(tiny_svd_dir),
+        image=ImageSettings(landscape_size=(32, 32), portrait_size=(32, 32)),
+    )
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_svd_dir: Path) -> Generator:
+    """One generator for the module, so the tiny SVD loads once. Veo has a (fake) key so
+    budget decisions are really taken; no test lets a request reach Veo."""
+    return Generator(generator_settings(tiny_svd_dir), credentials=VeoCredentials(api_key="k"))
+
+
+@pytest.fixture
+async def bot(fake_botapi: FakeBotApi):
+    async with Bot(
+        TOKEN, base_url=fake_botapi.base_url, base_file_url=fake_botapi.base_file_url
+    ) as bot:
+        yield bot
+
+
+@pytest.fixture
+async def store(tmp_path: Path):
+    store = await Store.open(tmp_path / "bot.sqlite3")
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+class World:
+    """The test's hands: queue photos as the front end does, and start workers."""
+
+    def __init__(self, tmp_path, fake, bot, store, clock, tiny_svd_dir) -> None:
+        self.tmp_path, self.fake, self.bot, self.store, self.clock = (
+            tmp_path,
+            fake,
+            bot,
+            store,
+            clock,
+        )
+        self.tiny_svd_dir = tiny_svd_dir
+        self.workers: list[Worker] = []
+        self.count = 0
+
+    def settings(self, **limits: float) -> Settings:
+        return Settings(
+            data_dir=self.tmp_path / "data",
+            generator=generator_settings(self.tiny_svd_dir),
+            worker=WorkerSettings(progress_edit_interval_s=3.0, shutdown_grace_s=0.0),
+            limits=LimitSettings(**limits),
+        )
+
+    async def submit(
+        self, user: FakeUser, options: JobOptions = SVD, photo: Path | None = None
+    ) -> Job:
+        """The user sends a photo and presses Animate: a status card and a queued row."""
+        self.count += 1
+        if photo is None:
+            photo = write_photo(self.tmp_path / f"photo-{self.count}.jpg", (48, 32))
+        pushed = self.fake.send_photo(user, photo_bytes())
+        card = await self.bot.send_message(user.id, "card")
+        return await self.store.queue.enqueue(
+            NewJob(
+                user_id=user.id,
+                chat_id=user.id,
+                photo_message_id=pushed.message_id,
+                photo_path=str(photo),
+                options=options,
+                dedupe_key=f"tap-{self.count}",
+                status_message_id=card.message_id,
+            ),
+            now=self.clock(),
+        )
+
+    async def start_worker(self, runner, settings: Settings | None = None) -> Worker:
+        worker = Worker(
+            store=self.store,
+            settings=settings or self.settings(),
+            runner=runner,
+            clock=self.clock,
+        )
+        worker.bind(SimpleNamespace(bot=self.bot))  # no create_task: plain asyncio tasks
+        self.workers.append(worker)
+        await worker.start()
+        return worker
+
+    async def finished(self, job: Job) -> Job:
+        """Wait until the job's row is terminal: the worker tells the user right after."""
+
+        async def row() -> Job | None:
+            got = await self.store.queue.get(job.id)
+            return got if got is not None and not got.active else None
+
+        # The user is told (an edit, a message or a video) after each terminal write, so
+        # waiting on the Bot API's record of calls is waiting on the worker's progress.
+        for _ in range(50):
+            found = await row()
+            if found is not None:
+                return found
+            seen = len(self.fake.calls())
+            await self.fake.wait_for(lambda seen=seen: len(self.fake.calls()) > seen)
+        raise AssertionError(f"job {job.id} never finished\n{self.fake.dump()}")
+
+
+@pytest.fixture
+async def world(tmp_path, fake_botapi, bot, store, clock, tiny_svd_dir):
+    world = World(tmp_path, fake_botapi, bot, store, clock, tiny_svd_dir)
+    yield world
+    for worker in world.workers:
+        await worker.stop()
+
+
+def decode(data: bytes, tmp_path: Path) -> list:
+    path = tmp_path / "received.mp4"
+    path.write_bytes(data)
+    return imageio.mimread(path)
+
+
+async def test_queued_job_shows_progress_then_a_video_that_decodes(world: World, generator):
+    job = await world.submit(ANN)
+    await world.start_worker(InlineRunner(generator))
+
+    video = await world.fake.wait_for_video(ANN.id, timeout=60)
+    done = await world.finished(job)
+
+    edits = [c.params["text"] for c in world.fake.calls("editMessageText", ok=True)]
+    assert any("step 1/2" in text for text in edits), edits
+    assert video.reply_to_message_id == job.photo_message_id
+    assert video.caption is not None and "Made with Local (SVD)" in video.caption
+    assert video.supports_streaming and video.thumbnail is not None
+    assert (video.width, video.height) == (32, 32)
+    assert [label for row in video.reply_markup["inline_keyboard"] for label in row]
+    assert len(decode(video.data, world.tmp_path)) == 2  # two frames, as the tiny SVD makes
+    assert done.status is Status.DONE and done.video_file_id == video.file_id
+    assert world.fake.message(ANN.id, job.status_message_id).deleted  # progress card removed
+
+
+async def test_failure_tells_the_user_and_the_row_says_failed(world: World, generator):
+    not_a_photo = world.tmp_path / "notes.jpg"
+    not_a_photo.write_text("these are my notes, not a photo")
+    job = await world.submit(ANN, photo=not_a_photo)
+    await world.start_worker(InlineRunner(generator))
+
+    with pytest.raises(InvalidImage) as expected:  # what the generator says of this file
+        prepare_image(not_a_photo, generator.settings.image)
+    friendly = expected.value.user_text
+
+    done = await world.finished(job)
+    shown = await world.fake.wait_for_text(ANN.id, friendly)
+    assert shown.message_id == job.status_message_id
+    assert shown.content == texts.failed(friendly)
+    assert done.status is Status.FAILED and done.error == friendly
+    assert world.fake.videos() == []
+
+
+class GatedGenerator:
+    """The real generator, held after SVD's first step until the test opens the gate."""
+
+    def __init__(self, inner: Generator) -> None:
+        self.inner = inner
+        self.gate = threading.Event()
+
+    async def generate(self, request, out_path, *, on_progress, **kw):
+        def progress(event):
+            on_progress(event)
+            if event.stage == "denoising" and event.step == 1:
+                self.gate.wait(30)  # runs on SVD's thread, between step 1 and step 2
+
+        return await self.inner.generate(request, out_path, on_progress=progress, **kw)
+
+
+async def test_cancelling_the_running_job_stops_it_at_the_next_step(world: World, generator):
+    gated = GatedGenerator(generator)
+    job = await world.submit(ANN)
+    worker = await world.start_worker(InlineRunner(gated))
+
+    await world.fake.wait_for_text(ANN.id, "step 1/2", timeout=60)
+    assert worker.running_job_id == job.id
+    assert await world.store.queue.cancel(job.id, ANN.id, now=world.clock()) is not None
+    assert await worker.cancel_running(job.id)
+    gated.gate.set()
+
+    done = await world.finished(job)
+    assert done.status is Status.CANCELLED
+    assert (await world.fake.wait_for_text(ANN.id, texts.cancelled())).message_id == (
+        job.status_message_id
+    )
+    assert world.fake.videos() == []
+
+
+async def test_job_left_running_by_a_dead_worker_is_delivered_once(world: World, generator):
+    job = await world.submit(ANN)
+    claimed = await world.store.queue.claim("crashed-gpu", now=world.clock())
+    assert claimed is not None and claimed.status is Status.RUNNING  # then that worker died
+
+    await world.start_worker(InlineRunner(generator))
+    await world.fake.wait_for_video(ANN.id, timeout=60)
+    done = await world.finished(job)
+
+    assert done.status is Status.DONE and done.attempts == 2
+    assert len(world.fake.videos(ANN.id)) == 1
+
+
+async def test_job_stuck_in_sending_is_redelivered_once(world: World, generator, tmp_path):
+    import numpy as np
+
+    job = await world.submit(ANN)
+    await world.store.queue.claim("crashed-gpu", now=world.clock())
+    frames = [np.full((32, 32, 3), 40 * i, dtype=np.uint8) for i in range(3)]
+    video_path = tmp_path / "data" / "videos" / f"{job.id}.mp4"
+    video_path.parent.mkdir(parents=True)
+    info = encode_frames(frames, 7, video_path, generator.settings.encode)
+    await world.store.queue.mark_sending(
+        job.id,
+        Outcome(
+            Status.SENDING,
+            used_backend=Backend.SVD,
+            video_path=str(info.path),
+            video_width=info.width,
+            video_height=info.height,
+            video_duration=info.duration,
+        ),
+        now=world.clock(),
+    )  # ... and then the bot died before the upload finished
+
+    await world.start_worker(InlineRunner(generator))
+    video = await world.fake.wait_for_video(ANN.id)
+    done = await world.finished(job)
+
+    assert done.status is Status.DONE and done.video_file_id == video.file_id
+    assert video.data == info.path.read_bytes()
+    assert len(world.fake.videos()) == 1
+    assert done.attempts == 1  # delivered, not made again
+
+
+async def test_user_who_blocked_the_bot_does_not_stop_the_next_users_clip(world: World, generator):
+    world.fake.fail_next("sendVideo", status=403, chat_id=ANN.id)
+    blocked = await world.submit(ANN)
+    other = await world.submit(BOB)
+    await world.start_worker(InlineRunner(generator))
+
+    await world.fake.wait_for_video(BOB.id, timeout=120)
+    assert (await world.finished(other)).status is Status.DONE
+    gone = await world.finished(blocked)
+    assert gone.status is Status.FAILED and gone.error == USER_BLOCKED
+    assert world.fake.videos(ANN.id) == []
+
+
+async def test_rate_limited_edits_are_survived(world: World, generator):
+    world.fake.fail_next("editMessageText", status=429, retry_after=1, count=3)
+    job = await world.submit(ANN)
+    await world.start_worker(InlineRunner(generator))
+
+    await world.fake.wait_for_video(ANN.id, timeout=60)
+    assert (await world.finished(job)).status is Status.DONE
+    assert len(world.fake.calls("editMessageText", ok=False)) == 3
+
+
+async def test_veo_refused_beyond_the_users_daily_budget(world: World, generator):
+    # An 8 s Veo clip costs $3.20 at the default price; Ann may spend $1 a day.
+    veo_only = await world.submit(ANN, JobOptions(backend=Backend.VEO))
+    auto = await world.submit(BOB, JobOptions(backend=Backend.AUTO))
+    await world.start_worker(InlineRunner(generator), world.settings(veo_user_daily_usd=1.0))
+
+    refused = await world.finished(veo_only)
+    assert refused.status is Status.FAILED and refused.error == BudgetExceeded.user_text
+    await world.fake.wait_for_text(ANN.id, BudgetExceeded.user_text)
+    video = await world.fake.wait_for_video(BOB.id, timeout=60)  # auto: made locally instead
+    assert "Veo budget is used up" in (video.caption or "")
+    assert (await world.finished(auto)).used_backend is Backend.SVD
+
+
+def gated_child_generator(marker: str, settings: GeneratorSettings):
+    """Runs in the GPU process: the real generator, hung after step 1 while ``marker``
+    exists (the test then kills the process); later runs go through."""
+    from generator.router import Generator
+
+    inner = Generator(settings, credentials=VeoCredentials())
+
+    class Hang:
+        settings = inner.settings
+
+        async def generate(self, request, out_path, *, on_progress, **kw):
+            def progress(event):
+                on_progress(event)
+                if event.step == 1 and os.path.exists(marker):
+                    os.unlink(marker)
+                    threading.Event().wait()  # a hung GPU: only a kill ends this
+
+            return await inner.generate(request, out_path, on_progress=progress, **kw)
+
+    return Hang()
+
+
+async def test_gpu_process_killed_mid_job_requeues_and_the_next_run_delivers(world: World):
+    marker = world.tmp_path / "hang-once"
+    marker.touch()
+    settings = world.settings()
+    runner = ProcessRunner(
+        settings.generator,
+        generator_factory=functools.partial(gated_child_generator, str(marker)),
+    )
+    job = await world.submit(ANN)
+    await world.start_worker(runner, settings)
+
+    await world.fake.wait_for_text(ANN.id, "step 1/2", timeout=120)
+    first = runner.pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+
+    video = await world.fake.wait_for_video(ANN.id, timeout=120)
+    done = await world.finished(job)
+    assert done.status is Status.DONE and done.attempts == 2
+    assert runner.pid not in (None, first)
+    assert len(decode(video.data, world.tmp_path)) == 2
+
+
+# --- the pure rules ---
+
+
+def test_budget_allowance_takes_the_tighter_limit():
+    assert veo_allowance(
+        user_daily_usd=2.0, month_usd=30.0, user_spent_today=1.6, spent_this_month=5.0
+    ) == pytest.approx(0.4)
+    assert (
+        veo_allowance(
+            user_daily_usd=2.0, month_usd=30.0, user_spent_today=0.0, spent_this_month=29.5
+        )
+        == 0.5
+    )
+    assert veo_allowance(
+        user_daily_usd=2.0, month_usd=0, user_spent_today=3.0, spent_this_month=0
+    ) == (0.0)
+    assert (
+        veo_allowance(user_daily_usd=0, month_usd=0, user_spent_today=9, spent_this_month=9) is None
+    )
+
+
+def test_budget_periods_start_at_utc_midnight_and_the_first():
+    now = 1_800_000_000.0  # 2027-01-15 08:00 UTC
+    assert day_start(now) == 1_799_971_200.0
+    assert month_start(now) == 1_798_761_600.0
+
+
+def test_eta_is_position_times_median_run():
+    assert eta_seconds(3, [10.0, 30.0, 20.0]) == 60.0
+    assert eta_seconds(1, []) is None
