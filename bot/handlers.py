@@ -286,13 +286,9 @@ async def _enqueue(
     by the queue limit that job itself now fills).
     """
     now = data.clock()
-    existing = await data.store.fetchone(
-        "SELECT id FROM jobs WHERE dedupe_key = :key", {"key": dedupe_key}
-    )
+    existing = await data.store.queue.by_dedupe_key(dedupe_key)
     if existing is not None:
-        job = await data.store.queue.get(existing["id"])
-        assert job is not None
-        return job, None, False
+        return existing, None, False
     usage = await _usage(data, user_id, now)
     queued_options, note = check_limits(
         data.settings, options, usage, veo_cost(data.settings, options)

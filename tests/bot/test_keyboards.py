@@ -1,0 +1,133 @@
+"""Callback payloads round-trip, fit Telegram's 64 bytes, and old or forged ones are refused."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import pytest
+
+from bot.jobs import JobOptions
+from bot.keyboards import (
+    ALL_PAYLOADS,
+    MAX_CALLBACK_BYTES,
+    Animate,
+    CancelCard,
+    CardOption,
+    HistoryResend,
+    JobCancel,
+    Payload,
+    ResultAction,
+    is_known,
+    result_keyboard,
+    settings_keyboard,
+    status_keyboard,
+)
+from generator.options import Backend, Intensity, PhotoType
+
+EXAMPLES = [
+    CardOption("i", "dramatic"),
+    CardOption("b", "veo"),
+    CardOption("t", "pet"),
+    CardOption("d", "6"),
+    CardOption("d", "default"),
+    Animate(),
+    CancelCard(),
+    JobCancel(2**62),
+    ResultAction(2**62, "other"),
+    HistoryResend(2**62),
+]
+
+
+@pytest.mark.parametrize("payload", EXAMPLES, ids=repr)
+def test_payloads_round_trip_within_64_bytes(payload: object) -> None:
+    packed = payload.pack()  # type: ignore[attr-defined]
+    assert len(packed.encode()) <= MAX_CALLBACK_BYTES
+    assert type(payload).unpack(packed) == payload  # type: ignore[attr-defined]
+    assert [cls for cls in ALL_PAYLOADS if cls.matches(packed)] == [type(payload)]
+
+
+def test_prefixes_are_unique() -> None:
+    prefixes = [cls.PREFIX for cls in ALL_PAYLOADS]
+    assert len(set(prefixes)) == len(prefixes)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        "c0:i:subtle",  # an older layout of the card
+        "c1:i:wild",  # not an intensity
+        "c1:z:subtle",  # no such field
+        "c1:d:5",  # Veo makes 4, 6 or 8 s
+        "c1:i",  # too few values
+        "j1:abc",  # not a job id
+        "j1:1:2",  # too many values
+        "r1:1:explode",  # no such result action
+        "",
+        "x1:extra",
+    ],
+)
+def test_stale_or_forged_payloads_are_refused(data: str) -> None:
+    assert not is_known(data)
+    for cls in ALL_PAYLOADS:
+        with pytest.raises(ValueError):
+            cls.unpack(data)
+
+
+@dataclass(frozen=True)
+class Note(Payload):
+    PREFIX: ClassVar[str] = "t9"
+    text: str
+
+
+def test_pack_refuses_overlong_values_and_the_separator() -> None:
+    assert Note.unpack(Note("hi").pack()) == Note("hi")
+    with pytest.raises(ValueError, match="64 bytes"):
+        Note("x" * 62).pack()
+    with pytest.raises(ValueError, match="64 bytes"):
+        HistoryResend(10**70).pack()
+    with pytest.raises(ValueError, match="may not contain"):
+        Note("a:b").pack()
+
+
+def test_card_option_applies_to_the_options() -> None:
+    options = JobOptions()
+    options = CardOption("i", "subtle").apply(options)
+    options = CardOption("b", "svd").apply(options)
+    options = CardOption("t", "landscape").apply(options)
+    assert options == JobOptions(
+        backend=Backend.SVD, intensity=Intensity.SUBTLE, photo_type=PhotoType.LANDSCAPE
+    )
+    assert CardOption("d", "4").apply(options).duration == 4
+
+
+def _labels(markup: object) -> list[str]:
+    return [b.text for row in markup.inline_keyboard for b in row]  # type: ignore[attr-defined]
+
+
+def test_settings_keyboard_ticks_choices_and_prices_veo() -> None:
+    options = JobOptions(intensity=Intensity.SUBTLE, photo_type=PhotoType.PET, duration=4)
+    labels = _labels(settings_keyboard(options, veo_cost_usd=1.6))
+
+    assert "✓ Subtle" in labels and "Moderate" in labels
+    assert "✓ Pet" in labels and "✓ Auto" in labels
+    assert "Veo ~$1.60" in labels and "✓ 4 s" in labels
+    assert sum(label.startswith("✓") for label in labels) == 4
+
+
+def test_settings_keyboard_without_veo_or_for_svd_has_no_durations() -> None:
+    no_veo = _labels(settings_keyboard(JobOptions(), veo_cost_usd=None))
+    assert not any("Veo" in label or label.endswith(" s") for label in no_veo)
+    svd = _labels(settings_keyboard(JobOptions(backend=Backend.SVD), veo_cost_usd=3.2))
+    assert "✓ SVD" in svd and not any(label.endswith(" s") for label in svd)
+
+
+def test_status_and_result_keyboards_carry_the_job() -> None:
+    (cancel,) = [b for row in status_keyboard(7).inline_keyboard for b in row]
+    assert JobCancel.unpack(cancel.callback_data) == JobCancel(7)
+    actions = [
+        ResultAction.unpack(b.callback_data).action
+        for row in result_keyboard(7).inline_keyboard
+        for b in row
+    ]
+    assert actions == ["again", "more", "less", "other"]
