@@ -233,11 +233,22 @@ async def test_unknown_method_is_not_found(fake_botapi: FakeBotApi) -> None:
     assert fake_botapi.calls("sendTelepathy")[0].status == 404
 
 
+async def test_wait_for_wakes_on_the_send_it_waits_for(fake_botapi: FakeBotApi) -> None:
+    async with make_bot(fake_botapi) as bot:
+        send = asyncio.create_task(bot.send_message(ANN.id, "Working on it"))
+        # message() fails until the bot has sent it; wait_for keeps waiting through that.
+        text = await fake_botapi.wait_for(lambda: fake_botapi.message(ANN.id, 1).text)
+        await send
+    assert text == "Working on it"
+
+
 async def test_wait_for_times_out_with_the_recent_calls(fake_botapi: FakeBotApi) -> None:
     async with make_bot(fake_botapi) as bot:
         await bot.send_message(ANN.id, "Working on it")
     with pytest.raises(AssertionError, match=r"(?s)timed out.*sendMessage.*Working on it"):
         await fake_botapi.wait_for_text(ANN.id, "Here is your clip", timeout=0.2)
+    with pytest.raises(AssertionError, match=r"(?s)last check: the bot sent no message 7"):
+        await fake_botapi.wait_for(lambda: fake_botapi.message(ANN.id, 7), timeout=0.2)
 
 
 def test_a_malformed_update_is_refused_before_it_reaches_the_bot(

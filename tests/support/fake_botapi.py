@@ -776,11 +776,14 @@ class FakeBotApi:
         """Wait until ``predicate()`` is truthy and return its value.
 
         The predicate is re-evaluated whenever the server records something (a call or a push),
-        never on a timer. On timeout, AssertionError with the recent calls.
+        never on a timer. An AssertionError from it counts as "not yet" (so it may use
+        ``message()`` before the message exists). On timeout, AssertionError with the last such
+        error and the recent calls.
         """
         loop = asyncio.get_running_loop()
         event = asyncio.Event()
         waiter = (loop, event)
+        last_error = ""
         with self._lock:
             self._async_waiters.add(waiter)
         try:
@@ -788,13 +791,18 @@ class FakeBotApi:
                 while True:
                     # Clear first: a change during the predicate then sets it again.
                     event.clear()
-                    value = predicate()
-                    if value:
-                        return value
+                    try:
+                        value = predicate()
+                    except AssertionError as exc:
+                        last_error = f"\nlast check: {exc}"
+                    else:
+                        if value:
+                            return value
                     await event.wait()
         except TimeoutError:
             raise AssertionError(
-                f"timed out after {timeout}s waiting for {what or predicate}\n{self.dump()}"
+                f"timed out after {timeout}s waiting for {what or predicate}{last_error}\n"
+                f"{self.dump()}"
             ) from None
         finally:
             with self._lock:
