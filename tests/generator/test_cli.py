@@ -1,0 +1,133 @@
+"""The command-line tool, run as a subprocess on real files, as a user would run it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from generator.encode import probe_video
+from tests.support.images import write_photo
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_cli(*args: str | Path, env_extra: dict[str, str] | None = None):
+    env = {k: v for k, v in os.environ.items() if "API_KEY" not in k and "GOOGLE" not in k}
+    env.update(env_extra or {})
+    return subprocess.run(
+        [sys.executable, "-m", "generator", *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture
+def config(tmp_path: Path, tiny_svd_dir: Path) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f"""
+[image]
+landscape_size = [64, 32]
+portrait_size = [32, 64]
+
+[svd]
+model = "{tiny_svd_dir}"
+device = "cpu"
+dtype = "float32"
+variant = ""
+frames = 3
+steps = 2
+fps = 6
+"""
+    )
+    return path
+
+
+def test_svd_clip_is_written_and_its_path_printed_last(tmp_path, config):
+    photo = write_photo(tmp_path / "dog.jpg", size=(80, 120))
+    out = tmp_path / "clip.mp4"
+    result = run_cli(
+        photo,
+        "--backend",
+        "svd",
+        "--photo-type",
+        "pet",
+        "--intensity",
+        "dramatic",
+        "--seed",
+        "5",
+        "--output",
+        out,
+        "--config",
+        config,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == str(out)
+    probe = probe_video(out)
+    assert (probe.width, probe.height, probe.frames) == (32, 64, 3)  # portrait photo
+    assert probe.fps == pytest.approx(6)
+    assert "seed 5" in result.stderr
+
+
+def test_default_output_sits_beside_the_photo(tmp_path, config):
+    photo = write_photo(tmp_path / "beach.png", size=(120, 80), fmt="PNG")
+    result = run_cli(photo, "--backend", "auto", "--config", config, "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()) == tmp_path / "beach.mp4"
+    assert (tmp_path / "beach.mp4").exists()
+
+
+def test_not_an_image_exits_2_with_a_readable_message(tmp_path, config):
+    bogus = tmp_path / "notes.jpg"
+    bogus.write_text("shopping list: milk, eggs")
+    result = run_cli(bogus, "--backend", "svd", "--config", config)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "notes.mp4").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--backend", "veo", "--duration", "5"),
+        ("--backend", "svd", "--duration", "8"),
+        ("--motion", "300"),
+    ],
+)
+def test_invalid_combinations_exit_2_before_any_work(tmp_path, args):
+    photo = write_photo(tmp_path / "p.jpg")
+    result = run_cli(photo, *args)
+    assert result.returncode == 2
+    assert "animate-photo:" in result.stderr
+
+
+def test_veo_without_credentials_exits_3(tmp_path):
+    photo = write_photo(tmp_path / "p.jpg")
+    result = run_cli(photo, "--backend", "veo")
+    assert result.returncode == 3
+    assert "GEMINI_API_KEY" in result.stderr
+
+
+def test_missing_model_folder_exits_3(tmp_path, config):
+    photo = write_photo(tmp_path / "p.jpg")
+    result = run_cli(
+        photo, "--backend", "svd", "--config", config, "--model", str(tmp_path / "no-such-model")
+    )
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_config_key_exits_2_naming_the_key(tmp_path):
+    photo = write_photo(tmp_path / "p.jpg")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[svd]\nstepz = 3\n")
+    result = run_cli(photo, "--config", cfg)
+    assert result.returncode == 2
+    assert "svd.stepz" in result.stderr
