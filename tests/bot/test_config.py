@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.__main__ import main
 from bot.config import (
     AccessSettings,
     DataSettings,
@@ -159,3 +160,28 @@ def test_secrets_stay_out_of_reprs_and_the_summary() -> None:
         assert "gk-123" not in text
     assert "token=set" in summary(settings)
     assert "token=MISSING" in summary(load_settings(EXAMPLE, {}))
+
+
+def test_check_config_prints_a_summary_without_secrets(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", TOKEN)
+    config = write(tmp_path, f'[data]\ndir = "{tmp_path / "state"}"\n')
+
+    assert main(["--config", str(config), "--check-config"]) == 0
+
+    out = capsys.readouterr()
+    assert "token=set" in out.out and "private" in out.out
+    assert TOKEN not in out.out + out.err
+
+
+def test_check_config_fails_on_a_bad_key_or_a_missing_token(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.delenv("TELEGRAM_BOT_TOKEN", raising=False)
+    bad = write(tmp_path, "[worker]\ngrace = 3\n")
+    assert main(["--config", str(bad), "--check-config"]) == 2
+    assert "worker.grace: unknown key" in capsys.readouterr().err
+
+    assert main(["--config", str(EXAMPLE), "--check-config"]) == 2
+    assert "no bot token" in capsys.readouterr().err
