@@ -185,6 +185,20 @@ def test_conforming_clip_is_passed_through_with_moov_moved_first(tmp_path: Path)
     assert info.thumbnail is not None and info.thumbnail.exists()
 
 
+def test_a_download_can_be_normalised_in_place(tmp_path: Path) -> None:
+    clip = tmp_path / "clip.mp4"
+    ffmpeg(
+        *("-f", "lavfi", "-i", "testsrc=size=64x36:rate=24", "-frames:v", "6"),
+        *("-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv444p", str(clip)),
+    )
+
+    info = normalise_mp4(clip, clip, SETTINGS)
+
+    assert info.path == clip
+    assert (probe_video(clip).pix_fmt, probe_video(clip).frames) == ("yuv420p", 6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.jpg", "clip.mp4"]
+
+
 @pytest.mark.parametrize(
     ("codec", "pix_fmt", "size"),
     [("libx264", "yuv444p", "33x17"), ("mpeg4", "yuv420p", "64x36")],
