@@ -315,3 +315,21 @@ async def test_updates_outside_allowed_updates_are_dropped(fake_botapi: FakeBotA
         updates = await bot.get_updates(timeout=0)
 
     assert [u.update_id for u in updates] == [text.update_id]
+
+
+async def test_photos_and_documents_from_the_bot_are_stored_and_downloadable(
+    fake_botapi: FakeBotApi,
+) -> None:
+    photo = jpeg(400, 300)
+    async with make_bot(fake_botapi) as bot:
+        sent_photo = await bot.send_photo(ANN.id, photo, caption="<i>before</i>", parse_mode="HTML")
+        sent_doc = await bot.send_document(ANN.id, b"frame,value\n1,2\n", filename="stats.csv")
+        doc_file = await bot.get_file(sent_doc.document.file_id)
+        downloaded = bytes(await doc_file.download_as_bytearray())
+
+    shown = fake_botapi.messages(ANN.id)
+    assert shown[sent_photo.message_id].kind == "photo"
+    assert shown[sent_photo.message_id].plain == "before"
+    assert sent_photo.photo[-1].width == 400
+    assert sent_doc.document.file_name == "stats.csv"
+    assert downloaded == b"frame,value\n1,2\n"

@@ -472,6 +472,15 @@ def _parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, str], di
     return fields, files
 
 
+def _image_size(data: bytes) -> tuple[int, int]:
+    """Width and height of an image; (0, 0) for bytes that are not one (tests may send any)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except OSError:
+        return 0, 0
+
+
 def _check_round_trip(data: dict[str, Any]) -> None:
     """Parse ``data`` with PTB and fail on any key PTB does not know (a typo in this fake)."""
     update = Update.de_json(data, bot=None)
@@ -1434,11 +1443,12 @@ class FakeBotApi:
                 video["file_name"] = file_name
             if thumb is not None:
                 thumb_file = self._store_file(thumb.data, "thumbnails", "jpg")
+                thumb_width, thumb_height = _image_size(thumb.data)
                 video["thumbnail"] = {
                     "file_id": thumb_file.file_id,
                     "file_unique_id": thumb_file.file_unique_id,
-                    "width": 320,
-                    "height": 320,
+                    "width": thumb_width,
+                    "height": thumb_height,
                     "file_size": thumb_file.file_size,
                 }
             message = self._store_bot_message(
