@@ -214,13 +214,18 @@ class GatedGenerator:
         self.inner = inner
         self.gate = threading.Event()
 
-    async def generate(self, request, out_path, *, on_progress, **kw):
+    async def generate(self, request, out_path, *, on_progress, should_cancel, **kw):
         def progress(event):
             on_progress(event)
             if event.stage == "denoising" and event.step == 1:
-                self.gate.wait(30)  # runs on SVD's thread, between step 1 and step 2
+                # On SVD's thread, between step 1 and step 2: a slow step that ends when the
+                # test opens the gate or the caller cancels.
+                while not self.gate.wait(0.01) and not should_cancel():
+                    pass
 
-        return await self.inner.generate(request, out_path, on_progress=progress, **kw)
+        return await self.inner.generate(
+            request, out_path, on_progress=progress, should_cancel=should_cancel, **kw
+        )
 
 
 async def test_cancelling_the_running_job_stops_it_at_the_next_step(world: World, generator):
@@ -240,6 +245,19 @@ async def test_cancelling_the_running_job_stops_it_at_the_next_step(world: World
         job.status_message_id
     )
     assert world.fake.videos() == []
+
+
+async def test_stop_cancels_a_job_past_the_grace_period_and_requeues_it(world: World, generator):
+    job = await world.submit(ANN)
+    worker = await world.start_worker(InlineRunner(GatedGenerator(generator)))  # grace: 0 s
+    await world.fake.wait_for_text(ANN.id, "step 1/2", timeout=60)
+
+    await worker.stop()
+
+    back = await world.store.queue.get(job.id)
+    assert back is not None and back.status is Status.QUEUED  # waits for the next start
+    assert worker.running_job_id is None
+    assert texts.cancelled() not in [m.content for m in world.fake.messages(ANN.id).values()]
 
 
 async def test_job_left_running_by_a_dead_worker_is_delivered_once(world: World, generator):
