@@ -1,0 +1,185 @@
+"""Whole journeys: the real bot polls the loopback Bot API and makes clips with the tiny SVD.
+
+Everything is real except Telegram (tests/support/fake_botapi.py) and the model weights
+(tests/support/tiny_svd.py: 2 frames, 2 steps on CPU): ``build_app`` with its handlers,
+the SQLite store, ``bot.worker.Worker`` with an ``InlineRunner`` over ``Generator``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bot.app import build_app
+from bot.config import AccessSettings, Settings, TelegramSettings, WorkerSettings
+from bot.gpu import InlineRunner
+from bot.jobs import Job, Status
+from bot.store import Store
+from bot.worker import Worker
+from generator.config import GeneratorSettings, ImageSettings, VeoCredentials
+from generator.encode import probe_video
+from generator.router import Generator
+from tests.support.fake_botapi import TOKEN, FakeBotApi, FakeUser
+from tests.support.images import photo_bytes
+from tests.support.tiny_svd import tiny_settings
+
+ANN = FakeUser(101, "Ann")
+ADMIN = FakeUser(303, "Ada")
+CLIP_TIMEOUT = 120.0  # the tiny SVD on a shared 2-core machine
+
+
+@dataclasses.dataclass
+class Journey:
+    fake: FakeBotApi
+    store: Store
+    worker: Worker
+    tmp_path: Path
+
+    async def card_for(self, pushed_message_id: int) -> int:
+        def card() -> int | None:
+            for m in self.fake.messages(ANN.id).values():
+                if m.reply_to_message_id == pushed_message_id and "Animate" in str(m.buttons):
+                    return m.message_id
+            return None
+
+        return await self.fake.wait_for(card, what="settings card")
+
+    async def tick(self, card_id: int, label: str) -> None:
+        self.fake.press_button(ANN, card_id, label)
+        await self.fake.wait_for(
+            lambda: f"✓ {label}" in str(self.fake.message(ANN.id, card_id).buttons),
+            what=f"{label} ticked",
+        )
+
+    async def finished(self, job_id: int) -> Job:
+        """The job's row once terminal. The worker records "done" after the upload; every
+        step after it talks to the Bot API, so wait on recorded calls, not on time."""
+        for _ in range(100):
+            job = await self.store.queue.get(job_id)
+            if job is not None and not job.active:
+                return job
+            seen = len(self.fake.calls())
+            await self.fake.wait_for(lambda seen=seen: len(self.fake.calls()) > seen)
+        raise AssertionError(f"job {job_id} never finished\n{self.fake.dump()}")
+
+    def check_video(self, data: bytes) -> None:
+        path = self.tmp_path / f"received-{len(data)}.mp4"
+        path.write_bytes(data)
+        probe = probe_video(path)
+        assert probe.codec == "h264" and probe.frames == 2
+        assert (probe.width, probe.height) == (32, 32)
+
+
+@pytest.fixture(scope="module")
+def generator_settings(tiny_svd_dir: Path) -> GeneratorSettings:
+    return GeneratorSettings(
+        svd=tiny_settings(tiny_svd_dir),
+        image=ImageSettings(landscape_size=(32, 32), portrait_size=(32, 32)),
+    )
+
+
+@pytest.fixture(scope="module")
+def generator(generator_settings: GeneratorSettings) -> Generator:
+    """One generator for the module, so the tiny SVD loads once. No Veo: auto means SVD."""
+    return Generator(generator_settings, credentials=VeoCredentials())
+
+
+@pytest.fixture
+async def journey(
+    fake_botapi: FakeBotApi,
+    tmp_path: Path,
+    generator: Generator,
+    generator_settings: GeneratorSettings,
+    caplog: pytest.LogCaptureFixture,
+) -> AsyncIterator[Journey]:
+    settings = Settings(
+        telegram=TelegramSettings(
+            token=TOKEN, base_url=fake_botapi.base_url, base_file_url=fake_botapi.base_file_url
+        ),
+        access=AccessSettings(allowed_users=frozenset({ANN.id}), admins=frozenset({ADMIN.id})),
+        worker=WorkerSettings(shutdown_grace_s=0.0, progress_edit_interval_s=0.5),
+        generator=generator_settings,
+        data_dir=tmp_path / "data",
+    )
+    store = await Store.open(settings.db_path)
+    worker = Worker(store=store, settings=settings, runner=InlineRunner(generator))
+    app = build_app(settings, store, worker, rate_limiter=False)
+    # What run_polling does, step by step, so the test runs on its own event loop.
+    async with app:
+        await app.post_init(app)  # type: ignore[misc]
+        assert app.updater is not None
+        await app.updater.start_polling(poll_interval=0.0, timeout=1)
+        await app.start()
+        try:
+            yield Journey(fake_botapi, store, worker, tmp_path)
+        finally:
+            await app.updater.stop()
+            await app.stop()
+            await app.post_stop(app)  # type: ignore[misc]
+    await app.post_shutdown(app)  # type: ignore[misc]
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
+
+
+async def test_photo_options_animate_then_a_video_arrives(journey: Journey) -> None:
+    fake = journey.fake
+    assert {c["command"] for c in fake.commands} >= {"start", "help", "queue", "cancel"}
+    pushed = fake.send_photo(ANN, photo_bytes((96, 64)))
+    card_id = await journey.card_for(pushed.message_id)
+    await journey.tick(card_id, "Subtle")
+    await journey.tick(card_id, "Landscape")
+
+    fake.press_button(ANN, card_id, "Animate")
+    video = await fake.wait_for_video(ANN.id, timeout=CLIP_TIMEOUT)
+
+    journey.check_video(video.data)
+    assert video.reply_to_message_id == pushed.message_id
+    assert video.caption is not None and "subtle" in video.caption
+    assert "Again" in str(video.reply_markup)
+    (queued,) = await journey.store.history(ANN.id)
+    job = await journey.finished(queued.id)
+    assert job.status is Status.DONE and job.video_file_id == video.file_id
+
+
+async def test_image_sent_as_a_document_becomes_a_clip(journey: Journey) -> None:
+    fake = journey.fake
+    pushed = fake.send_document(
+        ANN, photo_bytes((640, 480), fmt="PNG"), file_name="scan.png", mime_type="image/png"
+    )
+    card_id = await journey.card_for(pushed.message_id)
+
+    fake.press_button(ANN, card_id, "Animate")
+    video = await fake.wait_for_video(ANN.id, timeout=CLIP_TIMEOUT)
+
+    journey.check_video(video.data)
+    assert video.reply_to_message_id == pushed.message_id
+
+
+async def test_cancel_a_queued_job(journey: Journey) -> None:
+    fake = journey.fake
+    fake.send_command(ADMIN, "/pause")  # hold the queue so the job is still waiting
+    await fake.wait_for_text(ADMIN.id, "Paused")
+    pushed = fake.send_photo(ANN, photo_bytes())
+    card_id = await journey.card_for(pushed.message_id)
+    fake.press_button(ANN, card_id, "Animate")
+    await fake.wait_for_text(ANN.id, "in the queue")
+
+    fake.press_button(ANN, card_id, "Cancel")
+    status = await fake.wait_for_text(ANN.id, "Cancelled")
+
+    assert status.message_id == card_id
+    (job,) = await journey.store.history(ANN.id)
+    assert job.status is Status.CANCELLED
+
+    # After /resume another photo goes through, and only its clip is delivered.
+    fake.send_command(ADMIN, "/resume")
+    await fake.wait_for_text(ADMIN.id, "Resumed")
+    second = fake.send_photo(ANN, photo_bytes())
+    fake.press_button(ANN, await journey.card_for(second.message_id), "Animate")
+    video = await fake.wait_for_video(ANN.id, timeout=CLIP_TIMEOUT)
+    assert video.reply_to_message_id == second.message_id
+    assert len(fake.videos(ANN.id)) == 1
