@@ -260,6 +260,37 @@ async def test_stop_cancels_a_job_past_the_grace_period_and_requeues_it(world: W
     assert texts.cancelled() not in [m.content for m in world.fake.messages(ANN.id).values()]
 
 
+async def test_waiting_cards_show_their_place_and_move_up_at_milestones(world: World, generator):
+    gated = GatedGenerator(generator)
+    first = await world.submit(ANN)
+    second = await world.submit(BOB)
+    third = await world.submit(ANN)
+    await world.start_worker(InlineRunner(gated))
+
+    await world.fake.wait_for_text(ANN.id, "step 1/2", timeout=60)  # first one is running
+    second_card = world.fake.message(BOB.id, second.status_message_id)
+    third_card = world.fake.message(ANN.id, third.status_message_id)
+    assert second_card.content.startswith("⏳ You're next")
+    assert "number 2" in third_card.content
+    assert [label for label, _ in second_card.buttons[0]] == [texts.CANCEL_BUTTON]
+    gated.gate.set()
+    await world.finished(first)
+
+
+async def test_pause_survives_a_restart_and_resume_runs_the_queue(world: World, generator):
+    before = await world.start_worker(InlineRunner(generator))
+    await before.pause()
+    await before.stop()
+    job = await world.submit(ANN)
+
+    after = await world.start_worker(InlineRunner(generator))
+    assert after.paused
+    await after.resume()
+
+    await world.fake.wait_for_video(ANN.id, timeout=60)
+    assert (await world.finished(job)).status is Status.DONE
+
+
 async def test_job_left_running_by_a_dead_worker_is_delivered_once(world: World, generator):
     job = await world.submit(ANN)
     claimed = await world.store.queue.claim("crashed-gpu", now=world.clock())
