@@ -121,7 +121,12 @@ def tiny_settings(model_dir: Path, **overrides: object) -> SvdSettings:
 
 @pytest.fixture(scope="session")
 def tiny_svd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A saved tiny SVD pipeline folder, built once per test run."""
+    """A saved tiny SVD pipeline folder, built once per test run.
+
+    Also pins torch to one thread: on a shared CI box, tiny convolutions spread over busy
+    cores spend their time waiting on each other (measured: 3 s per clip vs 0.1 s).
+    """
+    torch.set_num_threads(1)
     return build_tiny_svd(tmp_path_factory.mktemp("tiny-svd"))
 
 

@@ -1,0 +1,547 @@
+"""Local image-to-video with Stable Video Diffusion (SVD-XT) via diffusers, kept warm per process.
+
+Example::
+
+    >>> backend = SvdBackend(SvdSettings())
+    >>> backend.load()  # once per process; later calls reuse the pipeline
+    >>> result = backend.generate(photo, motion_bucket=127, fps=7, seed=42)
+    >>> len(result.frames), result.seed
+    (25, 42)
+
+Every SVD-specific knob lives here (motion bucket, fps conditioning, noise augmentation,
+decode chunking, guidance range, memory profiles), so later backends (Wan, LTX-Video) can
+sit beside this file without sharing its assumptions.
+
+Memory profiles:
+
+* ``FAST``: the whole pipeline on the device, VAE decoding ``settings.decode_chunk_size``
+  frames at a time, optionally ``torch.compile``-d (CUDA only, see :data:`COMPILE_DEVICES`).
+* ``LOW_VRAM``: model CPU offload (one model on the GPU at a time), feed-forward chunking in
+  the UNet and a decode chunk of 2: fits a 12 GB card. On CPU there is nothing to offload
+  to, so it keeps the chunking only (see :data:`OFFLOAD_DEVICES`).
+* ``AUTO``: ``LOW_VRAM`` when less than ``settings.low_vram_threshold_gib`` of VRAM is free.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import PIL.Image
+import torch
+
+from generator.clip import CancelFn, Progress, ProgressFn
+from generator.config import SvdSettings
+from generator.errors import BackendUnavailable, Cancelled, InvalidRequest, OutOfMemory
+from generator.options import Backend, Profile
+
+log = logging.getLogger(__name__)
+
+#: Devices where ``enable_model_cpu_offload`` is used for ``LOW_VRAM``. CPU is left out on
+#: purpose: offloading from the CPU to the CPU saves nothing. Tests add "cpu" to exercise the
+#: real offload hooks without a GPU.
+OFFLOAD_DEVICES: tuple[str, ...] = ("cuda", "mps")
+#: Devices where ``settings.compile`` is honoured. Inductor on CPU needs a C++ toolchain and
+#: minutes of compiling for little gain, so CPU runs eager. Tests add "cpu" to exercise the
+#: compile-failure fallback.
+COMPILE_DEVICES: tuple[str, ...] = ("cuda",)
+#: Frames the VAE decodes at once in ``LOW_VRAM`` (the seed's 12 GB setting).
+LOW_VRAM_DECODE_CHUNK = 2
+_GIB = 1024**3
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def resolve_device(setting: str) -> str:
+    """Turn ``auto`` into ``cuda``, else ``mps``, else ``cpu``; other values pass through.
+
+    CPU works but is very slow (minutes per clip), so choosing it logs a warning.
+    """
+    if setting == "auto":
+        if torch.cuda.is_available():
+            device = "cuda"
+        elif torch.backends.mps.is_available():
+            device = "mps"
+        else:
+            device = "cpu"
+    else:
+        device = setting
+    if device == "cpu":
+        log.warning("SVD is running on the CPU: expect minutes per clip")
+    return device
+
+
+def resolve_dtype(setting: str, device: str) -> torch.dtype:
+    """Turn ``auto`` into float16 on CUDA/MPS and float32 on CPU; named dtypes pass through."""
+    if setting == "auto":
+        return torch.float16 if _device_type(device) in ("cuda", "mps") else torch.float32
+    try:
+        return _DTYPES[setting]
+    except KeyError:
+        raise InvalidRequest(f"unknown dtype {setting!r}; use auto, {', '.join(_DTYPES)}") from None
+
+
+def choose_profile(
+    requested: Profile, free_vram_bytes: int | None, threshold_gib: float
+) -> Profile:
+    """Pick the profile: ``AUTO`` is ``LOW_VRAM`` below ``threshold_gib`` GiB free, else ``FAST``.
+
+    ``free_vram_bytes`` is ``None`` where it cannot be measured (CPU, MPS): ``FAST`` then.
+    An explicit ``FAST`` or ``LOW_VRAM`` is returned as asked.
+    """
+    if requested is not Profile.AUTO:
+        return requested
+    if free_vram_bytes is None:
+        return Profile.FAST
+    return Profile.LOW_VRAM if free_vram_bytes < threshold_gib * _GIB else Profile.FAST
+
+
+@dataclass(frozen=True)
+class SvdFrames:
+    """What one SVD run made: the frames in order, and how (to reproduce it)."""
+
+    frames: list[PIL.Image.Image]
+    fps: int
+    seed: int
+    profile: Profile
+    steps: int
+
+
+def _device_type(device: str) -> str:
+    return device.split(":")[0]
+
+
+def _is_oom(exc: BaseException) -> bool:
+    # MPS and older CUDA builds raise a plain RuntimeError with this phrase.
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
+
+
+def _is_compile_error(exc: BaseException) -> bool:
+    # Dynamo and inductor errors all live under torch._dynamo / torch._inductor.
+    return type(exc).__module__.startswith(("torch._dynamo", "torch._inductor"))
+
+
+def _free_device_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if torch.backends.mps.is_available():
+        torch.mps.empty_cache()
+
+
+def _looks_local(model: str) -> bool:
+    """True for folder paths; hub ids look like ``org/name``."""
+    return (
+        os.path.isabs(model)
+        or model.startswith((".", "~"))
+        or model.count("/") != 1
+        or Path(model).expanduser().exists()
+    )
+
+
+def _has_variant_files(folder: Path, variant: str) -> bool:
+    return any(f".{variant}." in p.name for p in folder.rglob("*"))
+
+
+def _set_forward_chunking(unet: torch.nn.Module, chunk_size: int | None) -> None:
+    """Chunk (1) or stop chunking (``None``) the UNet's feed-forward layers.
+
+    The SVD UNet has ``enable_forward_chunking`` but no ``disable_``; every block that
+    supports it exposes ``set_chunk_feed_forward``, where ``None`` means no chunking.
+    """
+    for module in unet.modules():
+        if hasattr(module, "set_chunk_feed_forward"):
+            module.set_chunk_feed_forward(chunk_size, dim=0)
+
+
+class SvdBackend:
+    """One SVD pipeline per process, loaded once and reused across jobs.
+
+    Args:
+        settings: the ``[svd]`` settings (model, device, dtype, profile, defaults).
+        hf_token: Hugging Face token for the gated SVD-XT weights; defaults to the
+            ``HF_TOKEN`` environment variable. Never logged.
+        clock: seconds, monotonic; progress ``elapsed`` is measured with it.
+
+    Not thread-safe: run one ``generate`` at a time (the worker owns the GPU).
+    """
+
+    def __init__(
+        self,
+        settings: SvdSettings,
+        *,
+        hf_token: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self._token = (hf_token if hf_token is not None else os.environ.get("HF_TOKEN")) or None
+        self._clock = clock
+        self._pipe: Any = None
+        self._model: str | None = None
+        self._device: str | None = None
+        self._dtype: torch.dtype | None = None
+        self._profile: Profile | None = None  # the profile the pipeline is set up for now
+        self._compiled = False
+        self._compile_tried = False
+
+    def __repr__(self) -> str:  # the token stays out of logs and tracebacks
+        return f"SvdBackend(model={self._model!r}, device={self._device!r}, loaded={self.loaded})"
+
+    @property
+    def loaded(self) -> bool:
+        """Whether a pipeline is in memory."""
+        return self._pipe is not None
+
+    @property
+    def pipeline(self) -> Any:
+        """The loaded diffusers ``StableVideoDiffusionPipeline`` (``None`` before ``load``)."""
+        return self._pipe
+
+    def load(self, model: str | None = None, device: str | None = None) -> None:
+        """Load the pipeline unless the same model is already loaded for the same device.
+
+        Args:
+            model: hub id or local folder; defaults to ``settings.model``.
+            device: ``cuda``, ``mps``, ``cpu`` or ``auto``; defaults to ``settings.device``.
+
+        Raises:
+            BackendUnavailable: the folder is missing, the hub cannot be reached, or the
+                gated default needs ``HF_TOKEN``.
+        """
+        if self._is_loaded_for(model, device):
+            return
+        model = model or self.settings.model
+        device = resolve_device(device or self.settings.device)
+        if self._pipe is not None and (model, device) == (self._model, self._device):
+            return
+        self.unload()
+        dtype = resolve_dtype(self.settings.dtype, device)
+        log.info("Loading SVD model %s on %s (%s)", model, device, dtype)
+        pipe = self._from_pretrained(model, device, dtype)
+        # We report progress ourselves; diffusers' tqdm bar would only clutter the logs.
+        pipe.set_progress_bar_config(disable=True)
+        self._pipe, self._model, self._device, self._dtype = pipe, model, device, dtype
+        self._profile = None  # weights sit on the CPU until a profile places them
+
+    def unload(self) -> None:
+        """Drop the pipeline and give its memory back."""
+        if self._pipe is None:
+            return
+        self._pipe = None
+        self._model = self._device = self._dtype = self._profile = None
+        self._compiled = self._compile_tried = False
+        _free_device_memory()
+
+    def _from_pretrained(self, model: str, device: str, dtype: torch.dtype) -> Any:
+        """``StableVideoDiffusionPipeline.from_pretrained`` with our errors at the edge."""
+        from diffusers import StableVideoDiffusionPipeline
+        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+        local = _looks_local(model)
+        if local and not Path(model).expanduser().is_dir():
+            raise BackendUnavailable(
+                f"SVD model folder {model} does not exist",
+                user_text="The local video model is not installed.",
+            )
+        # fp16 weight files halve the download; only worth it on CUDA, and only if present.
+        variant = self.settings.variant or None
+        if _device_type(device) != "cuda":
+            variant = None
+        elif variant and local and not _has_variant_files(Path(model).expanduser(), variant):
+            variant = None
+        kwargs: dict[str, Any] = {"dtype": dtype, "token": self._token}
+        try:
+            try:
+                return StableVideoDiffusionPipeline.from_pretrained(
+                    model, variant=variant, **kwargs
+                )
+            except ValueError as exc:
+                if variant is None or "variant" not in str(exc):
+                    raise
+                log.info("No %s weights for %s; loading the default ones", variant, model)
+                return StableVideoDiffusionPipeline.from_pretrained(model, **kwargs)
+        except GatedRepoError as exc:
+            raise BackendUnavailable(
+                f"{model} is gated: accept its licence on huggingface.co and set HF_TOKEN",
+                user_text="The local video model needs a Hugging Face token to download.",
+            ) from exc
+        except RepositoryNotFoundError as exc:
+            hint = "" if self._token else " (set HF_TOKEN if it is gated)"
+            raise BackendUnavailable(
+                f"SVD model {model} not found on the Hugging Face hub{hint}",
+                user_text="The local video model could not be found.",
+            ) from exc
+        except (OSError, ValueError) as exc:
+            hint = "" if self._token else "; the default model is gated and needs HF_TOKEN"
+            raise BackendUnavailable(
+                f"cannot load SVD model {model}: {exc}{hint}",
+                user_text="The local video model could not be loaded.",
+            ) from exc
+
+    def generate(
+        self,
+        image: PIL.Image.Image,
+        *,
+        motion_bucket: int,
+        fps: int,
+        steps: int | None = None,
+        frames: int | None = None,
+        seed: int | None = None,
+        profile: Profile | None = None,
+        model: str | None = None,
+        device: str | None = None,
+        on_progress: ProgressFn | None = None,
+        should_cancel: CancelFn | None = None,
+    ) -> SvdFrames:
+        """Animate ``image`` into ``frames`` frames of the same size.
+
+        Args:
+            image: the prepared photo; width and height must be multiples of 8
+                (SVD-XT was trained at 1024x576 and 576x1024).
+            motion_bucket: 0-255; the higher, the more motion (SVD's default is 127).
+            fps: the clip's frame rate; SVD is also conditioned on it (as ``fps - 1``,
+                which diffusers does internally), so it changes the motion's pace.
+            steps: denoising steps (default ``settings.steps``); more is slower and cleaner.
+            frames: frames to make, at least 2 (default ``settings.frames``, 25 for SVD-XT).
+            seed: makes the clip reproducible; ``None`` picks one, returned in the result.
+            profile: memory profile (default ``settings.profile``).
+            model, device: override the settings; the pipeline reloads if they change.
+            on_progress: told "loading", then "denoising" step 1..n of n, then "decoding".
+            should_cancel: polled after each step; ``True`` stops with ``Cancelled``.
+
+        Returns:
+            ``SvdFrames`` with the frames, the fps, the seed used, the profile and steps.
+
+        Raises:
+            InvalidRequest: bad arguments (nothing was run).
+            BackendUnavailable: the model cannot be loaded.
+            OutOfMemory: the GPU ran out; retrying with ``profile=Profile.LOW_VRAM`` may work.
+            Cancelled: ``should_cancel`` said so; the pipeline stays usable.
+        """
+        s = self.settings
+        steps = s.steps if steps is None else steps
+        frames = s.frames if frames is None else frames
+
+        # 1. Check inputs before any loading or GPU work.
+        self.check_inputs(image, motion_bucket=motion_bucket, fps=fps, steps=steps, frames=frames)
+
+        # 2. Load (once per process) and place the pipeline for the chosen profile.
+        if not self._is_loaded_for(model, device):
+            started = self._clock()
+            _report(on_progress, Progress("loading", backend=Backend.SVD))
+            self.load(model, device)
+            log.info("SVD model loaded in %.1f s", self._clock() - started)
+        assert self._device is not None
+        chosen = choose_profile(profile or s.profile, self._free_vram(), s.low_vram_threshold_gib)
+        self._apply_profile(chosen)
+        decode_chunk = s.decode_chunk_size if chosen is Profile.FAST else LOW_VRAM_DECODE_CHUNK
+
+        # 3. Seed: a CPU generator gives the same noise for a seed on every device.
+        seed = secrets.randbits(63) if seed is None else seed
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+
+        # 4. Denoise and decode; progress and cancel ride on callback_on_step_end.
+        log.info(
+            "SVD: %dx%d, %d frames, %d steps, motion %d, fps %d, seed %d, profile %s",
+            *image.size,
+            frames,
+            steps,
+            motion_bucket,
+            fps,
+            seed,
+            chosen,
+        )
+        output = self._run(
+            image.convert("RGB"),
+            frames=frames,
+            steps=steps,
+            motion_bucket=motion_bucket,
+            fps=fps,
+            generator=generator,
+            decode_chunk=decode_chunk,
+            on_progress=on_progress,
+            should_cancel=should_cancel,
+        )
+        return SvdFrames(frames=output, fps=fps, seed=seed, profile=chosen, steps=steps)
+
+    @staticmethod
+    def check_inputs(
+        image: PIL.Image.Image, *, motion_bucket: int, fps: int, steps: int, frames: int
+    ) -> None:
+        """Raise ``InvalidRequest`` with a short reason if SVD cannot run these arguments."""
+        width, height = image.size
+        if width % 8 or height % 8:
+            raise InvalidRequest(
+                f"image width and height must be multiples of 8, not {width}x{height}"
+            )
+        if frames < 2:
+            raise InvalidRequest(f"frames must be at least 2, got {frames}")
+        if steps < 1:
+            raise InvalidRequest(f"steps must be at least 1, got {steps}")
+        if fps < 1:
+            raise InvalidRequest(f"fps must be at least 1, got {fps}")
+        if not 0 <= motion_bucket <= 255:
+            raise InvalidRequest(f"motion bucket must be 0-255, got {motion_bucket}")
+
+    def _is_loaded_for(self, model: str | None, device: str | None) -> bool:
+        if self._pipe is None:
+            return False
+        wanted_model = model or self.settings.model
+        wanted_device = device or self.settings.device
+        # "auto" resolves to whatever is loaded now: nothing to reload.
+        return wanted_model == self._model and wanted_device in ("auto", self._device)
+
+    def _free_vram(self) -> int | None:
+        """Bytes this process could use on the CUDA device, or ``None`` off CUDA."""
+        assert self._device is not None
+        if _device_type(self._device) != "cuda":
+            return None
+        free, _total = torch.cuda.mem_get_info(self._device)
+        # Memory our own pipeline already holds is ours to use, not "taken".
+        return free + torch.cuda.memory_reserved(self._device)
+
+    def _apply_profile(self, profile: Profile) -> None:
+        """Place the pipeline for ``profile``, undoing the other profile's changes first."""
+        if profile is self._profile:
+            return
+        pipe, device = self._pipe, self._device
+        assert device is not None
+        if profile is Profile.LOW_VRAM:
+            self._uncompile()
+            if _device_type(device) in OFFLOAD_DEVICES:
+                pipe.enable_model_cpu_offload(device=device)
+            else:
+                pipe.to(device)
+            _set_forward_chunking(pipe.unet, 1)
+        else:
+            pipe.remove_all_hooks()  # no-op unless LOW_VRAM offloaded
+            pipe.to(device)
+            _set_forward_chunking(pipe.unet, None)
+            self._maybe_compile()
+        log.info("SVD profile %s on %s", profile, device)
+        self._profile = profile
+        _free_device_memory()
+
+    def _maybe_compile(self) -> None:
+        """``torch.compile`` the UNet and VAE decoder once; on any failure run eager."""
+        assert self._device is not None
+        if (
+            not self.settings.compile
+            or _device_type(self._device) not in COMPILE_DEVICES
+            or self._compiled
+            or self._compile_tried
+        ):
+            return
+        self._compile_tried = True
+        if self.settings.cache_dir:
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", self.settings.cache_dir)
+        try:
+            # In place, so the pipeline keeps the same module objects (and their configs).
+            self._pipe.unet.compile()
+            self._pipe.vae.decoder.compile()
+        except Exception as exc:  # any compile failure means "run eager"
+            log.warning("torch.compile failed (%s); running SVD without it", exc)
+            self._uncompile()
+            return
+        self._compiled = True
+
+    def _uncompile(self) -> None:
+        for module in (self._pipe.unet, self._pipe.vae.decoder):
+            module._compiled_call_impl = None  # what nn.Module.compile() set
+        self._compiled = False
+
+    def _run(
+        self,
+        image: PIL.Image.Image,
+        *,
+        frames: int,
+        steps: int,
+        motion_bucket: int,
+        fps: int,
+        generator: torch.Generator,
+        decode_chunk: int,
+        on_progress: ProgressFn | None,
+        should_cancel: CancelFn | None,
+    ) -> list[PIL.Image.Image]:
+        """Call the pipeline once, translating OOM and compile failures at this edge."""
+        pipe, s = self._pipe, self.settings
+        started = self._clock()
+
+        def on_step_end(_pipe: Any, step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            _report(
+                on_progress,
+                Progress("denoising", step + 1, steps, self._clock() - started, Backend.SVD),
+            )
+            if should_cancel is not None and should_cancel():
+                # SVD has no interrupt flag; raising unwinds the call and we clean up below.
+                raise Cancelled(f"cancelled after step {step + 1} of {steps}")
+            if step + 1 == steps:
+                _report(on_progress, Progress("decoding", backend=Backend.SVD))
+            return kwargs
+
+        call = dict(
+            image=image,
+            width=image.width,
+            height=image.height,
+            num_frames=frames,
+            num_inference_steps=steps,
+            min_guidance_scale=s.min_guidance_scale,
+            max_guidance_scale=s.max_guidance_scale,
+            fps=fps,
+            motion_bucket_id=motion_bucket,
+            noise_aug_strength=s.noise_aug_strength,
+            decode_chunk_size=decode_chunk,
+            generator=generator,
+            callback_on_step_end=on_step_end,
+        )
+        generator_state = generator.get_state()
+        try:
+            with torch.inference_mode():
+                return pipe(**call).frames[0]
+        except Exception as exc:
+            if not (self._compiled and _is_compile_error(exc)):
+                raise self._failed(exc) from exc
+            # Compilation happens on the first call; if it fails there, go eager for good.
+            log.warning("torch.compile failed on first use (%s); running SVD without it", exc)
+            self._recover()
+            self._uncompile()
+            generator.set_state(generator_state)  # the same seed must give the same clip
+        try:
+            with torch.inference_mode():
+                return pipe(**call).frames[0]
+        except Exception as exc:
+            raise self._failed(exc) from exc
+
+    def _failed(self, exc: Exception) -> Exception:
+        """Recover from a failed run; return the error to raise (OOM becomes ours)."""
+        self._recover()
+        if _is_oom(exc):
+            return OutOfMemory(f"{self._device} ran out of memory in profile {self._profile}")
+        return exc
+
+    def _recover(self) -> None:
+        """Leave the pipeline ready for the next call after a run stopped half way."""
+        pipe = self._pipe
+        # The pipeline upcasts an fp16 VAE to fp32 around encoding; an exception in between
+        # would leave it fp32 and break the next decode with a dtype mismatch.
+        if self._dtype is not None and pipe.vae.dtype != self._dtype:
+            pipe.vae.to(dtype=self._dtype)
+        pipe.maybe_free_model_hooks()  # offload hooks back to their start state
+        _free_device_memory()
+
+
+def _report(on_progress: ProgressFn | None, progress: Progress) -> None:
+    if on_progress is None:
+        return
+    try:
+        on_progress(progress)
+    except Exception:  # a broken progress display must not kill the clip
+        log.exception("progress callback failed")

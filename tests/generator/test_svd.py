@@ -1,0 +1,385 @@
+"""The SVD backend end to end on the tiny random-weight pipeline, on CPU."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from generator import svd
+from generator.clip import Progress
+from generator.config import SvdSettings
+from generator.errors import BackendUnavailable, Cancelled, InvalidRequest, OutOfMemory
+from generator.options import Backend, Profile
+from generator.svd import SvdBackend, choose_profile, resolve_device, resolve_dtype
+from tests.support.tiny_svd import tiny_settings
+
+GIB = 1024**3
+
+
+def photo(width: int = 32, height: int = 32) -> PIL.Image.Image:
+    """A colour gradient, so the photo's content reaches the encoders."""
+    x = np.linspace(0, 255, width, dtype=np.uint8)
+    y = np.linspace(0, 255, height, dtype=np.uint8)
+    pixels = np.stack(np.broadcast_arrays(x[None, :], y[:, None], 255 - x[None, :]), axis=-1)
+    return PIL.Image.fromarray(np.ascontiguousarray(pixels), "RGB")
+
+
+def as_array(frames: list[PIL.Image.Image]) -> np.ndarray:
+    return np.stack([np.asarray(f, dtype=np.int16) for f in frames])
+
+
+@pytest.fixture
+def backend(tiny_svd_settings: SvdSettings) -> SvdBackend:
+    return SvdBackend(tiny_svd_settings, hf_token=None)
+
+
+def test_clip_has_the_asked_frames_at_the_photo_size(backend: SvdBackend) -> None:
+    result = backend.generate(photo(64, 32), motion_bucket=127, fps=7, frames=3, seed=1)
+
+    assert len(result.frames) == 3
+    assert {f.size for f in result.frames} == {(64, 32)}
+    assert (result.fps, result.seed, result.steps) == (7, 1, 2)
+    assert result.profile is Profile.FAST
+
+
+def test_progress_reports_loading_each_step_then_decoding(
+    tiny_svd_settings: SvdSettings,
+) -> None:
+    ticks = iter(range(1000))
+    backend = SvdBackend(tiny_svd_settings, clock=lambda: float(next(ticks)))
+    events: list[Progress] = []
+
+    backend.generate(photo(), motion_bucket=80, fps=7, steps=3, seed=0, on_progress=events.append)
+
+    assert [e.stage for e in events] == [
+        "loading",
+        "denoising",
+        "denoising",
+        "denoising",
+        "decoding",
+    ]
+    steps = [e for e in events if e.stage == "denoising"]
+    assert [(e.step, e.total) for e in steps] == [(1, 3), (2, 3), (3, 3)]
+    assert all(e.backend is Backend.SVD for e in events)
+    assert steps[0].elapsed < steps[1].elapsed < steps[2].elapsed
+
+
+def test_second_clip_reuses_the_loaded_model(backend: SvdBackend) -> None:
+    backend.generate(photo(), motion_bucket=127, fps=7, seed=0)
+    pipe = backend.pipeline
+    events: list[Progress] = []
+
+    backend.generate(photo(), motion_bucket=127, fps=7, seed=0, on_progress=events.append)
+    backend.load()
+
+    assert backend.pipeline is pipe
+    assert "loading" not in [e.stage for e in events]
+
+
+def test_another_model_folder_reloads(
+    backend: SvdBackend, tiny_svd_dir: Path, tmp_path: Path
+) -> None:
+    backend.load()
+    first = backend.pipeline
+    other = tmp_path / "copy"
+    other.symlink_to(tiny_svd_dir, target_is_directory=True)
+
+    result = backend.generate(photo(), motion_bucket=127, fps=7, seed=0, model=str(other))
+
+    assert backend.pipeline is not first
+    assert len(result.frames) == 2
+
+
+def test_cancel_at_step_one_stops_and_the_next_clip_still_works(backend: SvdBackend) -> None:
+    steps_seen: list[int] = []
+
+    with pytest.raises(Cancelled):
+        backend.generate(
+            photo(),
+            motion_bucket=127,
+            fps=7,
+            steps=4,
+            seed=5,
+            on_progress=lambda p: steps_seen.append(p.step) if p.stage == "denoising" else None,
+            should_cancel=lambda: True,
+        )
+    after_cancel = backend.generate(photo(), motion_bucket=127, fps=7, seed=5)
+    fresh = SvdBackend(backend.settings).generate(photo(), motion_bucket=127, fps=7, seed=5)
+
+    assert steps_seen == [1]
+    assert np.array_equal(as_array(after_cancel.frames), as_array(fresh.frames))
+
+
+def test_same_seed_same_clip_other_seed_other_clip(backend: SvdBackend) -> None:
+    a = backend.generate(photo(), motion_bucket=127, fps=7, seed=42)
+    b = backend.generate(photo(), motion_bucket=127, fps=7, seed=42)
+    c = backend.generate(photo(), motion_bucket=127, fps=7, seed=43)
+
+    assert np.array_equal(as_array(a.frames), as_array(b.frames))
+    assert not np.array_equal(as_array(a.frames), as_array(c.frames))
+
+
+def test_without_a_seed_one_is_picked_and_reproduces_the_clip(backend: SvdBackend) -> None:
+    first = backend.generate(photo(), motion_bucket=127, fps=7)
+    again = backend.generate(photo(), motion_bucket=127, fps=7, seed=first.seed)
+
+    assert 0 <= first.seed < 2**63
+    assert np.array_equal(as_array(first.frames), as_array(again.frames))
+
+
+def test_motion_and_fps_condition_the_clip(backend: SvdBackend) -> None:
+    base = as_array(backend.generate(photo(), motion_bucket=127, fps=7, seed=3).frames)
+    more_motion = as_array(backend.generate(photo(), motion_bucket=255, fps=7, seed=3).frames)
+    other_fps = backend.generate(photo(), motion_bucket=127, fps=12, seed=3)
+
+    assert not np.array_equal(base, more_motion)
+    assert not np.array_equal(base, as_array(other_fps.frames))
+    assert other_fps.fps == 12
+
+
+@pytest.mark.parametrize(
+    ("requested", "free", "expected"),
+    [
+        (Profile.AUTO, 24 * GIB, Profile.FAST),
+        (Profile.AUTO, 18 * GIB, Profile.FAST),  # exactly the threshold is enough
+        (Profile.AUTO, 18 * GIB - 1, Profile.LOW_VRAM),
+        (Profile.AUTO, 11 * GIB, Profile.LOW_VRAM),
+        (Profile.AUTO, None, Profile.FAST),  # CPU / MPS: nothing to measure
+        (Profile.FAST, 2 * GIB, Profile.FAST),  # an explicit choice is kept
+        (Profile.LOW_VRAM, 80 * GIB, Profile.LOW_VRAM),
+        (Profile.LOW_VRAM, None, Profile.LOW_VRAM),
+    ],
+)
+def test_choose_profile(requested: Profile, free: int | None, expected: Profile) -> None:
+    assert choose_profile(requested, free, threshold_gib=18.0) is expected
+
+
+@pytest.mark.parametrize(
+    ("setting", "device", "expected"),
+    [
+        ("auto", "cuda", torch.float16),
+        ("auto", "cuda:1", torch.float16),
+        ("auto", "mps", torch.float16),
+        ("auto", "cpu", torch.float32),
+        ("bfloat16", "cuda", torch.bfloat16),
+        ("float32", "cuda", torch.float32),
+    ],
+)
+def test_resolve_dtype(setting: str, device: str, expected: torch.dtype) -> None:
+    assert resolve_dtype(setting, device) is expected
+
+
+def test_cpu_device_works_but_warns(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="generator.svd"):
+        assert resolve_device("cpu") == "cpu"
+        assert resolve_device("cuda:1") == "cuda:1"
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    assert "CPU" in caplog.records[0].getMessage()
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available() or torch.backends.mps.is_available(), reason="has an accelerator"
+)
+def test_auto_device_without_accelerator_is_cpu() -> None:
+    assert resolve_device("auto") == "cpu"
+
+
+def _chunk_sizes(backend: SvdBackend) -> set[int | None]:
+    unet = backend.pipeline.unet
+    return {m._chunk_size for m in unet.modules() if hasattr(m, "set_chunk_feed_forward")}
+
+
+def test_low_vram_on_cpu_chunks_without_offload_and_switches_back(
+    tiny_svd_dir: Path,
+) -> None:
+    # Decode chunk 2 in both profiles, so both must make the very same clip.
+    backend = SvdBackend(tiny_settings(tiny_svd_dir, frames=4))
+
+    low = backend.generate(photo(), motion_bucket=127, fps=7, seed=9, profile=Profile.LOW_VRAM)
+    low_chunks = _chunk_sizes(backend)
+    hooked = hasattr(backend.pipeline.unet, "_hf_hook")
+    fast = backend.generate(photo(), motion_bucket=127, fps=7, seed=9, profile=Profile.FAST)
+
+    assert low.profile is Profile.LOW_VRAM and fast.profile is Profile.FAST
+    assert len(low.frames) == 4
+    assert low_chunks == {1}
+    assert not hooked  # nothing to offload to on CPU
+    assert _chunk_sizes(backend) == {None}
+    assert np.allclose(as_array(low.frames), as_array(fast.frames), atol=1)
+
+
+def test_low_vram_offload_hooks_come_off_for_fast(
+    backend: SvdBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # accelerate's offload hooks run on CPU too; treat CPU as offloadable to exercise them.
+    monkeypatch.setattr(svd, "OFFLOAD_DEVICES", ("cuda", "mps", "cpu"))
+
+    low = backend.generate(photo(), motion_bucket=127, fps=7, seed=2, profile=Profile.LOW_VRAM)
+    hooked = hasattr(backend.pipeline.unet, "_hf_hook")
+    low_again = backend.generate(
+        photo(), motion_bucket=127, fps=7, seed=2, profile=Profile.LOW_VRAM
+    )
+    fast = backend.generate(photo(), motion_bucket=127, fps=7, seed=2, profile=Profile.FAST)
+
+    assert hooked
+    assert not hasattr(backend.pipeline.unet, "_hf_hook")
+    assert np.allclose(as_array(low.frames), as_array(low_again.frames), atol=1)
+    assert np.allclose(as_array(low.frames), as_array(fast.frames), atol=1)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        RuntimeError("MPS backend out of memory (MPS allocated: 17.00 GB)"),
+    ],
+)
+def test_out_of_memory_becomes_ours_and_the_pipeline_recovers(
+    backend: SvdBackend, error: Exception
+) -> None:
+    backend.load()
+
+    def out_of_memory(*_args: object) -> None:
+        raise error
+
+    hook = backend.pipeline.unet.register_forward_pre_hook(out_of_memory)
+    with pytest.raises(OutOfMemory) as caught:
+        backend.generate(photo(), motion_bucket=127, fps=7, seed=0)
+    hook.remove()
+    result = backend.generate(photo(), motion_bucket=127, fps=7, seed=0)
+
+    assert caught.value.user_text == OutOfMemory.user_text
+    assert caught.value.__cause__ is error
+    assert len(result.frames) == 2
+
+
+def test_other_runtime_errors_are_not_called_out_of_memory(backend: SvdBackend) -> None:
+    backend.load()
+
+    def broken(*_args: object) -> None:
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    backend.pipeline.unet.register_forward_pre_hook(broken)
+    with pytest.raises(RuntimeError, match="shapes") as caught:
+        backend.generate(photo(), motion_bucket=127, fps=7, seed=0)
+    assert not isinstance(caught.value, OutOfMemory)
+
+
+def _count_compiles(monkeypatch: pytest.MonkeyPatch, behaviour) -> list[object]:
+    calls: list[object] = []
+
+    def fake_compile(fn: object, *args: object, **kwargs: object) -> object:
+        calls.append(fn)
+        return behaviour(fn)
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    return calls
+
+
+def test_compile_is_cuda_only_so_cpu_runs_eager(
+    tiny_svd_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _count_compiles(monkeypatch, lambda fn: fn)
+    backend = SvdBackend(tiny_settings(tiny_svd_dir, compile=True))
+
+    result = backend.generate(photo(), motion_bucket=127, fps=7, seed=0)
+
+    assert calls == []
+    assert len(result.frames) == 2
+
+
+def test_compile_failure_falls_back_to_eager_once(
+    tiny_svd_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(svd, "COMPILE_DEVICES", ("cuda", "cpu"))
+
+    def unsupported(fn: object) -> object:
+        raise RuntimeError("Dynamo is not supported on this Python")
+
+    calls = _count_compiles(monkeypatch, unsupported)
+    eager = SvdBackend(tiny_settings(tiny_svd_dir))
+    backend = SvdBackend(tiny_settings(tiny_svd_dir, compile=True))
+
+    with caplog.at_level(logging.WARNING, logger="generator.svd"):
+        first = backend.generate(photo(), motion_bucket=127, fps=7, seed=4)
+        backend.generate(photo(), motion_bucket=127, fps=7, seed=4)
+    expected = eager.generate(photo(), motion_bucket=127, fps=7, seed=4)
+
+    assert len(calls) == 1  # tried once per loaded model, not per clip
+    assert any("torch.compile failed" in r.getMessage() for r in caplog.records)
+    assert np.array_equal(as_array(first.frames), as_array(expected.frames))
+
+
+def test_compile_failing_on_first_use_reruns_eager_with_the_same_seed(
+    tiny_svd_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(svd, "COMPILE_DEVICES", ("cuda", "cpu"))
+
+    def fails_when_called(fn: object) -> object:
+        def compiled(*args: object, **kwargs: object) -> object:
+            raise torch._dynamo.exc.TorchRuntimeError("inductor: no C++ compiler")
+
+        return compiled
+
+    _count_compiles(monkeypatch, fails_when_called)
+    backend = SvdBackend(tiny_settings(tiny_svd_dir, compile=True))
+
+    result = backend.generate(photo(), motion_bucket=127, fps=7, seed=4)
+    expected = SvdBackend(tiny_settings(tiny_svd_dir)).generate(
+        photo(), motion_bucket=127, fps=7, seed=4
+    )
+
+    assert np.array_equal(as_array(result.frames), as_array(expected.frames))
+
+
+def test_missing_model_folder_is_unavailable(tmp_path: Path) -> None:
+    backend = SvdBackend(tiny_settings(tmp_path / "not-downloaded"))
+
+    with pytest.raises(BackendUnavailable, match="does not exist") as caught:
+        backend.generate(photo(), motion_bucket=127, fps=7)
+
+    assert not backend.loaded
+    assert caught.value.user_text != str(caught.value)
+
+
+def test_unknown_hub_model_is_unavailable_and_mentions_the_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    # No network here: the hub lookup fails; with network the repo does not exist. Same answer.
+    backend = SvdBackend(tiny_settings(tmp_path, model="example-org/no-such-svd-model"))
+
+    with pytest.raises(BackendUnavailable, match="HF_TOKEN"):
+        backend.load()
+
+
+@pytest.mark.parametrize(
+    ("size", "kwargs", "message"),
+    [
+        ((30, 32), {}, "multiples of 8"),
+        ((32, 32), {"frames": 1}, "frames"),
+        ((32, 32), {"steps": 0}, "steps"),
+        ((32, 32), {"motion_bucket": 256}, "motion"),
+        ((32, 32), {"fps": 0}, "fps"),
+    ],
+)
+def test_bad_arguments_fail_before_loading(
+    backend: SvdBackend, size: tuple[int, int], kwargs: dict[str, int], message: str
+) -> None:
+    args = {"motion_bucket": 127, "fps": 7} | kwargs
+
+    with pytest.raises(InvalidRequest, match=message):
+        backend.generate(photo(*size), **args)
+
+    assert not backend.loaded
+
+
+def test_token_stays_out_of_repr(tiny_svd_settings: SvdSettings) -> None:
+    backend = SvdBackend(tiny_svd_settings, hf_token="hf_secretvalue123")
+
+    assert "hf_secretvalue123" not in repr(backend)
