@@ -706,6 +706,9 @@ async def queue_command(update: Update, context: Context) -> None:
         job = await data.store.queue.get(running_id)
         mine = job is not None and job.user_id == user.id
         running = f"#{running_id}" + (" (yours)" if mine else "")
+        progress = data.worker.current_progress
+        if progress is not None:
+            running += f", {texts.STAGE_TEXTS.get(progress.stage, progress.stage)}"
     await update.effective_message.reply_text(
         texts.queue_overview(lines, running, data.worker.paused)
     )

@@ -18,6 +18,7 @@ import pytest
 
 from bot.app import BotData, build_app
 from bot.config import AccessSettings, LimitSettings, Settings, TelegramSettings
+from bot.eta import estimate_wait, running_remaining
 from bot.handlers import (
     Refused,
     Usage,
@@ -572,3 +573,12 @@ def test_other_engine_swaps_what_made_the_clip() -> None:
 def test_bot_data_is_typed() -> None:
     fields = {f.name for f in dataclasses.fields(BotData)}
     assert {"settings", "store", "worker", "clock"} <= fields
+
+
+def test_eta_counts_the_jobs_ahead_and_the_running_one() -> None:
+    history = {Backend.SVD: [60.0, 80.0, 70.0], Backend.VEO: []}
+    assert estimate_wait(1, history, None) == 70.0
+    assert estimate_wait(3, history, 30.0) == 30.0 + 3 * 70.0
+    assert estimate_wait(2, {Backend.SVD: []}, 10.0) is None  # no history: no made-up number
+    assert running_remaining(NOW - 50.0, NOW, history) == 20.0
+    assert running_remaining(NOW - 500.0, NOW, history) == 0.0

@@ -144,6 +144,14 @@ async def test_photo_options_animate_then_a_video_arrives(journey: Journey) -> N
     job = await journey.finished(queued.id)
     assert job.status is Status.DONE and job.video_file_id == video.file_id
 
+    # /history offers the clip again; the button resends it by file id, no new upload.
+    fake.send_command(ANN, "/history")
+    listing = await fake.wait_for_text(ANN.id, "Your last clips")
+    assert f"#{job.id}" in listing.content and "done" in listing.content
+    fake.press_button(ANN, listing.message_id, f"Send #{job.id} again")
+    again = await fake.wait_for_video(ANN.id, count=2)
+    assert again.resent and again.file_id == video.file_id
+
 
 async def test_image_sent_as_a_document_becomes_a_clip(journey: Journey) -> None:
     fake = journey.fake
