@@ -94,7 +94,10 @@ def add_handlers(app: Application) -> None:
 
     app.add_handler(MessageHandler(filters.PHOTO | filters.Document.IMAGE, h.on_photo))
     app.add_handler(MessageHandler(filters.Document.ALL, h.on_other_document))
-    app.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, h.on_text))
+    # Only in private chats: in a group, people talk to each other, not to the bot.
+    app.add_handler(
+        MessageHandler(filters.TEXT & ~filters.COMMAND & filters.ChatType.PRIVATE, h.on_text)
+    )
 
     app.add_handler(CallbackQueryHandler(h.on_card_option, pattern=CardOption.matches))
     app.add_handler(CallbackQueryHandler(h.on_animate, pattern=Animate.matches))

@@ -582,3 +582,8 @@ def test_eta_counts_the_jobs_ahead_and_the_running_one() -> None:
     assert estimate_wait(2, {Backend.SVD: []}, 10.0) is None  # no history: no made-up number
     assert running_remaining(NOW - 50.0, NOW, history) == 20.0
     assert running_remaining(NOW - 500.0, NOW, history) == 0.0
+
+
+async def test_plain_text_gets_the_help(bot: Bot) -> None:
+    bot.fake.send_text(ANN, "hello?")
+    await bot.fake.wait_for_text(ANN.id, "Send a photo, pick options, press Animate")
