@@ -123,6 +123,9 @@ class StatusEditor:
         except NetworkError as exc:  # includes TimedOut and Telegram's 5xx
             log.info("edit of %s/%s failed: %s", chat_id, message_id, exc)
             return False
+        except TelegramError as exc:  # anything else: a status line is never worth a crash
+            log.warning("edit of %s/%s failed: %s", chat_id, message_id, exc)
+            return False
         self._shown[key] = _Shown(text, reply_markup, self.clock())
         return True
 

@@ -132,8 +132,7 @@ class Worker:
     # --- wiring and control ---
 
     def bind(self, application: Any) -> None:
-        """Take the bot and task factory of a PTB ``Application`` (or anything with ``bot``
-        and ``create_task``)."""
+        """Take the bot of a PTB ``Application`` (anything with a ``bot`` will do)."""
         self._app = application
         self._bot = application.bot
         self._editor = StatusEditor(
@@ -163,11 +162,9 @@ class Worker:
         for job in await self._sending_jobs():
             await self._redeliver(job)
         await self._refresh_positions(force=True)
-        coro = self._consume()
-        if hasattr(self._app, "create_task"):
-            self._loop_task = self._app.create_task(coro, name="gpu-worker")
-        else:
-            self._loop_task = asyncio.create_task(coro, name="gpu-worker")
+        # A task this worker owns, not ``application.create_task``: ``Application.stop()``
+        # awaits those, and this loop only ends in ``stop()``, which runs in ``post_stop``.
+        self._loop_task = asyncio.create_task(self._consume(), name="gpu-worker")
         log.info("worker %s started%s", self.worker_id, " (paused)" if self._paused else "")
 
     def wake(self) -> None:

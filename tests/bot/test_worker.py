@@ -133,7 +133,7 @@ class World:
             runner=runner,
             clock=self.clock,
         )
-        worker.bind(SimpleNamespace(bot=self.bot))  # no create_task: plain asyncio tasks
+        worker.bind(SimpleNamespace(bot=self.bot))
         self.workers.append(worker)
         await worker.start()
         return worker
