@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import PIL.Image
 import torch
@@ -190,7 +190,7 @@ class SvdBackend:
         self._dtype: torch.dtype | None = None
         self._profile: Profile | None = None  # the profile the pipeline is set up for now
         self._compiled = False
-        self._compile_tried = False
+        self._compile_failed = False  # then eager for the life of this pipeline
 
     def __repr__(self) -> str:  # the token stays out of logs and tracebacks
         return f"SvdBackend(model={self._model!r}, device={self._device!r}, loaded={self.loaded})"
@@ -237,7 +237,7 @@ class SvdBackend:
             return
         self._pipe = None
         self._model = self._device = self._dtype = self._profile = None
-        self._compiled = self._compile_tried = False
+        self._compiled = self._compile_failed = False
         _free_device_memory()
 
     def _from_pretrained(self, model: str, device: str, dtype: torch.dtype) -> Any:
@@ -341,7 +341,12 @@ class SvdBackend:
             log.info("SVD model loaded in %.1f s", self._clock() - started)
         assert self._device is not None
         chosen = choose_profile(profile or s.profile, self._free_vram(), s.low_vram_threshold_gib)
-        self._apply_profile(chosen)
+        try:
+            self._apply_profile(chosen)
+        except Exception as exc:
+            # Moving the weights onto the card is the first thing that can run out of memory.
+            self._profile = None  # half placed: set it up again next time
+            self._raise_failed(exc, chosen)
         decode_chunk = s.decode_chunk_size if chosen is Profile.FAST else LOW_VRAM_DECODE_CHUNK
 
         # 3. Seed: a CPU generator gives the same noise for a seed on every device.
@@ -431,16 +436,20 @@ class SvdBackend:
         _free_device_memory()
 
     def _maybe_compile(self) -> None:
-        """``torch.compile`` the UNet and VAE decoder once; on any failure run eager."""
+        """``torch.compile`` the UNet and VAE decoder for ``FAST``; on any failure run eager.
+
+        Compilation itself happens lazily on the first call. ``LOW_VRAM`` runs eager (offload
+        hooks and compiled graphs do not mix); coming back to ``FAST`` compiles again, which
+        dynamo's cache makes cheap. After one failure we stay eager until a reload.
+        """
         assert self._device is not None
         if (
             not self.settings.compile
             or _device_type(self._device) not in COMPILE_DEVICES
             or self._compiled
-            or self._compile_tried
+            or self._compile_failed
         ):
             return
-        self._compile_tried = True
         if self.settings.cache_dir:
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", self.settings.cache_dir)
         try:
@@ -450,6 +459,7 @@ class SvdBackend:
         except Exception as exc:  # any compile failure means "run eager"
             log.warning("torch.compile failed (%s); running SVD without it", exc)
             self._uncompile()
+            self._compile_failed = True
             return
         self._compiled = True
 
@@ -508,24 +518,25 @@ class SvdBackend:
                 return pipe(**call).frames[0]
         except Exception as exc:
             if not (self._compiled and _is_compile_error(exc)):
-                raise self._failed(exc) from exc
+                self._raise_failed(exc, self._profile)
             # Compilation happens on the first call; if it fails there, go eager for good.
             log.warning("torch.compile failed on first use (%s); running SVD without it", exc)
             self._recover()
             self._uncompile()
+            self._compile_failed = True
             generator.set_state(generator_state)  # the same seed must give the same clip
         try:
             with torch.inference_mode():
                 return pipe(**call).frames[0]
         except Exception as exc:
-            raise self._failed(exc) from exc
+            self._raise_failed(exc, self._profile)
 
-    def _failed(self, exc: Exception) -> Exception:
-        """Recover from a failed run; return the error to raise (OOM becomes ours)."""
+    def _raise_failed(self, exc: Exception, profile: Profile | None) -> NoReturn:
+        """Recover from a failed run, then raise: out-of-memory as ours, the rest as is."""
         self._recover()
         if _is_oom(exc):
-            return OutOfMemory(f"{self._device} ran out of memory in profile {self._profile}")
-        return exc
+            raise OutOfMemory(f"{self._device} ran out of memory in profile {profile}") from exc
+        raise exc
 
     def _recover(self) -> None:
         """Leave the pipeline ready for the next call after a run stopped half way."""

@@ -326,15 +326,17 @@ def test_compile_failing_on_first_use_reruns_eager_with_the_same_seed(
 
         return compiled
 
-    _count_compiles(monkeypatch, fails_when_called)
+    calls = _count_compiles(monkeypatch, fails_when_called)
     backend = SvdBackend(tiny_settings(tiny_svd_dir, compile=True))
 
     result = backend.generate(photo(), motion_bucket=127, fps=7, seed=4)
+    backend.generate(photo(), motion_bucket=127, fps=7, seed=4)
     expected = SvdBackend(tiny_settings(tiny_svd_dir)).generate(
         photo(), motion_bucket=127, fps=7, seed=4
     )
 
     assert np.array_equal(as_array(result.frames), as_array(expected.frames))
+    assert len(calls) == 2  # UNet and VAE decoder, once: no recompiling after a failure
 
 
 def test_missing_model_folder_is_unavailable(tmp_path: Path) -> None:
