@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from pathlib import Path
 
@@ -385,3 +386,23 @@ def test_token_stays_out_of_repr(tiny_svd_settings: SvdSettings) -> None:
     backend = SvdBackend(tiny_svd_settings, hf_token="hf_secretvalue123")
 
     assert "hf_secretvalue123" not in repr(backend)
+
+
+def _live_tensors() -> int:
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if issubclass(type(o), torch.Tensor))
+
+
+def test_jobs_leave_no_tensors_behind(backend: SvdBackend) -> None:
+    # Warm up (first call allocates the scheduler's tables), then later jobs must not pile up.
+    backend.generate(photo(), motion_bucket=127, fps=7, seed=0)
+    with pytest.raises(Cancelled):
+        backend.generate(photo(), motion_bucket=127, fps=7, seed=0, should_cancel=lambda: True)
+    baseline = _live_tensors()
+
+    for seed in range(3):
+        backend.generate(photo(), motion_bucket=127, fps=7, seed=seed)
+        with pytest.raises(Cancelled):
+            backend.generate(photo(), motion_bucket=127, fps=7, should_cancel=lambda: True)
+
+    assert _live_tensors() <= baseline
