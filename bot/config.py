@@ -84,8 +84,8 @@ class LimitSettings:
 
     max_queued_per_user: int = 3
     daily_jobs_per_user: int = 20
-    veo_user_daily_usd: float = 2.0
-    veo_month_usd: float = 30.0
+    veo_user_daily_usd: float = 4.0  # one 8 s clip at the $0.40/s list price
+    veo_month_usd: float = 40.0
     queue_ttl_s: float = 21600.0
     max_photo_bytes: int = 20 * 1024 * 1024
 

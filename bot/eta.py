@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from generator.options import Backend
+
+if TYPE_CHECKING:
+    from bot.store import Store
 
 
 def typical_run(durations_by_backend: Mapping[Backend, Iterable[float]]) -> float | None:
@@ -45,3 +49,18 @@ def running_remaining(
     if started_at is None or typical is None:
         return None
     return max(typical - (now - started_at), 0.0)
+
+
+async def queue_wait(
+    store: Store, position: int | None, *, now: float, running_job_id: int | None
+) -> float | None:
+    """``estimate_wait`` for the job at ``position``, reading recent run times from ``store``."""
+    if position is None:
+        return None
+    durations = {b: await store.recent_durations(b) for b in (Backend.SVD, Backend.VEO)}
+    remaining = None
+    if running_job_id is not None:
+        running = await store.queue.get(running_job_id)
+        started = running.started_at if running is not None else None
+        remaining = running_remaining(started, now, durations)
+    return estimate_wait(position, durations, remaining)

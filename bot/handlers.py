@@ -9,13 +9,11 @@ in ``bot.app``; texts in ``bot.texts``; buttons in ``bot.keyboards``.
 from __future__ import annotations
 
 import asyncio
-import calendar
 import dataclasses
 import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -36,6 +34,7 @@ from bot.keyboards import (
     settings_keyboard,
     status_keyboard,
 )
+from bot.limits import Refused, Usage, check_limits, day_start, month_start, veo_cost
 from bot.store import Card
 from generator.image import sniff_image
 from generator.options import (
@@ -55,8 +54,6 @@ log = logging.getLogger(__name__)
 
 Context: TypeAlias = "CallbackContext[ExtBot[None], dict[Any, Any], dict[Any, Any], BotData]"
 
-DAY = 86400.0
-
 
 # --- decisions (pure) -------------------------------------------------------------------
 
@@ -69,81 +66,6 @@ def check_access(settings: Settings, user_id: int, override: bool | None) -> boo
     if override is not None:
         return override
     return user_id in access.allowed_users
-
-
-def day_start(now: float) -> float:
-    """UNIX time of the UTC midnight at or before ``now`` (daily limits reset then)."""
-    return now - now % DAY
-
-
-def month_start(now: float) -> float:
-    """UNIX time of the first of this UTC month (the monthly Veo budget resets then)."""
-    t = time.gmtime(now)
-    return float(calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0)))
-
-
-def veo_cost(settings: Settings, options: JobOptions) -> float | None:
-    """What Veo would charge for ``options``; ``None`` when Veo is not configured."""
-    if not settings.veo.configured:
-        return None
-    from generator.veo import veo_cost as cost
-
-    seconds = options.duration or 8
-    return cost(seconds, settings.generator.veo.model, settings.generator.veo)
-
-
-@dataclass(frozen=True)
-class Usage:
-    """What a user has used, read from the store before a new job."""
-
-    active: int
-    today: int
-    veo_user_today: float
-    veo_month: float
-
-
-class Refused(Exception):
-    """A job may not be queued; ``text`` tells the user why."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.text = text
-
-
-def check_limits(
-    settings: Settings, options: JobOptions, usage: Usage, veo_estimate: float | None
-) -> tuple[JobOptions, str | None]:
-    """The options to queue and a note for the user, or ``Refused`` with the reason.
-
-    Per-user queue and daily limits refuse outright. When a Veo budget (the user's day or
-    the bot's month) cannot pay ``veo_estimate``, auto turns into SVD with a note, and an
-    explicit Veo request is refused. A limit of 0 is off.
-    """
-    limits = settings.limits
-    if limits.max_queued_per_user and usage.active >= limits.max_queued_per_user:
-        raise Refused(texts.too_many_queued(limits.max_queued_per_user))
-    if limits.daily_jobs_per_user and usage.today >= limits.daily_jobs_per_user:
-        raise Refused(texts.daily_limit(limits.daily_jobs_per_user))
-    if options.backend is Backend.SVD:
-        return options, None
-    if veo_estimate is None:
-        if options.backend is Backend.VEO:
-            raise Refused(texts.veo_budget_refused(texts.VEO_NOT_CONFIGURED))
-        return options, None  # auto without Veo is SVD anyway; nothing to say
-    reason = None
-    if (
-        limits.veo_user_daily_usd
-        and usage.veo_user_today + veo_estimate > limits.veo_user_daily_usd
-    ):
-        reason = texts.VEO_USER_BUDGET
-    elif limits.veo_month_usd and usage.veo_month + veo_estimate > limits.veo_month_usd:
-        reason = texts.VEO_MONTH_BUDGET
-    if reason is None:
-        return options, None
-    if options.backend is Backend.VEO:
-        raise Refused(texts.veo_budget_refused(reason))
-    svd = dataclasses.replace(options, backend=Backend.SVD, duration=None)
-    return svd, texts.veo_budget_fallback(reason)
 
 
 def shift_motion(options: JobOptions, delta: int) -> JobOptions:
@@ -251,16 +173,9 @@ async def _usage(data: BotData, user_id: int, now: float) -> Usage:
 
 
 async def _eta(data: BotData, position: int | None, now: float) -> float | None:
-    if position is None:
-        return None
-    durations = {b: await data.store.recent_durations(b) for b in (Backend.SVD, Backend.VEO)}
-    remaining = None
-    running_id = data.worker.running_job_id
-    if running_id is not None:
-        running = await data.store.queue.get(running_id)
-        started = running.started_at if running is not None else None
-        remaining = eta.running_remaining(started, now, durations)
-    return eta.estimate_wait(position, durations, remaining)
+    return await eta.queue_wait(
+        data.store, position, now=now, running_job_id=data.worker.running_job_id
+    )
 
 
 async def _queue_text(data: BotData, job: Job, now: float, note: str | None) -> str:

@@ -16,21 +16,20 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import calendar
 import contextlib
 import logging
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bot import delivery, texts
+from bot import delivery, eta, texts
 from bot.config import Settings
 from bot.delivery import DeliveryFailed, StatusEditor
 from bot.gpu import GenerationRunner, VeoBudget
 from bot.jobs import Job, Outcome, Status, can_retry
 from bot.keyboards import result_keyboard, status_keyboard
+from bot.limits import day_start, month_start, veo_allowance
 from bot.store import Store
 from generator.clip import Clip, Progress
 from generator.errors import Cancelled, GeneratorError, TransientError
@@ -59,36 +58,6 @@ def request_for(job: Job) -> Request:
         motion=options.motion,
         custom_elements=options.custom_elements,
     )
-
-
-def day_start(now: float) -> float:
-    """Midnight UTC of ``now``'s day (budgets reset then)."""
-    return now - now % 86400
-
-
-def month_start(now: float) -> float:
-    """The first of ``now``'s month, midnight UTC."""
-    t = time.gmtime(now)
-    return float(calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0)))
-
-
-def veo_allowance(
-    *, user_daily_usd: float, month_usd: float, user_spent_today: float, spent_this_month: float
-) -> float | None:
-    """Dollars Veo may still spend on one clip; ``None`` when neither limit is set (0 = off)."""
-    left = []
-    if user_daily_usd > 0:
-        left.append(user_daily_usd - user_spent_today)
-    if month_usd > 0:
-        left.append(month_usd - spent_this_month)
-    return max(0.0, min(left)) if left else None
-
-
-def eta_seconds(position: int, durations: list[float]) -> float | None:
-    """Rough wait for the job at ``position``: that many median run times, if any are known."""
-    if not durations:
-        return None
-    return position * statistics.median(durations)
 
 
 class Worker:
@@ -464,7 +433,6 @@ class Worker:
         except Exception:
             log.exception("could not list the queue")
             return
-        eta_cache: dict[Backend, list[float]] = {}
         present = set()
         for position, job in enumerate(waiting, start=1):
             present.add(job.id)
@@ -472,13 +440,13 @@ class Worker:
                 continue
             if not force and position not in MILESTONES:
                 continue
-            backend = Backend.SVD if job.options.backend is Backend.SVD else Backend.VEO
-            if backend not in eta_cache:
-                eta_cache[backend] = await self.store.recent_durations(backend)
+            wait = await eta.queue_wait(
+                self.store, position, now=self.clock(), running_job_id=self.running_job_id
+            )
             shown = await self.editor.edit(
                 job.chat_id,
                 job.status_message_id,
-                texts.queue_card(position, eta_seconds(position, eta_cache[backend])),
+                texts.queue_card(position, wait),
                 status_keyboard(job.id),
                 force=True,
             )

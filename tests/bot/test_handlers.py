@@ -19,16 +19,10 @@ import pytest
 from bot.app import BotData, build_app
 from bot.config import AccessSettings, LimitSettings, Settings, TelegramSettings
 from bot.eta import estimate_wait, running_remaining
-from bot.handlers import (
-    Refused,
-    Usage,
-    check_access,
-    check_limits,
-    result_options,
-    shift_motion,
-)
+from bot.handlers import check_access, result_options, shift_motion
 from bot.jobs import JobOptions, Outcome, Status
 from bot.keyboards import result_keyboard
+from bot.limits import Refused, Usage, check_limits
 from bot.store import Card, Store
 from generator.config import VeoCredentials
 from generator.options import Backend, Intensity

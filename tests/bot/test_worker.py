@@ -20,7 +20,7 @@ from bot.delivery import USER_BLOCKED
 from bot.gpu import InlineRunner, ProcessRunner
 from bot.jobs import Job, JobOptions, NewJob, Outcome, Status
 from bot.store import Store
-from bot.worker import Worker, day_start, eta_seconds, month_start, veo_allowance
+from bot.worker import Worker
 from generator.config import GeneratorSettings, ImageSettings, VeoCredentials
 from generator.encode import encode_frames
 from generator.errors import BudgetExceeded, InvalidImage
@@ -416,35 +416,3 @@ async def test_gpu_process_killed_mid_job_requeues_and_the_next_run_delivers(wor
     assert done.status is Status.DONE and done.attempts == 2
     assert runner.pid not in (None, first)
     assert len(decode(video.data, world.tmp_path)) == 2
-
-
-# --- the pure rules ---
-
-
-def test_budget_allowance_takes_the_tighter_limit():
-    assert veo_allowance(
-        user_daily_usd=2.0, month_usd=30.0, user_spent_today=1.6, spent_this_month=5.0
-    ) == pytest.approx(0.4)
-    assert (
-        veo_allowance(
-            user_daily_usd=2.0, month_usd=30.0, user_spent_today=0.0, spent_this_month=29.5
-        )
-        == 0.5
-    )
-    assert veo_allowance(
-        user_daily_usd=2.0, month_usd=0, user_spent_today=3.0, spent_this_month=0
-    ) == (0.0)
-    assert (
-        veo_allowance(user_daily_usd=0, month_usd=0, user_spent_today=9, spent_this_month=9) is None
-    )
-
-
-def test_budget_periods_start_at_utc_midnight_and_the_first():
-    now = 1_800_000_000.0  # 2027-01-15 08:00 UTC
-    assert day_start(now) == 1_799_971_200.0
-    assert month_start(now) == 1_798_761_600.0
-
-
-def test_eta_is_position_times_median_run():
-    assert eta_seconds(3, [10.0, 30.0, 20.0]) == 60.0
-    assert eta_seconds(1, []) is None
