@@ -1,0 +1,126 @@
+"""The ``animate-bot`` command as users run it: a real process, the GPU work in its own child
+process, killed mid-clip and started again on the same database."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from generator.encode import probe_video
+from tests.support.fake_botapi import TOKEN, FakeBotApi, FakeUser
+from tests.support.images import photo_bytes
+
+ROOT = Path(__file__).resolve().parents[2]
+ANN = FakeUser(4242, "Ann")
+SLOW = 60.0  # two Python processes importing torch on a shared 2-core machine
+
+
+@pytest.fixture
+def config(tmp_path: Path, tiny_svd_dir: Path, fake_botapi: FakeBotApi) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f"""
+[telegram]
+base_url = "{fake_botapi.base_url}"
+base_file_url = "{fake_botapi.base_file_url}"
+
+[access]
+allowed_users = [{ANN.id}]
+
+[worker]
+progress_edit_interval_s = 0.01
+gpu_process = true
+
+[data]
+dir = "{tmp_path / "data"}"
+
+[image]
+landscape_size = [64, 32]
+portrait_size = [32, 64]
+
+[svd]
+model = "{tiny_svd_dir}"
+device = "cpu"
+dtype = "float32"
+variant = ""
+frames = 2
+# Many tiny steps: the clip takes a few seconds, long enough to be killed in the middle.
+steps = 200
+"""
+    )
+    return path
+
+
+def start_bot(config: Path, log: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if "API_KEY" not in k}
+    env["TELEGRAM_BOT_TOKEN"] = TOKEN
+    return subprocess.Popen(
+        [sys.executable, "-m", "bot", "--config", str(config)],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: killing it takes the GPU child too
+    )
+
+
+def job_rows(db: Path) -> list[tuple[str, int]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT status, attempts FROM jobs").fetchall()
+
+
+async def test_killed_mid_clip_then_restarted_delivers_the_clip_exactly_once(
+    tmp_path, config, fake_botapi
+):
+    fake = fake_botapi
+    log = tmp_path / "bot.log"
+    bot = start_bot(config, log)
+    try:
+        photo = fake.send_photo(ANN, photo_bytes((96, 64)))
+        card = await fake.wait_for(
+            lambda: next(
+                (
+                    m.message_id
+                    for m in fake.messages(ANN.id).values()
+                    if m.reply_to_message_id == photo.message_id and "Animate" in str(m.buttons)
+                ),
+                None,
+            ),
+            timeout=SLOW,
+            what="settings card",
+        )
+        fake.press_button(ANN, card, "Animate")
+        await fake.wait_for(
+            lambda: any("step" in (m.text or "") for m in fake.messages(ANN.id).values()),
+            timeout=SLOW,
+            what="SVD progress",
+        )
+        os.killpg(bot.pid, signal.SIGKILL)  # power cut: no grace, no cleanup
+        bot.wait(timeout=30)
+        assert fake.videos(ANN.id) == []
+        assert job_rows(tmp_path / "data" / "bot.sqlite3") == [("running", 1)]
+
+        bot = start_bot(config, log)
+        video = await fake.wait_for_video(ANN.id, timeout=SLOW * 2)
+        out = tmp_path / "got.mp4"
+        out.write_bytes(video.data)
+        assert probe_video(out).frames == 2
+        assert video.reply_to_message_id == photo.message_id
+
+        # A clean stop (SIGTERM, as systemd sends) exits 0 and sends nothing twice.
+        bot.send_signal(signal.SIGTERM)
+        assert bot.wait(timeout=SLOW) == 0, log.read_text()[-3000:]
+        assert len(fake.videos(ANN.id)) == 1
+        assert job_rows(tmp_path / "data" / "bot.sqlite3") == [("done", 2)]
+        assert TOKEN not in log.read_text()
+    finally:
+        print(log.read_text()[-4000:])  # shown by pytest when the test fails
+        if bot.poll() is None:
+            os.killpg(bot.pid, signal.SIGKILL)
+            bot.wait()
