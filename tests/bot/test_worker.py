@@ -20,13 +20,14 @@ from bot.delivery import USER_BLOCKED
 from bot.gpu import InlineRunner, ProcessRunner
 from bot.jobs import Job, JobOptions, NewJob, Outcome, Status
 from bot.store import Store
-from bot.worker import Worker
-from generator.config import GeneratorSettings, ImageSettings, VeoCredentials
+from bot.worker import Worker, request_for
+from generator.config import GeneratorSettings, ImageSettings, VeoCredentials, VeoSettings
 from generator.encode import encode_frames
 from generator.errors import BudgetExceeded, InvalidImage
 from generator.image import prepare_image
 from generator.options import Backend
 from generator.router import Generator
+from generator.veo import VeoBackend
 from tests.support.fake_botapi import TOKEN, FakeBotApi, FakeUser
 from tests.support.images import photo_bytes, write_photo
 from tests.support.tiny_svd import tiny_settings
@@ -416,3 +417,59 @@ async def test_gpu_process_killed_mid_job_requeues_and_the_next_run_delivers(wor
     assert done.status is Status.DONE and done.attempts == 2
     assert runner.pid not in (None, first)
     assert len(decode(video.data, world.tmp_path)) == 2
+
+
+async def test_veo_job_interrupted_by_a_crash_resumes_its_operation_without_paying_twice(
+    world: World, tiny_svd_dir, fake_veo
+):
+    async def no_wait(seconds: float) -> None:
+        return None
+
+    veo_settings = VeoSettings(base_url=fake_veo.base_url, poll_interval_s=1)
+    key = VeoCredentials(api_key="k")
+    fake_veo.script(pending_polls=2)
+    settings = GeneratorSettings(
+        svd=tiny_settings(tiny_svd_dir),
+        image=ImageSettings(landscape_size=(32, 32), portrait_size=(32, 32)),
+        veo=veo_settings,
+    )
+    # The first life: the job was claimed, Veo was paid for, then the bot died.
+    job = await world.submit(ANN, JobOptions(backend=Backend.VEO, duration=4))
+    veo = VeoBackend(veo_settings, key, sleep=no_wait)
+    prepared = prepare_image(Path(job.photo_path), settings.image)
+    operation = await veo.submit(prepared, request_for(job))
+    claimed = await world.store.queue.claim("dead-worker", now=world.clock())
+    assert claimed is not None and claimed.id == job.id
+    await world.store.queue.set_veo_operation(job.id, operation)
+
+    # The second life: a new worker resumes polling that operation.
+    generator = Generator(
+        settings, credentials=key, veo=VeoBackend(veo_settings, key, sleep=no_wait)
+    )
+    await world.start_worker(InlineRunner(generator), world.settings(veo_user_daily_usd=10.0))
+    video = await world.fake.wait_for_video(ANN.id, timeout=60)
+    done = await world.finished(job)
+
+    assert len(fake_veo.submits) == 1  # only the first life's submission
+    assert done.status is Status.DONE and done.used_backend is Backend.VEO
+    assert done.cost_usd == pytest.approx(4 * 0.40)
+    assert "Veo" in video.caption
+
+
+async def test_one_users_three_jobs_do_not_make_another_user_wait_behind_them(
+    world: World, generator
+):
+    a1 = await world.submit(ANN)
+    a2 = await world.submit(ANN)
+    a3 = await world.submit(ANN)
+    b1 = await world.submit(BOB)
+    await world.start_worker(InlineRunner(generator))
+
+    await world.fake.wait_for(lambda: len(world.fake.videos()) == 4, timeout=120)
+    order = [v.reply_to_message_id for v in world.fake.videos()]
+    assert order == [
+        a1.photo_message_id,
+        b1.photo_message_id,
+        a2.photo_message_id,
+        a3.photo_message_id,
+    ]
