@@ -534,11 +534,12 @@ def test_limits_refuse_with_reasons(usage: Usage, limits: dict, expected: str | 
 
 
 def test_monthly_veo_budget_falls_back_for_auto() -> None:
-    options, note = check_limits(_settings(), JobOptions(duration=8), Usage(0, 0, 0, 28.0), 3.2)
+    nearly_spent = Usage(0, 0, 0, _settings().limits.veo_month_usd - 1.0)  # $1 left, clip $3.20
+    options, note = check_limits(_settings(), JobOptions(duration=8), nearly_spent, 3.2)
     assert options.backend is Backend.SVD and options.duration is None
     assert note is not None and "month" in note
     with pytest.raises(Refused, match="month"):
-        check_limits(_settings(), JobOptions(backend=Backend.VEO), Usage(0, 0, 0, 28.0), 3.2)
+        check_limits(_settings(), JobOptions(backend=Backend.VEO), nearly_spent, 3.2)
     with pytest.raises(Refused, match="isn't set up"):
         check_limits(_settings(), JobOptions(backend=Backend.VEO), Usage(0, 0, 0, 0), None)
 
