@@ -213,8 +213,8 @@ class SvdBackend:
             device: ``cuda``, ``mps``, ``cpu`` or ``auto``; defaults to ``settings.device``.
 
         Raises:
-            BackendUnavailable: the folder is missing, the hub cannot be reached, or the
-                gated default needs ``HF_TOKEN``.
+            BackendUnavailable: the device is missing, the folder is missing, the hub
+                cannot be reached, or the gated default needs ``HF_TOKEN``.
         """
         if self._is_loaded_for(model, device):
             return
@@ -222,6 +222,14 @@ class SvdBackend:
         device = resolve_device(device or self.settings.device)
         if self._pipe is not None and (model, device) == (self._model, self._device):
             return
+        kind = _device_type(device)
+        if (kind == "cuda" and not torch.cuda.is_available()) or (
+            kind == "mps" and not torch.backends.mps.is_available()
+        ):
+            raise BackendUnavailable(
+                f"SVD device {device} is not available in this torch build or machine",
+                user_text="The local video engine's GPU is not available.",
+            )
         self.unload()
         dtype = resolve_dtype(self.settings.dtype, device)
         log.info("Loading SVD model %s on %s (%s)", model, device, dtype)

@@ -350,6 +350,16 @@ def test_missing_model_folder_is_unavailable(tmp_path: Path) -> None:
     assert caught.value.user_text != str(caught.value)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_asking_for_cuda_without_it_is_unavailable(tiny_svd_dir: Path) -> None:
+    backend = SvdBackend(tiny_settings(tiny_svd_dir, device="cuda"))
+
+    with pytest.raises(BackendUnavailable, match="cuda"):
+        backend.generate(photo(), motion_bucket=127, fps=7)
+
+    assert not backend.loaded
+
+
 def test_unknown_hub_model_is_unavailable_and_mentions_the_token(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
