@@ -10,10 +10,12 @@ Example::
     >>> configure_torch(Path("data/inductor-cache"))  # once, before the first compile
     >>> applied = apply_fast(pipe, device="cuda", compile=True)
     >>> applied.steps
-    ('on cuda', 'fused qkv', 'compile unet', 'compile vae decoder')
+    ('on cuda', 'fused qkv (64 attentions)', 'cudnn attention first', 'compile unet', ...)
     >>> frames = pipe(image, decode_chunk_size=FAST_DECODE_CHUNK).frames[0]
 
-What each profile does, and why, is measured in ``bench/RESULTS.md`` (``bench/svd_bench.py``).
+Measured on an H100 (``bench/RESULTS.md``, ``bench/svd_bench.py``): stock 19.0 s a clip, fast
+12.9 s (0.68x), low-vram 13.2 s at 5.7 GiB peak allocated; a restart with a warm inductor
+cache finishes its first clip 45 s after process start.
 """
 
 from __future__ import annotations
@@ -256,6 +258,40 @@ def unfuse_qkv(unet: nn.Module) -> None:
             module.set_processor(AttnProcessor2_0())
 
 
+# --- attention kernel choice -----------------------------------------------------------------
+
+_DEFAULT_SDP_ORDER: list[int] | None = None
+
+
+def prefer_cudnn_attention() -> bool:
+    """Make cuDNN's fused attention PyTorch's first choice; return whether it could.
+
+    At SVD-XT's level-1 shapes cuDNN ran spatial attention 1.5x faster than the flash kernel
+    PyTorch picks by default (bench/RESULTS.md). The order is read when a graph is traced,
+    so call this before compiling. Process-wide: :func:`restore_attention_order` undoes it.
+    """
+    global _DEFAULT_SDP_ORDER
+    get = getattr(torch._C, "_get_sdp_priority_order", None)
+    put = getattr(torch._C, "_set_sdp_priority_order", None)
+    if get is None or put is None:
+        return False
+    from torch.nn.attention import SDPBackend
+
+    order = [int(b) for b in get()]
+    if _DEFAULT_SDP_ORDER is None:
+        _DEFAULT_SDP_ORDER = order
+    cudnn = int(SDPBackend.CUDNN_ATTENTION)
+    put([cudnn] + [b for b in order if b != cudnn])
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    return True
+
+
+def restore_attention_order() -> None:
+    """Undo :func:`prefer_cudnn_attention`."""
+    if _DEFAULT_SDP_ORDER is not None:
+        torch._C._set_sdp_priority_order(_DEFAULT_SDP_ORDER)
+
+
 # --- keep a module off the GPU except while it runs ----------------------------------------
 
 
@@ -313,6 +349,7 @@ def restore_stock(pipe: Any, device: str | None = None) -> None:
     unfuse_qkv(unet)
     target = device or str(pipe.device)
     keep_on_device(pipe.image_encoder, target)
+    restore_attention_order()
     if getattr(pipe, _STATE, None) == "fp8":
         log.warning("fp8 weights cannot be restored; reload the pipeline for full precision")
     pipe.to(target)
@@ -337,7 +374,7 @@ def _compile_parts(
 
 
 def apply_fast(pipe: Any, *, device: str, compile: bool) -> Applied:
-    """Set ``pipe`` up for speed: everything on ``device``, fused QKV, compiled UNet and decoder.
+    """Set ``pipe`` up for speed: all on ``device``, fused QKV, cuDNN attention, compiled UNet/VAE.
 
     Args:
         pipe: a loaded ``StableVideoDiffusionPipeline`` (any dtype).
@@ -350,6 +387,8 @@ def apply_fast(pipe: Any, *, device: str, compile: bool) -> Applied:
     restore_stock(pipe, device)
     steps = [f"on {device}"]
     steps.append(f"fused qkv ({fuse_qkv(pipe.unet)} attentions)")
+    if device.startswith("cuda") and prefer_cudnn_attention():
+        steps.append("cudnn attention first")
     more, skipped = _compile_parts(
         pipe, {"unet": pipe.unet, "vae decoder": pipe.vae.decoder}, device=device, compile=compile
     )
@@ -362,8 +401,8 @@ def apply_low_vram(pipe: Any, *, device: str, compile: bool) -> Applied:
 
     Classifier-free guidance runs as two batch-1 UNet passes (half the activations, which
     are most of the denoising peak); the image encoder sits in CPU memory except while it
-    encodes the photo; the UNet and VAE stay on the GPU. With ``compile`` the UNet is
-    compiled too (the decoder runs eager: at decode chunk 2 it is a small share of the clip).
+    encodes the photo; the UNet and VAE stay on the GPU. With ``compile`` the UNet and the
+    VAE decoder are compiled as in ``apply_fast``.
 
     Decode with :data:`LOW_VRAM_DECODE_CHUNK` frames at a time.
     """
@@ -372,7 +411,11 @@ def apply_low_vram(pipe: Any, *, device: str, compile: bool) -> Applied:
     if device.startswith(("cuda", "mps")):
         offload_when_idle(pipe.image_encoder, device)
         steps.append("image encoder in cpu memory between clips")
-    more, skipped = _compile_parts(pipe, {"unet": pipe.unet}, device=device, compile=compile)
+    if device.startswith("cuda") and prefer_cudnn_attention():
+        steps.append("cudnn attention first")
+    more, skipped = _compile_parts(
+        pipe, {"unet": pipe.unet, "vae decoder": pipe.vae.decoder}, device=device, compile=compile
+    )
     split_cfg(pipe)
     steps.append("cfg as two batch-1 passes")
     setattr(pipe, _STATE, Profile.LOW_VRAM.value)
@@ -406,8 +449,9 @@ def apply_fp8(pipe: Any, *, device: str = "cuda") -> Applied:
 
     Dynamic per-row float8 activations and weights: about half the matmul time on Hopper,
     at a measured cost in accuracy (bench/RESULTS.md). Not undoable: reload the pipeline
-    to go back to full precision. Apply before compiling for the speed-up (``apply_fast``
-    then ``apply_fp8`` recompiles on the next call).
+    to go back to full precision. Call it after ``apply_fast`` (whose fused projections
+    cannot be built from fp8 weights) and before the first clip, so the lazy compile traces
+    the fp8 layers.
 
     Raises:
         BackendUnavailable: no fp8-capable GPU or no usable torchao.

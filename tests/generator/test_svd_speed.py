@@ -1,0 +1,224 @@
+"""The speed profiles keep SVD's output but change how it runs, and fall back when they can't."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import StableVideoDiffusionPipeline
+from PIL import Image
+
+from generator import svd_speed
+from generator.errors import BackendUnavailable
+from generator.options import Profile
+from generator.svd_speed import (
+    CfgSplitUNet,
+    apply_fast,
+    apply_fp8,
+    apply_low_vram,
+    apply_profile,
+    compile_module,
+    configure_torch,
+    fuse_qkv,
+    is_compiled,
+    restore_stock,
+    uncompile_module,
+    unfuse_qkv,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def pipe(tiny_svd_dir: Path) -> StableVideoDiffusionPipeline:
+    """A fresh tiny pipeline in fp32 on the CPU (each test may change it in place)."""
+    return StableVideoDiffusionPipeline.from_pretrained(tiny_svd_dir, torch_dtype=torch.float32)
+
+
+def unet_inputs(pipe: StableVideoDiffusionPipeline, batch: int = 2) -> dict[str, torch.Tensor]:
+    """Inputs shaped like the pipeline's CFG call: 2 frames of 4x4 latents, 8 channels."""
+    g = torch.Generator().manual_seed(1)
+    unet = pipe.unet
+    embed = unet.config.cross_attention_dim
+    return dict(
+        sample=torch.randn(batch, 2, unet.config.in_channels, 4, 4, generator=g),
+        timestep=torch.tensor(0.5),
+        encoder_hidden_states=torch.randn(batch, 1, embed, generator=g),
+        added_time_ids=torch.randn(batch, 3, generator=g),
+    )
+
+
+def make_clip(pipe: StableVideoDiffusionPipeline, decode_chunk_size: int = 2) -> torch.Tensor:
+    """Two 32x32 frames in 2 steps from a fixed photo and seed, as a tensor."""
+    image = Image.new("RGB", (32, 32), (200, 120, 40))
+    out = pipe(
+        image,
+        height=32,
+        width=32,
+        num_frames=2,
+        num_inference_steps=2,
+        decode_chunk_size=decode_chunk_size,
+        generator=torch.Generator().manual_seed(7),
+        output_type="pt",
+    )
+    return out.frames[0]
+
+
+@torch.no_grad()
+def test_cfg_split_gives_the_batch_2_result(pipe: StableVideoDiffusionPipeline) -> None:
+    inputs = unet_inputs(pipe)
+    whole = pipe.unet(**inputs, return_dict=False)[0]
+    split = CfgSplitUNet(pipe.unet)(**inputs, return_dict=False)[0]
+    assert split.shape == whole.shape
+    torch.testing.assert_close(split, whole, rtol=1e-5, atol=1e-5)
+    # The wrapper is invisible to the pipeline: config and submodules read through.
+    wrapper = CfgSplitUNet(pipe.unet)
+    assert wrapper.config.in_channels == pipe.unet.config.in_channels
+    assert wrapper.add_embedding is pipe.unet.add_embedding
+
+
+@torch.no_grad()
+def test_cfg_split_leaves_a_batch_1_call_alone(pipe: StableVideoDiffusionPipeline) -> None:
+    inputs = unet_inputs(pipe, batch=1)
+    whole = pipe.unet(**inputs).sample
+    split = CfgSplitUNet(pipe.unet)(**inputs).sample
+    torch.testing.assert_close(split, whole, rtol=0, atol=0)
+
+
+@torch.no_grad()
+def test_fused_qkv_keeps_the_unet_output(pipe: StableVideoDiffusionPipeline) -> None:
+    inputs = unet_inputs(pipe)
+    before = pipe.unet(**inputs).sample
+    assert fuse_qkv(pipe.unet) > 0
+    torch.testing.assert_close(pipe.unet(**inputs).sample, before, rtol=1e-5, atol=1e-5)
+    unfuse_qkv(pipe.unet)
+    assert not any(hasattr(m, "to_qkv") for m in pipe.unet.modules())
+    torch.testing.assert_close(pipe.unet(**inputs).sample, before, rtol=1e-5, atol=1e-5)
+
+
+def test_low_vram_makes_the_same_clip_as_stock(pipe: StableVideoDiffusionPipeline) -> None:
+    stock = make_clip(pipe)
+    applied = apply_low_vram(pipe, device="cpu", compile=False)
+    assert "cfg as two batch-1 passes" in applied.steps
+    assert isinstance(pipe.unet, CfgSplitUNet)
+    torch.testing.assert_close(make_clip(pipe), stock, rtol=1e-4, atol=1e-4)
+
+    restore_stock(pipe, "cpu")
+    assert not isinstance(pipe.unet, CfgSplitUNet)
+    torch.testing.assert_close(make_clip(pipe), stock, rtol=1e-4, atol=1e-4)
+
+
+def test_fast_on_cpu_skips_compile_and_says_why(pipe: StableVideoDiffusionPipeline) -> None:
+    stock = make_clip(pipe)
+    applied = apply_fast(pipe, device="cpu", compile=True)
+    assert applied.profile == "fast"
+    assert any("compile" in reason and "cpu" in reason for reason in applied.skipped)
+    assert not is_compiled(pipe.unet)
+    torch.testing.assert_close(make_clip(pipe), stock, rtol=1e-4, atol=1e-4)
+
+
+def test_apply_profile_picks_by_profile_and_refuses_auto(
+    pipe: StableVideoDiffusionPipeline,
+) -> None:
+    assert apply_profile(pipe, Profile.LOW_VRAM, device="cpu", compile=False).profile == "low-vram"
+    assert isinstance(pipe.unet, CfgSplitUNet)
+    assert apply_profile(pipe, Profile.FAST, device="cpu", compile=False).profile == "fast"
+    assert not isinstance(pipe.unet, CfgSplitUNet)
+    with pytest.raises(ValueError, match="auto"):
+        apply_profile(pipe, Profile.AUTO, device="cpu", compile=False)
+
+
+def _broken_backend(gm: torch.fx.GraphModule, example_inputs: list[torch.Tensor]) -> None:
+    raise RuntimeError("no C compiler here")
+
+
+def test_compile_failure_at_first_call_falls_back_to_eager(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.GELU())
+    x = torch.randn(3, 4)
+    expected = module(x)
+    compile_module(module, label="toy", backend=_broken_backend)
+    assert is_compiled(module)
+    with caplog.at_level(logging.WARNING, logger="generator.svd_speed"):
+        torch.testing.assert_close(module(x), expected)
+        torch.testing.assert_close(module(x), expected)  # stays eager, no second try
+    assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1
+    assert "compiled toy failed" in caplog.records[0].message
+
+
+def test_compile_that_works_is_used_and_can_be_undone() -> None:
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.GELU())
+    x = torch.randn(3, 4)
+    expected = module(x)
+    compile_module(module, label="toy", backend="eager")
+    torch.testing.assert_close(module(x), expected)
+    uncompile_module(module)
+    assert not is_compiled(module)
+    torch.testing.assert_close(module(x), expected)
+
+
+def test_compile_unavailable_leaves_the_module_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("torch.compile is not supported on Python 3.14")
+
+    monkeypatch.setattr(torch, "compile", refuse)
+    module = torch.nn.Linear(4, 4)
+    compile_module(module, label="toy")
+    assert not is_compiled(module)
+
+
+def test_configure_torch_puts_inductor_caches_in_the_data_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    target = tmp_path / "data" / "inductor"
+    try:
+        configure_torch(target)
+        flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    assert target.is_dir()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(target)
+    assert cache_dir() == str(target)
+    assert flags == (True, True)  # the same flags every start, so the cache key matches
+
+
+def test_fp8_is_refused_without_an_fp8_gpu(pipe: StableVideoDiffusionPipeline) -> None:
+    with pytest.raises(BackendUnavailable) as info:
+        apply_fp8(pipe, device="cpu")
+    assert "fp8" in info.value.user_text
+    assert svd_speed.fp8_available("cpu") == "fp8 needs a CUDA GPU"
+
+
+def test_bench_cpu_smoke_writes_results(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, "bench/svd_bench.py", "--cpu-smoke", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(out.read_text())
+    by_name = {row["config"]: row for row in results["configs"]}
+    assert {"stock", "fast", "low-vram"} <= set(by_name)
+    for row in by_name.values():
+        assert row["s_per_clip"] > 0
+    # The profiles must not change the clip (fp32 on CPU: tight).
+    for name in ("fast", "low-vram"):
+        assert by_name[name]["latents_vs_stock_rel_l2"] < 1e-4
+        assert by_name[name]["frames_vs_stock_max_abs"] < 1e-3
