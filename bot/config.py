@@ -195,13 +195,18 @@ def parse_settings(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
             "webhook mode needs a secret token so only Telegram can post updates",
         )
     generator = load_generator_settings({k: data.get(k) for k in GENERATOR_TABLES})
+    data_dir = load_section(DataSettings, data.get("data"), "data").dir
+    if not generator.svd.cache_dir and not env.get("TORCHINDUCTOR_CACHE_DIR"):
+        # Compiled kernels in the data folder survive restarts (torch's default is in /tmp).
+        svd = replace(generator.svd, cache_dir=str(data_dir / "inductor-cache"))
+        generator = replace(generator, svd=svd)
     return Settings(
         telegram=telegram,
         access=load_section(AccessSettings, data.get("access"), "access"),
         limits=load_section(LimitSettings, data.get("limits"), "limits"),
         worker=load_section(WorkerSettings, data.get("worker"), "worker"),
         generator=generator,
-        data_dir=load_section(DataSettings, data.get("data"), "data").dir,
+        data_dir=data_dir,
         veo=veo_credentials(generator.veo, env),
     )
 

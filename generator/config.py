@@ -52,9 +52,10 @@ class SvdSettings:
     min_guidance_scale: float = 1.0
     max_guidance_scale: float = 3.0
     decode_chunk_size: int = 8  # fast profile; low-vram uses 2
-    compile: bool = False  # torch.compile UNet and VAE decoder (fast profile, CUDA only)
-    cache_dir: str = ""  # inductor cache folder; "" keeps torch's default
-    low_vram_threshold_gib: float = 18.0  # auto picks low-vram below this much free VRAM
+    compile: bool = True  # torch.compile UNet and VAE decoder (CUDA with Triton only)
+    cache_dir: str = ""  # inductor cache folder; "" = $TORCHINDUCTOR_CACHE_DIR or torch's
+    fp8: bool = False  # opt-in float8 UNet linears (Ada/Hopper + torchao); less exact
+    low_vram_threshold_gib: float = 14.0  # auto picks low-vram below this much free VRAM
 
 
 @dataclass(frozen=True)

@@ -12,14 +12,19 @@ Every SVD-specific knob lives here (motion bucket, fps conditioning, noise augme
 decode chunking, guidance range, memory profiles), so later backends (Wan, LTX-Video) can
 sit beside this file without sharing its assumptions.
 
-Memory profiles:
+Memory profiles (what each does is in ``generator.svd_speed``, measured in bench/RESULTS.md):
 
-* ``FAST``: the whole pipeline on the device, VAE decoding ``settings.decode_chunk_size``
-  frames at a time, optionally ``torch.compile``-d (CUDA only, see :data:`COMPILE_DEVICES`).
-* ``LOW_VRAM``: model CPU offload (one model on the GPU at a time), feed-forward chunking in
-  the UNet and a decode chunk of 2: fits a 12 GB card. On CPU there is nothing to offload
-  to, so it keeps the chunking only (see :data:`OFFLOAD_DEVICES`).
+* ``FAST``: the whole pipeline on the device, fused QKV projections, cuDNN attention first,
+  UNet and VAE decoder ``torch.compile``-d when ``settings.compile`` (CUDA with Triton only;
+  any compile failure runs eager); VAE decoding ``settings.decode_chunk_size`` frames at once.
+  H100: 12.9 s a clip against stock diffusers' 19.0 s.
+* ``LOW_VRAM``: classifier-free guidance as two batch-1 UNet passes, the image encoder in CPU
+  memory between clips, decode chunk 2; the UNet stays on the GPU, so steps are barely slower.
+  H100: 13.2 s at 5.7 GiB peak allocated (the seed's offload + chunking: 23.8 s at 7.6 GiB).
 * ``AUTO``: ``LOW_VRAM`` when less than ``settings.low_vram_threshold_gib`` of VRAM is free.
+
+``settings.fp8`` (opt-in, CUDA Ada/Hopper with torchao) quantizes the UNet's linear layers
+on top of ``FAST``; measured slower and less exact than fp16 so far, never the default.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from typing import Any, NoReturn
 import PIL.Image
 import torch
 
+from generator import svd_speed
 from generator.clip import CancelFn, Progress, ProgressFn
 from generator.config import SvdSettings
 from generator.errors import BackendUnavailable, Cancelled, InvalidRequest, OutOfMemory
@@ -44,16 +50,6 @@ from generator.options import Backend, Profile
 
 log = logging.getLogger(__name__)
 
-#: Devices where ``enable_model_cpu_offload`` is used for ``LOW_VRAM``. CPU is left out on
-#: purpose: offloading from the CPU to the CPU saves nothing. Tests add "cpu" to exercise the
-#: real offload hooks without a GPU.
-OFFLOAD_DEVICES: tuple[str, ...] = ("cuda", "mps")
-#: Devices where ``settings.compile`` is honoured. Inductor on CPU needs a C++ toolchain and
-#: minutes of compiling for little gain, so CPU runs eager. Tests add "cpu" to exercise the
-#: compile-failure fallback.
-COMPILE_DEVICES: tuple[str, ...] = ("cuda",)
-#: Frames the VAE decodes at once in ``LOW_VRAM`` (the seed's 12 GB setting).
-LOW_VRAM_DECODE_CHUNK = 2
 _GIB = 1024**3
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -124,11 +120,6 @@ def _is_oom(exc: BaseException) -> bool:
     )
 
 
-def _is_compile_error(exc: BaseException) -> bool:
-    # Dynamo and inductor errors all live under torch._dynamo / torch._inductor.
-    return type(exc).__module__.startswith(("torch._dynamo", "torch._inductor"))
-
-
 def _free_device_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
@@ -149,17 +140,6 @@ def _looks_local(model: str) -> bool:
 
 def _has_variant_files(folder: Path, variant: str) -> bool:
     return any(f".{variant}." in p.name for p in folder.rglob("*"))
-
-
-def _set_forward_chunking(unet: torch.nn.Module, chunk_size: int | None) -> None:
-    """Chunk (1) or stop chunking (``None``) the UNet's feed-forward layers.
-
-    The SVD UNet has ``enable_forward_chunking`` but no ``disable_``; every block that
-    supports it exposes ``set_chunk_feed_forward``, where ``None`` means no chunking.
-    """
-    for module in unet.modules():
-        if hasattr(module, "set_chunk_feed_forward"):
-            module.set_chunk_feed_forward(chunk_size, dim=0)
 
 
 class SvdBackend:
@@ -189,8 +169,8 @@ class SvdBackend:
         self._device: str | None = None
         self._dtype: torch.dtype | None = None
         self._profile: Profile | None = None  # the profile the pipeline is set up for now
-        self._compiled = False
-        self._compile_failed = False  # then eager for the life of this pipeline
+        self._fp8 = False  # fp8 weights cannot be undone: leaving FAST reloads the pipeline
+        self._torch_configured = False
 
     def __repr__(self) -> str:  # the token stays out of logs and tracebacks
         return f"SvdBackend(model={self._model!r}, device={self._device!r}, loaded={self.loaded})"
@@ -245,7 +225,7 @@ class SvdBackend:
             return
         self._pipe = None
         self._model = self._device = self._dtype = self._profile = None
-        self._compiled = self._compile_failed = False
+        self._fp8 = False
         _free_device_memory()
 
     def _from_pretrained(self, model: str, device: str, dtype: torch.dtype) -> Any:
@@ -355,7 +335,9 @@ class SvdBackend:
             # Moving the weights onto the card is the first thing that can run out of memory.
             self._profile = None  # half placed: set it up again next time
             self._raise_failed(exc, chosen)
-        decode_chunk = s.decode_chunk_size if chosen is Profile.FAST else LOW_VRAM_DECODE_CHUNK
+        decode_chunk = (
+            s.decode_chunk_size if chosen is Profile.FAST else svd_speed.LOW_VRAM_DECODE_CHUNK
+        )
 
         # 3. Seed: a CPU generator gives the same noise for a seed on every device.
         seed = secrets.randbits(63) if seed is None else seed
@@ -422,59 +404,39 @@ class SvdBackend:
         return free + torch.cuda.memory_reserved(self._device)
 
     def _apply_profile(self, profile: Profile) -> None:
-        """Place the pipeline for ``profile``, undoing the other profile's changes first."""
+        """Place the pipeline for ``profile`` (``svd_speed`` undoes the other profile first)."""
         if profile is self._profile:
             return
+        if not self._torch_configured:
+            # Before the first compile: a fixed cache folder lets restarts skip compiling.
+            cache = Path(self.settings.cache_dir).expanduser() if self.settings.cache_dir else None
+            svd_speed.configure_torch(cache)
+            self._torch_configured = True
+        if self._fp8:
+            # fp8 weights cannot be turned back into fp16 ones: start from the files again.
+            model, device = self._model, self._device
+            self.unload()
+            self.load(model, device)
         pipe, device = self._pipe, self._device
         assert device is not None
-        if profile is Profile.LOW_VRAM:
-            self._uncompile()
-            if _device_type(device) in OFFLOAD_DEVICES:
-                pipe.enable_model_cpu_offload(device=device)
-            else:
-                pipe.to(device)
-            _set_forward_chunking(pipe.unet, 1)
-        else:
-            pipe.remove_all_hooks()  # no-op unless LOW_VRAM offloaded
-            pipe.to(device)
-            _set_forward_chunking(pipe.unet, None)
-            self._maybe_compile()
-        log.info("SVD profile %s on %s", profile, device)
+        applied = svd_speed.apply_profile(
+            pipe, profile, device=device, compile=self.settings.compile
+        )
+        if profile is Profile.FAST and self.settings.fp8:
+            try:
+                applied = svd_speed.apply_fp8(pipe, device=device)
+                self._fp8 = True
+            except BackendUnavailable as exc:
+                log.warning("svd.fp8 is set but %s; running fp16", exc)
+        log.info(
+            "SVD profile %s on %s: %s%s",
+            profile,
+            device,
+            ", ".join(applied.steps),
+            f" (skipped: {'; '.join(applied.skipped)})" if applied.skipped else "",
+        )
         self._profile = profile
         _free_device_memory()
-
-    def _maybe_compile(self) -> None:
-        """``torch.compile`` the UNet and VAE decoder for ``FAST``; on any failure run eager.
-
-        Compilation itself happens lazily on the first call. ``LOW_VRAM`` runs eager (offload
-        hooks and compiled graphs do not mix); coming back to ``FAST`` compiles again, which
-        dynamo's cache makes cheap. After one failure we stay eager until a reload.
-        """
-        assert self._device is not None
-        if (
-            not self.settings.compile
-            or _device_type(self._device) not in COMPILE_DEVICES
-            or self._compiled
-            or self._compile_failed
-        ):
-            return
-        if self.settings.cache_dir:
-            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", self.settings.cache_dir)
-        try:
-            # In place, so the pipeline keeps the same module objects (and their configs).
-            self._pipe.unet.compile()
-            self._pipe.vae.decoder.compile()
-        except Exception as exc:  # any compile failure means "run eager"
-            log.warning("torch.compile failed (%s); running SVD without it", exc)
-            self._uncompile()
-            self._compile_failed = True
-            return
-        self._compiled = True
-
-    def _uncompile(self) -> None:
-        for module in (self._pipe.unet, self._pipe.vae.decoder):
-            module._compiled_call_impl = None  # what nn.Module.compile() set
-        self._compiled = False
 
     def _run(
         self,
@@ -489,7 +451,11 @@ class SvdBackend:
         on_progress: ProgressFn | None,
         should_cancel: CancelFn | None,
     ) -> list[PIL.Image.Image]:
-        """Call the pipeline once, translating OOM and compile failures at this edge."""
+        """Call the pipeline once, translating out-of-memory at this edge.
+
+        A compiled module that fails to compile falls back to eager inside its own forward
+        (``svd_speed.compile_module``), so compile problems never reach the user.
+        """
         pipe, s = self._pipe, self.settings
         started = self._clock()
 
@@ -520,19 +486,6 @@ class SvdBackend:
             generator=generator,
             callback_on_step_end=on_step_end,
         )
-        generator_state = generator.get_state()
-        try:
-            with torch.inference_mode():
-                return pipe(**call).frames[0]
-        except Exception as exc:
-            if not (self._compiled and _is_compile_error(exc)):
-                self._raise_failed(exc, self._profile)
-            # Compilation happens on the first call; if it fails there, go eager for good.
-            log.warning("torch.compile failed on first use (%s); running SVD without it", exc)
-            self._recover()
-            self._uncompile()
-            self._compile_failed = True
-            generator.set_state(generator_state)  # the same seed must give the same clip
         try:
             with torch.inference_mode():
                 return pipe(**call).frames[0]

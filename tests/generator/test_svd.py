@@ -11,7 +11,7 @@ import PIL.Image
 import pytest
 import torch
 
-from generator import svd
+from generator import svd_speed
 from generator.clip import Progress
 from generator.config import SvdSettings
 from generator.errors import BackendUnavailable, Cancelled, InvalidRequest, OutOfMemory
@@ -195,41 +195,22 @@ def _chunk_sizes(backend: SvdBackend) -> set[int | None]:
     return {m._chunk_size for m in unet.modules() if hasattr(m, "set_chunk_feed_forward")}
 
 
-def test_low_vram_on_cpu_chunks_without_offload_and_switches_back(
+def test_low_vram_splits_guidance_and_switching_back_restores_the_stock_unet(
     tiny_svd_dir: Path,
 ) -> None:
     # Decode chunk 2 in both profiles, so both must make the very same clip.
     backend = SvdBackend(tiny_settings(tiny_svd_dir, frames=4))
+    backend.load()
+    stock_unet = backend.pipeline.unet
 
     low = backend.generate(photo(), motion_bucket=127, fps=7, seed=9, profile=Profile.LOW_VRAM)
-    low_chunks = _chunk_sizes(backend)
-    hooked = hasattr(backend.pipeline.unet, "_hf_hook")
+    split = isinstance(backend.pipeline.unet, svd_speed.CfgSplitUNet)
     fast = backend.generate(photo(), motion_bucket=127, fps=7, seed=9, profile=Profile.FAST)
 
     assert low.profile is Profile.LOW_VRAM and fast.profile is Profile.FAST
     assert len(low.frames) == 4
-    assert low_chunks == {1}
-    assert not hooked  # nothing to offload to on CPU
-    assert _chunk_sizes(backend) == {None}
-    assert np.allclose(as_array(low.frames), as_array(fast.frames), atol=1)
-
-
-def test_low_vram_offload_hooks_come_off_for_fast(
-    backend: SvdBackend, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # accelerate's offload hooks run on CPU too; treat CPU as offloadable to exercise them.
-    monkeypatch.setattr(svd, "OFFLOAD_DEVICES", ("cuda", "mps", "cpu"))
-
-    low = backend.generate(photo(), motion_bucket=127, fps=7, seed=2, profile=Profile.LOW_VRAM)
-    hooked = hasattr(backend.pipeline.unet, "_hf_hook")
-    low_again = backend.generate(
-        photo(), motion_bucket=127, fps=7, seed=2, profile=Profile.LOW_VRAM
-    )
-    fast = backend.generate(photo(), motion_bucket=127, fps=7, seed=2, profile=Profile.FAST)
-
-    assert hooked
-    assert not hasattr(backend.pipeline.unet, "_hf_hook")
-    assert np.allclose(as_array(low.frames), as_array(low_again.frames), atol=1)
+    assert split
+    assert backend.pipeline.unet is stock_unet
     assert np.allclose(as_array(low.frames), as_array(fast.frames), atol=1)
 
 
@@ -294,32 +275,32 @@ def test_compile_is_cuda_only_so_cpu_runs_eager(
     assert len(result.frames) == 2
 
 
-def test_compile_failure_falls_back_to_eager_once(
+def test_compile_failure_falls_back_to_eager(
     tiny_svd_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(svd, "COMPILE_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setattr(svd_speed, "compile_available", lambda device: True)
 
     def unsupported(fn: object) -> object:
         raise RuntimeError("Dynamo is not supported on this Python")
 
     calls = _count_compiles(monkeypatch, unsupported)
-    eager = SvdBackend(tiny_settings(tiny_svd_dir))
+    eager = SvdBackend(tiny_settings(tiny_svd_dir, compile=False))
     backend = SvdBackend(tiny_settings(tiny_svd_dir, compile=True))
 
-    with caplog.at_level(logging.WARNING, logger="generator.svd"):
+    with caplog.at_level(logging.WARNING, logger="generator.svd_speed"):
         first = backend.generate(photo(), motion_bucket=127, fps=7, seed=4)
         backend.generate(photo(), motion_bucket=127, fps=7, seed=4)
     expected = eager.generate(photo(), motion_bucket=127, fps=7, seed=4)
 
-    assert len(calls) == 1  # tried once per loaded model, not per clip
-    assert any("torch.compile failed" in r.getMessage() for r in caplog.records)
+    assert len(calls) == 2  # UNet and VAE decoder, once per loaded model, not per clip
+    assert any("running it eager" in r.getMessage() for r in caplog.records)
     assert np.array_equal(as_array(first.frames), as_array(expected.frames))
 
 
-def test_compile_failing_on_first_use_reruns_eager_with_the_same_seed(
+def test_compile_failing_on_first_use_runs_eager_with_the_same_seed(
     tiny_svd_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(svd, "COMPILE_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setattr(svd_speed, "compile_available", lambda device: True)
 
     def fails_when_called(fn: object) -> object:
         def compiled(*args: object, **kwargs: object) -> object:
@@ -332,12 +313,22 @@ def test_compile_failing_on_first_use_reruns_eager_with_the_same_seed(
 
     result = backend.generate(photo(), motion_bucket=127, fps=7, seed=4)
     backend.generate(photo(), motion_bucket=127, fps=7, seed=4)
-    expected = SvdBackend(tiny_settings(tiny_svd_dir)).generate(
+    expected = SvdBackend(tiny_settings(tiny_svd_dir, compile=False)).generate(
         photo(), motion_bucket=127, fps=7, seed=4
     )
 
     assert np.array_equal(as_array(result.frames), as_array(expected.frames))
     assert len(calls) == 2  # UNet and VAE decoder, once: no recompiling after a failure
+
+
+def test_fp8_without_an_fp8_gpu_warns_and_runs_fp16(
+    tiny_svd_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = SvdBackend(tiny_settings(tiny_svd_dir, fp8=True))
+    with caplog.at_level(logging.WARNING, logger="generator.svd"):
+        result = backend.generate(photo(), motion_bucket=127, fps=7, seed=1)
+    assert len(result.frames) == 2
+    assert any("fp8" in r.getMessage() for r in caplog.records)
 
 
 def test_missing_model_folder_is_unavailable(tmp_path: Path) -> None:
