@@ -219,6 +219,18 @@ class SvdBackend:
         self._pipe, self._model, self._device, self._dtype = pipe, model, device, dtype
         self._profile = None  # weights sit on the CPU until a profile places them
 
+    def adopt(self, pipe: Any, *, model: str, device: str) -> None:
+        """Use a pipeline built elsewhere as if ``load(model, device)`` had made it.
+
+        For benchmarks of random-weight pipelines built from configs: they then run through
+        the same profile and ``generate`` code as real weights.
+        """
+        self.unload()
+        pipe.set_progress_bar_config(disable=True)
+        self._pipe, self._model, self._device = pipe, model, resolve_device(device)
+        self._dtype = pipe.unet.dtype
+        self._profile = None
+
     def unload(self) -> None:
         """Drop the pipeline and give its memory back."""
         if self._pipe is None:
