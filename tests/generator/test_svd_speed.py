@@ -222,3 +222,26 @@ def test_bench_cpu_smoke_writes_results(tmp_path: Path) -> None:
     for name in ("fast", "low-vram"):
         assert by_name[name]["latents_vs_stock_rel_l2"] < 1e-4
         assert by_name[name]["frames_vs_stock_max_abs"] < 1e-3
+
+
+def test_backend_check_runs_the_generators_own_svd_path_on_cpu(tmp_path: Path) -> None:
+    out = tmp_path / "backend.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "bench/backend_check.py",
+            "--tiny-only",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    checks = json.loads(out.read_text())["tiny_checks"]
+    assert checks["fast_frames"] == checks["low_vram_frames"] == 4
+    assert checks["cancel"] == "cancelled" and checks["after_cancel_frames"] == 4
