@@ -163,9 +163,14 @@ class JobQueue(Protocol):
     async def requeue(self, job_id: int, *, now: float) -> Job:
         """Put a running job back in the queue (shutdown, retryable error)."""
 
-    async def recover(self, *, now: float, stale_after: float) -> list[Job]:
-        """Requeue stale running jobs (or fail them past ``max_attempts``) and expire old
-        queued ones; return the jobs whose status changed."""
+    async def recover(
+        self, *, now: float, stale_after: float, orphaned_by: str | None = None
+    ) -> list[Job]:
+        """Requeue stale running jobs, and every running job of the consumer ``orphaned_by``
+        (it is restarting), or fail them past ``max_attempts``; return the changed jobs."""
+
+    async def expire(self, *, now: float, ttl: float) -> list[Job]:
+        """Mark queued jobs older than ``ttl`` seconds expired; return them."""
 
     async def cancel(self, job_id: int, user_id: int, *, now: float) -> Job | None:
         """Owner's cancel: a queued job becomes cancelled at once; a running one gets its

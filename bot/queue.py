@@ -167,20 +167,25 @@ class SqliteQueue:
             logger.info("requeued %s", job.info())
         return job
 
-    async def recover(self, *, now: float, stale_after: float) -> list[Job]:
+    async def recover(
+        self, *, now: float, stale_after: float, orphaned_by: str | None = None
+    ) -> list[Job]:
         """Requeue running jobs whose heartbeat is older than ``stale_after`` seconds.
 
-        A job past ``max_attempts`` fails with ``GIVE_UP_TEXT`` instead, and one whose owner
-        asked to cancel becomes cancelled. ``stale_after <= 0`` takes every running job (at
-        start-up, all of them were orphaned by the restart). Sending jobs stay sending: the
-        worker re-delivers their stored video. Old queued jobs are ``expire``'s business.
-        Returns the jobs whose status changed.
+        ``orphaned_by`` names a consumer that is starting up: every job it had claimed was
+        orphaned by its restart, fresh heartbeat or not, while other consumers' jobs are
+        taken only once stale (so several GPU consumers can share one queue).
+        ``stale_after <= 0`` takes every running job. A job past ``max_attempts`` fails with
+        ``GIVE_UP_TEXT`` instead, and one whose owner asked to cancel becomes cancelled.
+        Sending jobs stay sending: the worker re-delivers their stored video. Old queued jobs
+        are ``expire``'s business. Returns the jobs whose status changed.
         """
         changed: list[Job] = []
         async with self._store.transaction() as db:
             rows = await _all(db, "SELECT * FROM jobs WHERE status = 'running' ORDER BY id", {})
             for job in rows:
-                if stale_after > 0 and not is_stale(job, now, stale_after):
+                orphaned = orphaned_by is not None and job.worker_id == orphaned_by
+                if stale_after > 0 and not orphaned and not is_stale(job, now, stale_after):
                     continue
                 if can_retry(job) or await _cancel_flag(db, job.id):
                     changed.append(await self._put_back(db, job.id, now=now))

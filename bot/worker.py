@@ -121,13 +121,9 @@ class Worker:
         """Recover what a previous run left behind, then start the consumer loop."""
         assert self._bot is not None, "call bind(application) first"
         self._paused = await self.store.get_flag("paused") is not None
-        now = self.clock()
-        # Every running row was orphaned by the restart: requeue it or give it up.
-        for job in await self.queue.recover(now=now, stale_after=0):
-            if job.status is Status.FAILED:
-                await self._tell(job, texts.given_up())
-            elif job.status is Status.CANCELLED:
-                await self._tell(job, texts.cancelled())
+        # Our own running rows were orphaned by the restart (and other consumers' stale
+        # ones are fair game): requeue them or give them up.
+        await self._recover(orphaned_by=self.worker_id)
         for job in await self._sending_jobs():
             await self._redeliver(job)
         await self._refresh_positions(force=True)
@@ -135,6 +131,18 @@ class Worker:
         # awaits those, and this loop only ends in ``stop()``, which runs in ``post_stop``.
         self._loop_task = asyncio.create_task(self._consume(), name="gpu-worker")
         log.info("worker %s started%s", self.worker_id, " (paused)" if self._paused else "")
+
+    async def _recover(self, *, orphaned_by: str | None = None) -> None:
+        recovered = await self.queue.recover(
+            now=self.clock(),
+            stale_after=self.settings.worker.stale_after_s,
+            orphaned_by=orphaned_by,
+        )
+        for job in recovered:
+            if job.status is Status.FAILED:
+                await self._tell(job, texts.given_up())
+            elif job.status is Status.CANCELLED:
+                await self._tell(job, texts.cancelled())
 
     def wake(self) -> None:
         """A job was queued (or something changed): look at the queue now."""
@@ -192,6 +200,7 @@ class Worker:
                 continue
             try:
                 await self._expire()
+                await self._recover()  # another consumer's job whose heartbeat stopped
                 job = await self.queue.claim(self.worker_id, now=self.clock())
             except Exception:
                 log.exception("queue unavailable; retrying")

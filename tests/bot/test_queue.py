@@ -163,6 +163,25 @@ async def test_recover_requeues_stale_job_with_attempts_left(queue: SqliteQueue)
     assert again is not None and again.attempts == 2
 
 
+async def test_a_restarting_consumer_takes_back_only_its_own_running_jobs(
+    queue: SqliteQueue,
+) -> None:
+    mine = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
+    theirs = await queue.enqueue(new_job(BOB, "b"), now=0.0)
+    await queue.claim("gpu0", now=1.0)
+    await queue.claim("gpu1", now=1.0)
+
+    # gpu0 restarts at once: its job was orphaned; gpu1's is alive and must not run twice.
+    recovered = await queue.recover(now=2.0, stale_after=60.0, orphaned_by="gpu0")
+    assert [job.id for job in recovered] == [mine.id]
+    still = await queue.get(theirs.id)
+    assert still is not None and still.status is Status.RUNNING
+
+    # gpu1 dies silently: once its heartbeat is stale, anyone's sweep requeues its job.
+    [swept] = await queue.recover(now=100.0, stale_after=60.0)
+    assert (swept.id, swept.status) == (theirs.id, Status.QUEUED)
+
+
 async def test_recover_gives_up_after_max_attempts(queue: SqliteQueue) -> None:
     job = await queue.enqueue(new_job(ALICE, "a", max_attempts=3), now=0.0)
     for attempt in range(3):

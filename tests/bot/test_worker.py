@@ -294,7 +294,7 @@ async def test_pause_survives_a_restart_and_resume_runs_the_queue(world: World, 
 
 async def test_job_left_running_by_a_dead_worker_is_delivered_once(world: World, generator):
     job = await world.submit(ANN)
-    claimed = await world.store.queue.claim("crashed-gpu", now=world.clock())
+    claimed = await world.store.queue.claim("gpu0", now=world.clock())
     assert claimed is not None and claimed.status is Status.RUNNING  # then that worker died
 
     await world.start_worker(InlineRunner(generator))
@@ -438,7 +438,7 @@ async def test_veo_job_interrupted_by_a_crash_resumes_its_operation_without_payi
     veo = VeoBackend(veo_settings, key, sleep=no_wait)
     prepared = prepare_image(Path(job.photo_path), settings.image)
     operation = await veo.submit(prepared, request_for(job))
-    claimed = await world.store.queue.claim("dead-worker", now=world.clock())
+    claimed = await world.store.queue.claim("gpu0", now=world.clock())
     assert claimed is not None and claimed.id == job.id
     await world.store.queue.set_veo_operation(job.id, operation)
 
