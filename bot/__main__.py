@@ -22,6 +22,7 @@ from generator.config import ConfigError
 log = logging.getLogger("bot")
 
 EXIT_OK = 0
+EXIT_NETWORK = 1
 EXIT_CONFIG = 2
 
 
@@ -137,7 +138,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in found:
             print(f"animate-bot: {problem}", file=sys.stderr)
         return EXIT_CONFIG
-    run(settings, cpu_inline=args.cpu_inline)
+    from telegram.error import InvalidToken, NetworkError
+
+    try:
+        run(settings, cpu_inline=args.cpu_inline)
+    except InvalidToken:
+        print(
+            "animate-bot: Telegram refused the bot token; check TELEGRAM_BOT_TOKEN", file=sys.stderr
+        )
+        return EXIT_CONFIG
+    except NetworkError as exc:
+        # Not a traceback: under systemd, Restart=on-failure tries again shortly.
+        where = settings.telegram.base_url or "api.telegram.org"
+        print(f"animate-bot: cannot reach Telegram ({where}): {exc.message}", file=sys.stderr)
+        return EXIT_NETWORK
     return EXIT_OK
 
 

@@ -124,3 +124,28 @@ async def test_killed_mid_clip_then_restarted_delivers_the_clip_exactly_once(
         if bot.poll() is None:
             os.killpg(bot.pid, signal.SIGKILL)
             bot.wait()
+
+
+def test_unreachable_telegram_is_one_clear_line_and_a_failure_exit(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[telegram]\nbase_url = "http://127.0.0.1:{port}/bot"\n\n[data]\ndir = "{tmp_path}"\n'
+    )
+    env = {k: v for k, v in os.environ.items() if "API_KEY" not in k}
+    env["TELEGRAM_BOT_TOKEN"] = TOKEN
+    result = subprocess.run(
+        [sys.executable, "-m", "bot", "--config", str(config)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=SLOW,
+    )
+    assert result.returncode == 1
+    assert "animate-bot: cannot reach Telegram (http://127.0.0.1:" in result.stderr
+    assert TOKEN not in result.stderr + result.stdout
