@@ -354,13 +354,16 @@ class Worker:
 
     async def _deliver(self, job: Job, clip: Clip) -> None:
         video = clip.video
+        # Without Veo credentials every clip is local by design: saying so under each one
+        # would be noise. A fallback is news only when Veo was there to be tried.
+        reason = clip.fallback_reason if self.settings.veo.configured else None
         sending = await asyncio.shield(
             self.queue.mark_sending(
                 job.id,
                 Outcome(
                     Status.SENDING,
                     used_backend=clip.backend,
-                    fallback_reason=clip.fallback_reason,
+                    fallback_reason=reason,
                     cost_usd=clip.cost_usd,
                     video_path=str(video.path),
                     video_size=video.size_bytes,

@@ -139,6 +139,7 @@ async def test_photo_options_animate_then_a_video_arrives(journey: Journey) -> N
     journey.check_video(video.data)
     assert video.reply_to_message_id == pushed.message_id
     assert video.caption is not None and "subtle" in video.caption
+    assert "Veo" not in video.caption  # no Veo set up: nothing "fell back", nothing to say
     assert "Again" in str(video.reply_markup)
     (queued,) = await journey.store.history(ANN.id)
     job = await journey.finished(queued.id)

@@ -103,6 +103,7 @@ class World:
             generator=generator_settings(self.tiny_svd_dir),
             worker=WorkerSettings(progress_edit_interval_s=3.0, shutdown_grace_s=0.0),
             limits=LimitSettings(**limits),
+            veo=VeoCredentials(api_key="k"),  # as the module's generator has
         )
 
     async def submit(
