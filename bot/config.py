@@ -124,6 +124,7 @@ class DataSettings:
     """Where the database, photos and clips live."""
 
     dir: Path = Path("data")
+    keep_photos_days: int = 30  # then photos of finished jobs are deleted (0 = keep forever)
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ class Settings:
     generator: GeneratorSettings = field(default_factory=GeneratorSettings)
     data_dir: Path = Path("data")
     veo: VeoCredentials = field(default_factory=VeoCredentials)
+    keep_photos_days: int = 30
 
     @property
     def db_path(self) -> Path:
@@ -195,7 +197,9 @@ def parse_settings(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
             "webhook mode needs a secret token so only Telegram can post updates",
         )
     generator = load_generator_settings({k: data.get(k) for k in GENERATOR_TABLES})
-    data_dir = load_section(DataSettings, data.get("data"), "data").dir
+    data_settings = load_section(DataSettings, data.get("data"), "data")
+    _check(data_settings.keep_photos_days >= 0, "data.keep_photos_days", "must be 0 or more")
+    data_dir = data_settings.dir
     if not generator.svd.cache_dir and not env.get("TORCHINDUCTOR_CACHE_DIR"):
         # Compiled kernels in the data folder survive restarts (torch's default is in /tmp).
         svd = replace(generator.svd, cache_dir=str(data_dir / "inductor-cache"))
@@ -208,6 +212,7 @@ def parse_settings(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         generator=generator,
         data_dir=data_dir,
         veo=veo_credentials(generator.veo, env),
+        keep_photos_days=data_settings.keep_photos_days,
     )
 
 

@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 MILESTONES = frozenset({1, 2, 3, 5, 10})
 #: When idle, look for expired jobs this often even if nothing wakes the worker.
 IDLE_SWEEP_S = 30.0
+#: How often old photos are looked for (a folder scan; no hurry).
+PHOTO_SWEEP_S = 3600.0
 #: After the grace period and a cancel, how long a job may take to notice it.
 CANCEL_WAIT_S = 10.0
 
@@ -58,6 +60,26 @@ def request_for(job: Job) -> Request:
         motion=options.motion,
         custom_elements=options.custom_elements,
     )
+
+
+def remove_files(*paths: Path | None) -> None:
+    """Delete files that may already be gone."""
+    for path in paths:
+        if path is not None:
+            path.unlink(missing_ok=True)
+
+
+def remove_old_files(folder: Path, *, older_than: float, keep: set[str]) -> int:
+    """Delete files in ``folder`` last changed before ``older_than`` (UNIX time), except
+    those in ``keep``; return how many went."""
+    removed = 0
+    if not folder.is_dir():
+        return 0
+    for path in folder.iterdir():
+        if path.is_file() and str(path) not in keep and path.stat().st_mtime < older_than:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 class Worker:
@@ -97,6 +119,7 @@ class Worker:
         self._shutdown_cancel = False
         self._loop_task: asyncio.Task | None = None
         self._shown_position: dict[int, int] = {}
+        self._photos_swept_at: float | None = None
 
     # --- wiring and control ---
 
@@ -200,6 +223,7 @@ class Worker:
                 continue
             try:
                 await self._expire()
+                await self._sweep_photos()
                 await self._recover()  # another consumer's job whose heartbeat stopped
                 job = await self.queue.claim(self.worker_id, now=self.clock())
             except Exception:
@@ -214,6 +238,26 @@ class Worker:
                 await self._run(job)
             except Exception:  # a database or Telegram failure while recording: keep serving
                 log.exception("! job %s: could not record its outcome", job.id)
+
+    async def _sweep_photos(self) -> None:
+        """Delete photos older than ``keep_photos_days`` that no active job still needs."""
+        days, now = self.settings.keep_photos_days, self.clock()
+        if days <= 0 or (
+            self._photos_swept_at is not None and now - self._photos_swept_at < PHOTO_SWEEP_S
+        ):
+            return
+        self._photos_swept_at = now
+        needed = {job.photo_path for job in await self.queue.queued()}
+        needed |= {job.photo_path for job in await self._sending_jobs()}
+        if self.running_job_id is not None:
+            running = await self.queue.get(self.running_job_id)
+            if running is not None:
+                needed.add(running.photo_path)
+        removed = await asyncio.to_thread(
+            remove_old_files, self.settings.photos_dir, older_than=now - days * 86400, keep=needed
+        )
+        if removed:
+            log.info("removed %d photos older than %d days", removed, days)
 
     async def _expire(self) -> None:
         for job in await self.queue.expire(now=self.clock(), ttl=self.settings.limits.queue_ttl_s):
@@ -410,6 +454,8 @@ class Worker:
             self.queue.finish(job.id, Outcome(Status.DONE, video_file_id=file_id), now=self.clock())
         )
         log.info("← %s delivered", done.info())
+        # Telegram keeps the clip (/history resends it by file id): free the disk.
+        await asyncio.to_thread(remove_files, Path(job.video_path), thumbnail)
         if job.status_message_id is not None:
             self.editor.forget(job.chat_id, job.status_message_id)
             # The clip itself is the news now; the progress card would only be clutter.

@@ -51,7 +51,7 @@ dtype = "float32"
 variant = ""
 frames = 2
 # Many tiny steps: the clip takes a few seconds, long enough to be killed in the middle.
-steps = 200
+steps = 60
 """
     )
     return path
@@ -60,6 +60,7 @@ steps = 200
 def start_bot(config: Path, log: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if "API_KEY" not in k}
     env["TELEGRAM_BOT_TOKEN"] = TOKEN
+    env["OMP_NUM_THREADS"] = "1"  # the GPU child on CPU: one thread each, no oversubscription
     return subprocess.Popen(
         [sys.executable, "-m", "bot", "--config", str(config)],
         cwd=ROOT,

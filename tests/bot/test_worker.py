@@ -315,6 +315,7 @@ async def test_job_stuck_in_sending_is_redelivered_once(world: World, generator,
     video_path = tmp_path / "data" / "videos" / f"{job.id}.mp4"
     video_path.parent.mkdir(parents=True)
     info = encode_frames(frames, 7, video_path, generator.settings.encode)
+    made = info.path.read_bytes()
     await world.store.queue.mark_sending(
         job.id,
         Outcome(
@@ -333,7 +334,7 @@ async def test_job_stuck_in_sending_is_redelivered_once(world: World, generator,
     done = await world.finished(job)
 
     assert done.status is Status.DONE and done.video_file_id == video.file_id
-    assert video.data == info.path.read_bytes()
+    assert video.data == made
     assert len(world.fake.videos()) == 1
     assert done.attempts == 1  # delivered, not made again
 
@@ -474,3 +475,28 @@ async def test_one_users_three_jobs_do_not_make_another_user_wait_behind_them(
         a2.photo_message_id,
         a3.photo_message_id,
     ]
+
+
+async def test_delivered_clips_and_old_unneeded_photos_leave_the_disk(world: World, generator):
+    settings = world.settings()
+    photos = settings.photos_dir
+    photos.mkdir(parents=True)
+    month_ago = world.clock.now - 31 * 86400
+    forgotten = write_photo(photos / "forgotten.jpg")
+    waiting = write_photo(photos / "waiting.jpg")
+    fresh = write_photo(photos / "fresh.jpg")
+    for path in (forgotten, waiting):
+        os.utime(path, (month_ago, month_ago))
+    os.utime(fresh, (world.clock.now, world.clock.now))
+    job = await world.submit(ANN, photo=waiting)  # old, but its job has not run yet
+
+    await world.start_worker(InlineRunner(generator), settings)
+    await world.fake.wait_for_video(ANN.id, timeout=60)
+    done = await world.finished(job)
+
+    assert done.status is Status.DONE
+    assert done.video_path is not None
+    clip = Path(done.video_path)
+    left = {p.name for p in photos.iterdir()}
+    assert left == {"waiting.jpg", "fresh.jpg"}
+    assert {p.name for p in clip.parent.iterdir()} == set()  # the clip and its thumbnail
