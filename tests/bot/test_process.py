@@ -57,9 +57,10 @@ steps = 60
     return path
 
 
-def start_bot(config: Path, log: Path) -> subprocess.Popen:
+def start_bot(config: Path, log: Path, **extra_env: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if "API_KEY" not in k}
     env["TELEGRAM_BOT_TOKEN"] = TOKEN
+    env.update(extra_env)
     env["OMP_NUM_THREADS"] = "1"  # the GPU child on CPU: one thread each, no oversubscription
     return subprocess.Popen(
         [sys.executable, "-m", "bot", "--config", str(config)],
@@ -150,3 +151,77 @@ def test_unreachable_telegram_is_one_clear_line_and_a_failure_exit(tmp_path):
     assert result.returncode == 1
     assert "animate-bot: cannot reach Telegram (http://127.0.0.1:" in result.stderr
     assert TOKEN not in result.stderr + result.stdout
+
+
+async def test_webhook_mode_answers_telegrams_posts_and_refuses_unsigned_ones(
+    tmp_path, fake_botapi
+):
+    import json
+    import socket
+    import urllib.error
+    import urllib.request
+
+    fake = fake_botapi
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = "https://bot.example.org/telegram"  # public, behind a TLS proxy
+    local = f"http://127.0.0.1:{port}/telegram"
+    fake.webhook_proxy_to = local
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f"""
+[telegram]
+base_url = "{fake.base_url}"
+base_file_url = "{fake.base_file_url}"
+mode = "webhook"
+webhook_url = "{url}"
+webhook_listen = "127.0.0.1"
+webhook_port = {port}
+webhook_path = "telegram"
+
+[access]
+allowed_users = [{ANN.id}]
+
+[data]
+dir = "{tmp_path / "data"}"
+"""
+    )
+    log = tmp_path / "bot.log"
+    bot = start_bot(config, log, TELEGRAM_WEBHOOK_SECRET="s3cret-header-value")
+    try:
+        registered = await fake.wait_for(lambda: fake.webhook, timeout=SLOW, what="setWebhook")
+        assert registered == (url, "s3cret-header-value")
+
+        # Telegram's delivery carries the secret: the bot answers /start.
+        fake.send_command(ANN, "/start")
+        await fake.wait_for_text(ANN.id, "Animate", timeout=SLOW)
+
+        # Anyone else posting a forged update is refused and nothing is sent.
+        forged = {
+            "update_id": 1,
+            "message": {
+                "message_id": 1,
+                "date": 0,
+                "chat": {"id": ANN.id, "type": "private"},
+                "from": {"id": ANN.id, "is_bot": False, "first_name": "Ann"},
+                "text": "/help",
+                "entities": [{"type": "bot_command", "offset": 0, "length": 5}],
+            },
+        }
+        request = urllib.request.Request(
+            local, data=json.dumps(forged).encode(), headers={"Content-Type": "application/json"}
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)  # noqa: ASYNC210 (a test's one request)
+        assert refused.value.code == 403
+        sent = len(fake.calls("sendMessage"))
+
+        bot.send_signal(signal.SIGTERM)
+        assert bot.wait(timeout=SLOW) == 0, log.read_text()[-3000:]
+        assert len(fake.calls("sendMessage")) == sent
+    finally:
+        print(log.read_text()[-4000:])
+        if bot.poll() is None:
+            os.killpg(bot.pid, signal.SIGKILL)
+            bot.wait()

@@ -566,6 +566,11 @@ class FakeBotApi:
         self._files_by_path: dict[str, _StoredFile] = {}
         self._failures: list[_Failure] = []
         self._commands: list[dict[str, Any]] = []
+        self._webhook: tuple[str, str] | None = None  # (url, secret_token) once set
+        #: Where webhook updates really go, like the TLS proxy in front of a bot: the bot
+        #: registers its public https:// URL, the proxy forwards to its local http port.
+        self.webhook_proxy_to: str | None = None
+        self._webhook_thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -1291,10 +1296,65 @@ class FakeBotApi:
             return list(self._pending[:limit])
 
     def _m_deleteWebhook(self, params: dict[str, Any], files: dict[str, UploadedFile]) -> Any:
-        if params.get("drop_pending_updates"):
-            with self._lock:
+        with self._lock:
+            if params.get("drop_pending_updates"):
                 self._pending.clear()
+            self._webhook = None
         return True
+
+    def _m_setWebhook(self, params: dict[str, Any], files: dict[str, UploadedFile]) -> Any:
+        """Webhook mode: pending and new updates are POSTed to ``url`` with the secret header,
+        as Telegram does, by a delivery thread (retrying until the bot answers 200)."""
+        url = params.get("url") or ""
+        if not url:
+            return self._m_deleteWebhook(params, files)
+        with self._cond:
+            if params.get("drop_pending_updates"):
+                self._pending.clear()
+            self._webhook = (url, params.get("secret_token") or "")
+            if self._webhook_thread is None:
+                self._webhook_thread = threading.Thread(target=self._deliver_webhooks, daemon=True)
+                self._webhook_thread.start()
+            self._cond.notify_all()
+        return True
+
+    @property
+    def webhook(self) -> tuple[str, str] | None:
+        """``(url, secret_token)`` the bot registered with setWebhook, if any."""
+        with self._lock:
+            return self._webhook
+
+    def _deliver_webhooks(self) -> None:
+        import urllib.error
+        import urllib.request
+
+        while True:
+            with self._cond:
+                while not self._stopping and not (self._webhook and self._pending):
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                assert self._webhook is not None
+                (url, secret), update = self._webhook, self._pending[0]
+            request = urllib.request.Request(
+                self.webhook_proxy_to or url,
+                data=json.dumps(update).encode(),
+                headers={
+                    "Content-Type": "application/json",
+                    "X-Telegram-Bot-Api-Secret-Token": secret,
+                },
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    delivered = response.status == 200
+            except (urllib.error.URLError, OSError):
+                delivered = False
+            with self._cond:
+                if delivered and self._pending and self._pending[0] is update:
+                    self._pending.pop(0)
+                elif not delivered:
+                    # Telegram retries later; a short pause keeps a down bot from a busy loop.
+                    self._cond.wait(0.2)
 
     def _m_getWebhookInfo(self, params: dict[str, Any], files: dict[str, UploadedFile]) -> Any:
         return {"url": "", "has_custom_certificate": False, "pending_update_count": 0}
