@@ -344,12 +344,20 @@ class Generator:
         model_request = dataclasses.replace(request, model=self.veo_model(request))
         out_path.parent.mkdir(parents=True, exist_ok=True)
         raw = out_path.with_name(out_path.stem + ".veo.mp4")
+        submitted = resume is not None
+
+        async def operation_started(name: str) -> None:
+            nonlocal submitted
+            submitted = True
+            if on_veo_operation is not None:
+                await on_veo_operation(name)
+
         try:
             result = await self.veo.generate(
                 prepared,
                 model_request,
                 raw,
-                on_operation=on_veo_operation,
+                on_operation=operation_started,
                 resume_operation=resume,
                 on_progress=on_progress,
                 should_cancel=should_cancel,
@@ -357,8 +365,11 @@ class Generator:
         except TransientError:
             self.breaker.record_failure()
             raise
-        except Cancelled:
+        except Cancelled as exc:
             self.breaker.record_neutral()
+            if submitted:
+                # Veo cannot be stopped: an abandoned operation is still billed.
+                exc.cost_usd = self.estimate_cost(model_request)  # type: ignore[attr-defined]
             raise
         except GeneratorError:
             # The service answered: it is up, even if it refused this photo.

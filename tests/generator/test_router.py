@@ -16,7 +16,7 @@ from generator.config import (
     VeoSettings,
 )
 from generator.encode import probe_video
-from generator.errors import BackendUnavailable, BudgetExceeded, ContentFiltered
+from generator.errors import BackendUnavailable, BudgetExceeded, Cancelled, ContentFiltered
 from generator.options import Backend, Intensity, Request
 from generator.router import Generator
 from generator.veo import VeoBackend
@@ -187,3 +187,21 @@ async def test_intensity_changes_the_svd_motion_bucket(tiny_svd_settings, photo,
     )
     assert still.seed == wild.seed == 3
     assert still.path.read_bytes() != wild.path.read_bytes()
+
+
+async def test_cancelling_a_submitted_veo_clip_still_reports_its_cost(
+    tiny_svd_settings, fake_veo, photo, tmp_path
+):
+    fake_veo.script(pending_polls=5)
+    gen = make_generator(tiny_svd_settings, fake_veo)
+    polled: list[Progress] = []
+
+    with pytest.raises(Cancelled) as info:
+        await gen.generate(
+            Request(image=photo, backend=Backend.VEO, duration=4),
+            tmp_path / "c.mp4",
+            on_progress=polled.append,
+            should_cancel=lambda: any(p.stage == "polling" for p in polled),
+        )
+    assert len(fake_veo.submits) == 1
+    assert info.value.cost_usd == pytest.approx(4 * 0.40)  # Veo bills the abandoned clip
