@@ -78,6 +78,7 @@ class Job:
     started_at: float | None = None
     heartbeat_at: float | None = None
     finished_at: float | None = None
+    not_before: float | None = None  # a retried job is not claimed before this time
     worker_id: str | None = None
     used_backend: Backend | None = None
     fallback_reason: str | None = None
@@ -160,8 +161,9 @@ class JobQueue(Protocol):
     async def finish(self, job_id: int, outcome: Outcome, *, now: float) -> Job:
         """Record a terminal outcome (done, failed, cancelled, expired)."""
 
-    async def requeue(self, job_id: int, *, now: float) -> Job:
-        """Put a running job back in the queue (shutdown, retryable error)."""
+    async def requeue(self, job_id: int, *, now: float, delay_s: float = 0.0) -> Job:
+        """Put a running job back in the queue (shutdown, retryable error); it is not claimed
+        again for ``delay_s`` seconds (backoff)."""
 
     async def recover(
         self, *, now: float, stale_after: float, orphaned_by: str | None = None

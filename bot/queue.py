@@ -42,7 +42,7 @@ _CLAIM_ORDER = """
           AND user_id IN (SELECT user_id FROM jobs WHERE status = 'queued')
         GROUP BY user_id
     ) AS s ON s.user_id = q.user_id
-    WHERE q.status = 'queued'
+    WHERE q.status = 'queued' AND (q.not_before IS NULL OR q.not_before <= :now)
     ORDER BY s.last_started IS NOT NULL, s.last_started, q.id
     LIMIT 1
 """
@@ -151,8 +151,9 @@ class SqliteQueue:
             finished=True,
         )
 
-    async def requeue(self, job_id: int, *, now: float) -> Job:
-        """Put a running or sending job back in the queue, keeping its attempts.
+    async def requeue(self, job_id: int, *, now: float, delay_s: float = 0.0) -> Job:
+        """Put a running or sending job back in the queue, keeping its attempts; with
+        ``delay_s`` it is not claimed again before ``now + delay_s`` (retry backoff).
 
         If its owner asked to cancel it, it becomes cancelled instead. Other jobs are
         returned unchanged.
@@ -162,9 +163,9 @@ class SqliteQueue:
             if job.status not in (Status.RUNNING, Status.SENDING):
                 logger.warning("requeue ignored for %s", job.info())
                 return job
-            job = await self._put_back(db, job_id, now=now)
+            job = await self._put_back(db, job_id, now=now, delay_s=delay_s)
         if job.status is Status.QUEUED:
-            logger.info("requeued %s", job.info())
+            logger.info("requeued %s%s", job.info(), f" for {delay_s:.0f} s" if delay_s else "")
         return job
 
     async def recover(
@@ -314,7 +315,9 @@ class SqliteQueue:
         logger.info("%s %s", "finished" if finished else "sending", job.info())
         return job
 
-    async def _put_back(self, db: aiosqlite.Connection, job_id: int, *, now: float) -> Job:
+    async def _put_back(
+        self, db: aiosqlite.Connection, job_id: int, *, now: float, delay_s: float = 0.0
+    ) -> Job:
         """Requeue a job inside a transaction, or cancel it if its owner asked to."""
         if await _cancel_flag(db, job_id):
             sql = (
@@ -324,10 +327,11 @@ class SqliteQueue:
         else:
             # started_at stays: it is this user's latest service, which fairness reads.
             sql = (
-                "UPDATE jobs SET status = 'queued', heartbeat_at = NULL, worker_id = NULL "
-                "WHERE id = :id RETURNING *"
+                "UPDATE jobs SET status = 'queued', heartbeat_at = NULL, worker_id = NULL, "
+                "not_before = :not_before WHERE id = :id RETURNING *"
             )
-        job = await _one(db, sql, {"now": now, "id": job_id})
+        not_before = now + delay_s if delay_s > 0 else None
+        job = await _one(db, sql, {"now": now, "id": job_id, "not_before": not_before})
         assert job is not None
         if job.status is Status.CANCELLED:
             logger.info("cancelled %s instead of requeueing it", job.info())

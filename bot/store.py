@@ -101,6 +101,10 @@ MIGRATIONS: tuple[str, ...] = (
         value TEXT NOT NULL
     );
     """,
+    # 2: a retried job waits before it can be claimed again (backoff after a transient error).
+    """
+    ALTER TABLE jobs ADD COLUMN not_before REAL;
+    """,
 )
 
 _TRANSACTION_MODES = frozenset({"DEFERRED", "IMMEDIATE", "EXCLUSIVE"})

@@ -26,13 +26,13 @@ from typing import Any
 from bot import delivery, eta, texts
 from bot.config import Settings
 from bot.delivery import DeliveryFailed, StatusEditor
-from bot.gpu import GenerationRunner, VeoBudget
+from bot.gpu import GenerationRunner, VeoBudget, WorkerCrashed
 from bot.jobs import Job, Outcome, Status, can_retry
 from bot.keyboards import result_keyboard, status_keyboard
 from bot.limits import day_start, month_start, veo_allowance
 from bot.store import Store
 from generator.clip import Clip, Progress
-from generator.errors import Cancelled, GeneratorError, TransientError
+from generator.errors import Cancelled, GeneratorError, RateLimited, TransientError
 from generator.options import Backend, Request
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,18 @@ def request_for(job: Job) -> Request:
         motion=options.motion,
         custom_elements=options.custom_elements,
     )
+
+
+def retry_delay(job: Job, exc: TransientError) -> float:
+    """Seconds before a job that hit a transient error is tried again.
+
+    A crashed GPU process is restarted for the next run, so that retry is immediate; a
+    service that is down or rate-limited gets 1, then 2 minutes (4 for rate limits).
+    """
+    if isinstance(exc, WorkerCrashed):
+        return 0.0
+    base = 120.0 if isinstance(exc, RateLimited) else 60.0
+    return min(base * 2 ** max(job.attempts - 1, 0), 600.0)
 
 
 def remove_files(*paths: Path | None) -> None:
@@ -380,7 +392,8 @@ class Worker:
 
     async def _transient(self, job: Job, exc: TransientError) -> None:
         if can_retry(job):
-            back = await asyncio.shield(self.queue.requeue(job.id, now=self.clock()))
+            delay = retry_delay(job, exc)
+            back = await asyncio.shield(self.queue.requeue(job.id, now=self.clock(), delay_s=delay))
             log.info("↻ %s: %s: %s", back.info(), type(exc).__name__, exc)
             if back.status is Status.CANCELLED:
                 await self._tell(back, texts.cancelled())

@@ -182,6 +182,20 @@ async def test_a_restarting_consumer_takes_back_only_its_own_running_jobs(
     assert (swept.id, swept.status) == (theirs.id, Status.QUEUED)
 
 
+async def test_a_job_requeued_with_a_delay_waits_and_others_go_first(queue: SqliteQueue) -> None:
+    flaky = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
+    await queue.claim("gpu0", now=1.0)
+    back = await queue.requeue(flaky.id, now=10.0, delay_s=60.0)
+    assert back.status is Status.QUEUED and back.not_before == 70.0
+    other = await queue.enqueue(new_job(BOB, "b"), now=11.0)
+
+    first = await queue.claim("gpu0", now=20.0)
+    assert first is not None and first.id == other.id
+    assert await queue.claim("gpu0", now=69.0) is None  # still backing off
+    again = await queue.claim("gpu0", now=70.0)
+    assert again is not None and again.id == flaky.id and again.attempts == 2
+
+
 async def test_recover_gives_up_after_max_attempts(queue: SqliteQueue) -> None:
     job = await queue.enqueue(new_job(ALICE, "a", max_attempts=3), now=0.0)
     for attempt in range(3):

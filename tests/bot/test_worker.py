@@ -3,6 +3,7 @@ and the tiny SVD model making real clips (in this process, and in a GPU child pr
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import signal
@@ -17,13 +18,13 @@ from telegram import Bot
 from bot import texts
 from bot.config import LimitSettings, Settings, WorkerSettings
 from bot.delivery import USER_BLOCKED
-from bot.gpu import InlineRunner, ProcessRunner
+from bot.gpu import InlineRunner, ProcessRunner, WorkerCrashed
 from bot.jobs import Job, JobOptions, NewJob, Outcome, Status
 from bot.store import Store
-from bot.worker import Worker, request_for
+from bot.worker import Worker, request_for, retry_delay
 from generator.config import GeneratorSettings, ImageSettings, VeoCredentials, VeoSettings
 from generator.encode import encode_frames
-from generator.errors import BudgetExceeded, InvalidImage
+from generator.errors import BudgetExceeded, InvalidImage, RateLimited, TransientError
 from generator.image import prepare_image
 from generator.options import Backend
 from generator.router import Generator
@@ -500,3 +501,13 @@ async def test_delivered_clips_and_old_unneeded_photos_leave_the_disk(world: Wor
     left = {p.name for p in photos.iterdir()}
     assert left == {"waiting.jpg", "fresh.jpg"}
     assert {p.name for p in clip.parent.iterdir()} == set()  # the clip and its thumbnail
+
+
+def test_retry_backs_off_for_services_but_not_for_a_crashed_gpu_process():
+    job = Job(1, ANN.id, ANN.id, 1, "p.jpg", SVD, Status.RUNNING, "k", attempts=1)
+    later = dataclasses.replace(job, attempts=2)
+    assert retry_delay(job, WorkerCrashed()) == 0
+    assert retry_delay(job, TransientError()) == 60
+    assert retry_delay(later, TransientError()) == 120
+    assert retry_delay(later, RateLimited()) == 240
+    assert retry_delay(dataclasses.replace(job, attempts=9), TransientError()) == 600
