@@ -36,7 +36,8 @@ from bot.keyboards import (
 )
 from bot.limits import Refused, Usage, check_limits, day_start, month_start, veo_cost
 from bot.store import Card
-from generator.image import sniff_image
+from generator.errors import InvalidImage
+from generator.image import load_image, sniff_image
 from generator.options import (
     INTENSITY_MOTION,
     MAX_CUSTOM_ELEMENTS_CHARS,
@@ -284,6 +285,14 @@ async def on_photo(update: Update, context: Context) -> None:
     kind = sniff_image(content[:32])
     if kind is None:
         await message.reply_text(texts.not_an_image())
+        return
+    try:
+        # Decoded now (off the loop), so a damaged file or a decompression bomb is refused
+        # before the user picks options, not minutes later in the queue.
+        await asyncio.to_thread(load_image, content, data.settings.generator.image)
+    except InvalidImage as exc:
+        log.info("user %s: image refused: %s", user.id, exc)
+        await message.reply_text(exc.user_text)
         return
     name = f"{message.chat_id}-{message.message_id}-{attachment.file_unique_id}.{kind}"
     # Saved now, so nothing later depends on Telegram's file links (they expire).

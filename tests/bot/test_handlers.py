@@ -27,7 +27,7 @@ from bot.store import Card, Store
 from generator.config import VeoCredentials
 from generator.options import Backend, Intensity
 from tests.support.fake_botapi import TOKEN, FakeBotApi, FakeUser
-from tests.support.images import photo_bytes
+from tests.support.images import bomb_png_bytes, photo_bytes
 
 NOW = 1_780_000_000.0
 ANN = FakeUser(101, "Ann")
@@ -255,6 +255,23 @@ async def test_non_image_document_gets_a_friendly_message(bot: Bot) -> None:
 async def test_a_jpg_that_is_not_an_image_is_refused_kindly(bot: Bot) -> None:
     bot.fake.send_document(ANN, b"this is not a jpeg at all", file_name="cat.jpg")
     await bot.fake.wait_for_text(ANN.id, "isn't a photo")
+    photos = bot.settings.photos_dir
+    assert not photos.exists() or not any(photos.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        (photo_bytes((400, 300))[:1500], "damaged"),  # a JPEG cut off mid-upload
+        (bomb_png_bytes(), "too many pixels"),  # tiny file, 400 megapixels declared
+    ],
+)
+async def test_damaged_photos_and_bombs_are_refused_before_any_card(
+    bot: Bot, data: bytes, says: str
+) -> None:
+    bot.fake.send_document(ANN, data, file_name="photo.png", mime_type="image/png")
+    message = await bot.fake.wait_for_text(ANN.id, says)
+    assert message.buttons == []
     photos = bot.settings.photos_dir
     assert not photos.exists() or not any(photos.iterdir())
 
