@@ -134,6 +134,7 @@ def main() -> None:
     p.add_argument("--height", type=int, default=576)
     p.add_argument("--width", type=int, default=1024)
     p.add_argument("--compile-low-vram", action="store_true")
+    p.add_argument("--profiles", default="fast,low-vram", help="which profiles to time")
     p.add_argument("--tiny-only", action="store_true")
     p.add_argument("--cache-dir", default="data/inductor-cache")
     p.add_argument("--out", default="backend.json")
@@ -172,7 +173,7 @@ def main() -> None:
     backend = SvdBackend(settings)
     backend.adopt(pipe, model="random-svd-xt", device=args.device)
     del pipe
-    for profile in (Profile.FAST, Profile.LOW_VRAM):
+    for profile in [Profile(name) for name in args.profiles.split(",")]:
         if profile is Profile.LOW_VRAM and not args.compile_low_vram:
             backend.settings = dataclasses.replace(settings, compile=False)
         try:
