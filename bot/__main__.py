@@ -99,7 +99,7 @@ def run(settings: Settings, *, cpu_inline: bool) -> None:
 
         runner = InlineRunner(Generator(settings.generator, credentials=settings.veo))
     else:
-        runner = ProcessRunner(settings.generator)
+        runner = ProcessRunner(settings.generator, warm_up=True)
     worker = Worker(store=store, settings=settings, runner=runner)
     app = build_app(settings, store, worker)
     telegram = settings.telegram

@@ -195,6 +195,12 @@ def _rebuild_error(name: str, message: str, user_text: str | None, extra: dict) 
     return GenerationFailed(f"{name} in the GPU process: {message}")
 
 
+def _has_accelerator() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or torch.backends.mps.is_available()
+
+
 def _child_main(
     conn: Connection,
     settings: GeneratorSettings,
@@ -235,8 +241,12 @@ def _child_main(
 
     threading.Thread(target=read, name="gpu-pipe-reader", daemon=True).start()
     generator = factory(settings)
-    if warm_up and hasattr(generator, "warm_up"):
-        generator.warm_up()
+    if warm_up and hasattr(generator, "warm_up") and _has_accelerator():
+        # Load the model while nobody waits; on a CPU-only (Veo) machine, only if needed.
+        try:
+            generator.warm_up()
+        except Exception as exc:  # no weights, no token: the first job says so to its user
+            logging.getLogger(__name__).warning("warm-up failed (%s); the first clip retries", exc)
 
     with asyncio.Runner() as runner:  # one loop for the process: clients may hold on to it
         while True:

@@ -162,6 +162,9 @@ class Worker:
         for job in await self._sending_jobs():
             await self._redeliver(job)
         await self._refresh_positions(force=True)
+        start_runner = getattr(self.runner, "start", None)
+        if start_runner is not None:
+            await start_runner()  # the GPU process loads the model before the first job
         # A task this worker owns, not ``application.create_task``: ``Application.stop()``
         # awaits those, and this loop only ends in ``stop()``, which runs in ``post_stop``.
         self._loop_task = asyncio.create_task(self._consume(), name="gpu-worker")
