@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 import torch  # noqa: E402
 
 from generator import svd_speed  # noqa: E402
+from tests.support.tiny_svd import build_tiny_svd, svd_xt_scheduler  # noqa: E402
 
 GIB = 1024**3
 SEED_WEIGHTS = 0
@@ -48,27 +49,6 @@ def log(msg: str) -> None:
 
 
 # --- building pipelines ----------------------------------------------------------------------
-
-
-def svd_xt_scheduler() -> Any:
-    """SVD-XT's published scheduler config (scheduler/scheduler_config.json)."""
-    from diffusers import EulerDiscreteScheduler
-
-    return EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        interpolation_type="linear",
-        num_train_timesteps=1000,
-        prediction_type="v_prediction",
-        sigma_max=700.0,
-        sigma_min=0.002,
-        steps_offset=1,
-        timestep_spacing="leading",
-        timestep_type="continuous",
-        trained_betas=None,
-        use_karras_sigmas=True,
-    )
 
 
 def build_full(device: str, dtype: torch.dtype) -> Any:
@@ -129,8 +109,6 @@ def build_full(device: str, dtype: torch.dtype) -> Any:
 def build_tiny(folder: Path) -> Any:
     """The tests' tiny pipeline (fp32, CPU)."""
     from diffusers import StableVideoDiffusionPipeline
-
-    from tests.support.tiny_svd import build_tiny_svd
 
     if not (folder / "model_index.json").exists():
         build_tiny_svd(folder)

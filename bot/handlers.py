@@ -12,7 +12,6 @@ import asyncio
 import dataclasses
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -37,6 +36,7 @@ from bot.keyboards import (
 from bot.limits import Refused, Usage, check_limits, day_start, month_start, veo_cost
 from bot.store import Card
 from generator.errors import InvalidImage
+from generator.files import write_atomic
 from generator.image import load_image, sniff_image
 from generator.options import (
     INTENSITY_MOTION,
@@ -135,21 +135,6 @@ def _usable_options(settings: Settings, options: JobOptions) -> JobOptions:
     if not settings.veo.configured and options.backend is Backend.VEO:
         options = dataclasses.replace(options, backend=Backend.AUTO)
     return options
-
-
-def _save_photo(folder: Path, name: str, data: bytes) -> Path:
-    """Write ``data`` under ``folder/name`` atomically (temp file, then rename)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".part-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        path = folder / name
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 async def _edit(message: Message | None, text: str, **kwargs: Any) -> None:
@@ -296,7 +281,7 @@ async def on_photo(update: Update, context: Context) -> None:
         return
     name = f"{message.chat_id}-{message.message_id}-{attachment.file_unique_id}.{kind}"
     # Saved now, so nothing later depends on Telegram's file links (they expire).
-    path = await asyncio.to_thread(_save_photo, data.settings.photos_dir, name, content)
+    path = await asyncio.to_thread(write_atomic, data.settings.photos_dir / name, content)
 
     now = data.clock()
     await data.store.touch_user(user.id, user.full_name, now=now)

@@ -184,6 +184,12 @@ class JobQueue(Protocol):
 
     async def get(self, job_id: int) -> Job | None: ...
 
+    async def by_dedupe_key(self, dedupe_key: str) -> Job | None:
+        """The job enqueued under ``dedupe_key`` (a double tap finds the first one)."""
+
+    async def sending(self) -> list[Job]:
+        """Jobs whose clip is made but not yet delivered (re-delivered at start)."""
+
     async def position(self, job_id: int) -> int | None:
         """1-based place in the claim order among queued jobs; ``None`` if not queued."""
 

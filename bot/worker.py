@@ -159,7 +159,7 @@ class Worker:
         # Our own running rows were orphaned by the restart (and other consumers' stale
         # ones are fair game): requeue them or give them up.
         await self._recover(orphaned_by=self.worker_id)
-        for job in await self._sending_jobs():
+        for job in await self.queue.sending():
             await self._redeliver(job)
         await self._refresh_positions(force=True)
         start_runner = getattr(self.runner, "start", None)
@@ -263,7 +263,7 @@ class Worker:
             return
         self._photos_swept_at = now
         needed = {job.photo_path for job in await self.queue.queued()}
-        needed |= {job.photo_path for job in await self._sending_jobs()}
+        needed |= {job.photo_path for job in await self.queue.sending()}
         if self.running_job_id is not None:
             running = await self.queue.get(self.running_job_id)
             if running is not None:
@@ -478,11 +478,6 @@ class Worker:
             await delivery.delete_quietly(self._bot, job.chat_id, job.status_message_id)
 
     # --- restart and queue upkeep ---
-
-    async def _sending_jobs(self) -> list[Job]:
-        rows = await self.store.fetchall("SELECT id FROM jobs WHERE status = 'sending' ORDER BY id")
-        jobs = [await self.queue.get(row[0]) for row in rows]
-        return [job for job in jobs if job is not None]
 
     async def _redeliver(self, job: Job) -> None:
         """A clip made before the restart: send it once, or requeue if its file is gone."""

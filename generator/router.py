@@ -272,37 +272,24 @@ class Generator:
 
         prepared = await asyncio.to_thread(prepare_image, request.image, self.settings.image)
 
-        # 2. A stored Veo operation resumes: it was paid for already.
-        if resume_veo_operation:
-            return await self._run_veo(
-                prepared,
-                request,
-                out_path,
-                started,
-                on_progress,
-                should_cancel,
-                on_veo_operation,
-                resume_veo_operation,
-                reason=None,
+        # 2. Choose, unless a stored Veo operation resumes: it was paid for already.
+        if not resume_veo_operation:
+            cost = self.estimate_cost(request)
+            wants_veo = request.backend is not Backend.SVD and self.veo_configured()
+            health = Health(
+                veo_configured=self.veo_configured(),
+                budget_ok=(veo_budget_ok(cost) if (wants_veo and veo_budget_ok) else True),
+                breaker_allows=self.breaker.allow() if wants_veo else True,
             )
+            choice = choose_backend(request, health)
+            if choice.backend is Backend.SVD:
+                if choice.reason:
+                    log.info("auto uses SVD: %s", choice.reason)
+                return await self._run_svd(
+                    prepared, request, out_path, started, on_progress, should_cancel, choice.reason
+                )
 
-        # 3. Choose.
-        cost = self.estimate_cost(request)
-        wants_veo = request.backend is not Backend.SVD and self.veo_configured()
-        health = Health(
-            veo_configured=self.veo_configured(),
-            budget_ok=(veo_budget_ok(cost) if (wants_veo and veo_budget_ok) else True),
-            breaker_allows=self.breaker.allow() if wants_veo else True,
-        )
-        choice = choose_backend(request, health)
-        if choice.backend is Backend.SVD:
-            if choice.reason:
-                log.info("auto uses SVD: %s", choice.reason)
-            return await self._run_svd(
-                prepared, request, out_path, started, on_progress, should_cancel, choice.reason
-            )
-
-        # 4. Veo, with auto's fallback.
+        # 3. Veo, with auto's fallback (not for a resumed operation: it answers for itself).
         try:
             return await self._run_veo(
                 prepared,
@@ -312,13 +299,12 @@ class Generator:
                 on_progress,
                 should_cancel,
                 on_veo_operation,
-                None,
-                reason=None,
+                resume_veo_operation,
             )
         except Cancelled:
             raise
         except GeneratorError as exc:
-            if request.backend is not Backend.AUTO:
+            if request.backend is not Backend.AUTO or resume_veo_operation:
                 raise
             reason = fallback_reason(exc)
             log.warning("auto falls back to SVD after Veo failed: %s", type(exc).__name__)
@@ -336,8 +322,6 @@ class Generator:
         should_cancel: CancelFn | None,
         on_veo_operation: Callable[[str], Awaitable[None]] | None,
         resume: str | None,
-        *,
-        reason: str | None,
     ) -> Clip:
         from generator.encode import normalise_mp4
 
@@ -386,7 +370,6 @@ class Generator:
             video=video,
             backend=Backend.VEO,
             seed=request.seed,
-            fallback_reason=reason,
             cost_usd=result.cost_usd,
             seconds=self.clock() - started,
             veo_operation=result.operation,

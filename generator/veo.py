@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -39,6 +37,7 @@ from generator.errors import (
     RateLimited,
     TransientError,
 )
+from generator.files import write_atomic
 from generator.options import Backend, Request
 from generator.prompt import build_prompt
 
@@ -144,19 +143,6 @@ def _operation_error(operation: str, error: dict[str, Any]) -> GeneratorError:
     if code in _RPC_TRANSIENT or (isinstance(code, int) and code >= 500):
         return TransientError(detail)
     return GenerationFailed(detail, user_text="Veo could not make a clip from this photo.")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path`` and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class VeoBackend:
@@ -350,7 +336,7 @@ class VeoBackend:
                 # Vertex only returns a gs:// uri when output_gcs_uri is set, which we never do.
                 raise GenerationFailed(f"Veo {operation} returned a video we cannot fetch")
             data = await self._retrying("download", lambda: aio.files.download(file=video))
-        await asyncio.to_thread(_write_atomic, out_path, data)
+        await asyncio.to_thread(write_atomic, out_path, data)
         logger.info("Veo %s saved to %s (%d bytes)", operation, out_path, len(data))
         return out_path
 

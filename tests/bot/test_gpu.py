@@ -87,6 +87,28 @@ async def _noop_operation(name: str) -> None:
     pass
 
 
+def run(runner, tmp_path: Path, *, budget=None, on_progress=lambda p: None, **request):
+    """``runner.run`` for a photo in ``tmp_path``, nothing resumed, no operation to store."""
+    return runner.run(
+        Request(image=tmp_path / "p.jpg", **request),
+        tmp_path / "out.mp4",
+        on_progress=on_progress,
+        on_veo_operation=_noop_operation,
+        resume_veo_operation=None,
+        veo_budget_ok=budget,
+    )
+
+
+async def start_hanging_run(runner, tmp_path: Path) -> asyncio.Task:
+    """A run that hangs after its first progress event (until cancelled or killed)."""
+    started = asyncio.Event()
+    task = asyncio.create_task(
+        run(runner, tmp_path, seed=HANG, on_progress=lambda p: started.set())
+    )
+    await started.wait()
+    return task
+
+
 async def test_child_makes_clip_and_reports_progress(runner: ProcessRunner, tmp_path: Path):
     events: list[Progress] = []
     operations: list[str] = []
@@ -111,78 +133,35 @@ async def test_child_makes_clip_and_reports_progress(runner: ProcessRunner, tmp_
 
 async def test_budget_refusal_comes_back_as_budget_exceeded(runner: ProcessRunner, tmp_path):
     with pytest.raises(BudgetExceeded) as caught:
-        await runner.run(
-            Request(image=tmp_path / "p.jpg", backend=Backend.VEO),
-            tmp_path / "out.mp4",
-            on_progress=lambda p: None,
-            on_veo_operation=_noop_operation,
-            resume_veo_operation=None,
-            veo_budget_ok=VeoBudget(1.0),
-        )
+        await run(runner, tmp_path, backend=Backend.VEO, budget=VeoBudget(1.0))
     assert caught.value.user_text == BudgetExceeded.user_text
 
 
 async def test_error_class_and_details_cross_the_boundary(runner: ProcessRunner, tmp_path):
     with pytest.raises(ContentFiltered) as caught:
-        await runner.run(
-            Request(image=tmp_path / "p.jpg", seed=FILTERED),
-            tmp_path / "out.mp4",
-            on_progress=lambda p: None,
-            on_veo_operation=_noop_operation,
-            resume_veo_operation=None,
-            veo_budget_ok=None,
-        )
+        await run(runner, tmp_path, seed=FILTERED)
     assert caught.value.reasons == ("celebrity",)
     assert caught.value.user_text == ContentFiltered.user_text
 
 
 async def test_cancel_stops_the_running_generation(runner: ProcessRunner, tmp_path: Path):
-    started = asyncio.Event()
-    run = asyncio.create_task(
-        runner.run(
-            Request(image=tmp_path / "p.jpg", seed=HANG),
-            tmp_path / "out.mp4",
-            on_progress=lambda p: started.set(),
-            on_veo_operation=_noop_operation,
-            resume_veo_operation=None,
-            veo_budget_ok=None,
-        )
-    )
-    await started.wait()
+    hanging = await start_hanging_run(runner, tmp_path)
     await runner.cancel()
     with pytest.raises(Cancelled):
-        await run
+        await hanging
 
 
 async def test_killed_child_raises_worker_crashed_and_next_run_restarts(
     runner: ProcessRunner, tmp_path: Path
 ):
-    started = asyncio.Event()
-    run = asyncio.create_task(
-        runner.run(
-            Request(image=tmp_path / "p.jpg", seed=HANG),
-            tmp_path / "out.mp4",
-            on_progress=lambda p: started.set(),
-            on_veo_operation=_noop_operation,
-            resume_veo_operation=None,
-            veo_budget_ok=None,
-        )
-    )
-    await started.wait()
+    hanging = await start_hanging_run(runner, tmp_path)
     dead = runner.pid
     assert dead is not None
     os.kill(dead, signal.SIGKILL)
     with pytest.raises(WorkerCrashed):
-        await run
+        await hanging
 
-    clip = await runner.run(
-        Request(image=tmp_path / "p.jpg"),
-        tmp_path / "out.mp4",
-        on_progress=lambda p: None,
-        on_veo_operation=_noop_operation,
-        resume_veo_operation=None,
-        veo_budget_ok=None,
-    )
+    clip = await run(runner, tmp_path)
     assert runner.pid not in (None, dead)
     assert clip.path.read_bytes() == f"clip pid={runner.pid}".encode()
 
@@ -192,57 +171,25 @@ async def test_out_of_memory_retries_once_in_low_vram_in_a_fresh_child(
 ):
     await runner.start()
     first = runner.pid
-    clip = await runner.run(
-        Request(image=tmp_path / "p.jpg", seed=OOM),
-        tmp_path / "out.mp4",
-        on_progress=lambda p: None,
-        on_veo_operation=_noop_operation,
-        resume_veo_operation=None,
-        veo_budget_ok=None,
-    )
+    clip = await run(runner, tmp_path, seed=OOM)
     assert clip.backend is Backend.SVD
     assert runner.pid != first
 
 
 async def test_process_runner_refuses_a_budget_callback_it_cannot_send(runner, tmp_path):
     with pytest.raises(TypeError):
-        await runner.run(
-            Request(image=tmp_path / "p.jpg"),
-            tmp_path / "out.mp4",
-            on_progress=lambda p: None,
-            on_veo_operation=_noop_operation,
-            resume_veo_operation=None,
-            veo_budget_ok=lambda cost: True,
-        )
+        await run(runner, tmp_path, budget=lambda cost: True)
 
 
 async def test_inline_runner_cancel_and_low_vram_retry(tmp_path: Path):
     runner = InlineRunner(ScriptedGenerator(GeneratorSettings()))
-    clip = await runner.run(
-        Request(image=tmp_path / "p.jpg", seed=OOM),
-        tmp_path / "out.mp4",
-        on_progress=lambda p: None,
-        on_veo_operation=_noop_operation,
-        resume_veo_operation=None,
-        veo_budget_ok=None,
-    )
+    clip = await run(runner, tmp_path, seed=OOM)
     assert clip.path.exists()
 
-    started = asyncio.Event()
-    run = asyncio.create_task(
-        runner.run(
-            Request(image=tmp_path / "p.jpg", seed=HANG),
-            tmp_path / "out.mp4",
-            on_progress=lambda p: started.set(),
-            on_veo_operation=_noop_operation,
-            resume_veo_operation=None,
-            veo_budget_ok=None,
-        )
-    )
-    await started.wait()
+    hanging = await start_hanging_run(runner, tmp_path)
     await runner.cancel()
     with pytest.raises(Cancelled):
-        await run
+        await hanging
 
 
 def test_veo_budget_is_data():

@@ -15,6 +15,7 @@ import pytest
 from generator.encode import probe_video
 from tests.support.fake_botapi import TOKEN, FakeBotApi, FakeUser
 from tests.support.images import photo_bytes
+from tests.support.tiny_svd import tiny_config_toml
 
 ROOT = Path(__file__).resolve().parents[2]
 ANN = FakeUser(4242, "Ann")
@@ -39,20 +40,9 @@ gpu_process = true
 
 [data]
 dir = "{tmp_path / "data"}"
-
-[image]
-landscape_size = [64, 32]
-portrait_size = [32, 64]
-
-[svd]
-model = "{tiny_svd_dir}"
-device = "cpu"
-dtype = "float32"
-variant = ""
-frames = 2
-# Many tiny steps: the clip takes a few seconds, long enough to be killed in the middle.
-steps = 60
 """
+        # Many tiny steps: the clip takes a few seconds, long enough to be killed in the middle.
+        + tiny_config_toml(tiny_svd_dir, frames=2, steps=60)
     )
     return path
 

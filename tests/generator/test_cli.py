@@ -11,6 +11,7 @@ import pytest
 
 from generator.encode import probe_video
 from tests.support.images import write_photo
+from tests.support.tiny_svd import tiny_config_toml
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,22 +32,7 @@ def run_cli(*args: str | Path, env_extra: dict[str, str] | None = None):
 @pytest.fixture
 def config(tmp_path: Path, tiny_svd_dir: Path) -> Path:
     path = tmp_path / "config.toml"
-    path.write_text(
-        f"""
-[image]
-landscape_size = [64, 32]
-portrait_size = [32, 64]
-
-[svd]
-model = "{tiny_svd_dir}"
-device = "cpu"
-dtype = "float32"
-variant = ""
-frames = 3
-steps = 2
-fps = 6
-"""
-    )
+    path.write_text(tiny_config_toml(tiny_svd_dir, frames=3, steps=2, fps=6))
     return path
 
 

@@ -183,11 +183,21 @@ def test_cpu_device_works_but_warns(caplog: pytest.LogCaptureFixture) -> None:
     assert "CPU" in caplog.records[0].getMessage()
 
 
-@pytest.mark.skipif(
-    torch.cuda.is_available() or torch.backends.mps.is_available(), reason="has an accelerator"
+def _accelerators(monkeypatch: pytest.MonkeyPatch, *, cuda: bool, mps: bool) -> None:
+    """Pretend this machine has (or lacks) CUDA and MPS, whatever it really has."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+
+
+@pytest.mark.parametrize(
+    ("cuda", "mps", "expected"),
+    [(True, False, "cuda"), (False, True, "mps"), (True, True, "cuda"), (False, False, "cpu")],
 )
-def test_auto_device_without_accelerator_is_cpu() -> None:
-    assert resolve_device("auto") == "cpu"
+def test_auto_device_prefers_cuda_then_mps_then_cpu(
+    monkeypatch: pytest.MonkeyPatch, cuda: bool, mps: bool, expected: str
+) -> None:
+    _accelerators(monkeypatch, cuda=cuda, mps=mps)
+    assert resolve_device("auto") == expected
 
 
 def _chunk_sizes(backend: SvdBackend) -> set[int | None]:
@@ -341,8 +351,10 @@ def test_missing_model_folder_is_unavailable(tmp_path: Path) -> None:
     assert caught.value.user_text != str(caught.value)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-def test_asking_for_cuda_without_it_is_unavailable(tiny_svd_dir: Path) -> None:
+def test_asking_for_cuda_without_it_is_unavailable(
+    tiny_svd_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _accelerators(monkeypatch, cuda=False, mps=False)
     backend = SvdBackend(tiny_settings(tiny_svd_dir, device="cuda"))
 
     with pytest.raises(BackendUnavailable, match="cuda"):

@@ -29,6 +29,26 @@ EMBED_DIM = 32
 TIME_EMBED_DIM = 8
 
 
+def svd_xt_scheduler() -> EulerDiscreteScheduler:
+    """SVD-XT's own scheduler config (scheduler/scheduler_config.json on the hub); the tiny
+    pipeline and the full-size benchmark both use it."""
+    return EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        interpolation_type="linear",
+        num_train_timesteps=1000,
+        prediction_type="v_prediction",
+        sigma_max=700.0,
+        sigma_min=0.002,
+        steps_offset=1,
+        timestep_spacing="leading",
+        timestep_type="continuous",
+        trained_betas=None,
+        use_karras_sigmas=True,
+    )
+
+
 def build_tiny_svd(path: Path) -> Path:
     """Build a random-weight SVD pipeline from tiny configs, save it under ``path`` and return it.
 
@@ -50,22 +70,7 @@ def build_tiny_svd(path: Path) -> Path:
         projection_class_embeddings_input_dim=3 * TIME_EMBED_DIM,
         num_frames=4,
     )
-    # SVD-XT's own scheduler config (scheduler/scheduler_config.json on the hub).
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        interpolation_type="linear",
-        num_train_timesteps=1000,
-        prediction_type="v_prediction",
-        sigma_max=700.0,
-        sigma_min=0.002,
-        steps_offset=1,
-        timestep_spacing="leading",
-        timestep_type="continuous",
-        trained_betas=None,
-        use_karras_sigmas=True,
-    )
+    scheduler = svd_xt_scheduler()
     torch.manual_seed(0)
     vae = AutoencoderKLTemporalDecoder(
         in_channels=3,
@@ -117,6 +122,25 @@ def tiny_settings(model_dir: Path, **overrides: object) -> SvdSettings:
     )
     values.update(overrides)
     return SvdSettings(**values)  # type: ignore[arg-type]
+
+
+def tiny_config_toml(model_dir: Path, *, frames: int, steps: int, fps: int = 7) -> str:
+    """The ``[image]`` and ``[svd]`` tables of a config file that runs the tiny pipeline on
+    CPU at 64x32 (landscape) / 32x64 (portrait), for tests that start real processes."""
+    return f"""
+[image]
+landscape_size = [64, 32]
+portrait_size = [32, 64]
+
+[svd]
+model = "{model_dir}"
+device = "cpu"
+dtype = "float32"
+variant = ""
+frames = {frames}
+steps = {steps}
+fps = {fps}
+"""
 
 
 @pytest.fixture(scope="session")
