@@ -82,8 +82,6 @@ def check_config(path: Path | None, env: Mapping[str, str]) -> int:
 def run(settings: Settings, *, cpu_inline: bool) -> None:
     """Open the store, build the worker and the app, and serve until a stop signal."""
     # Imported here so --check-config stays quick and needs neither torch nor a network.
-    from telegram import Update
-
     from bot.app import build_app
     from bot.gpu import InlineRunner, ProcessRunner
     from bot.store import Store
@@ -104,19 +102,11 @@ def run(settings: Settings, *, cpu_inline: bool) -> None:
     app = build_app(settings, store, worker)
     telegram = settings.telegram
     log.info("starting in %s mode; %s", telegram.mode, summary(settings).replace("\n", "; "))
-    # SIGTERM and SIGINT stop the loop; post_stop then gives the running job its grace.
-    if telegram.mode == "webhook":
-        app.run_webhook(
-            listen=telegram.webhook_listen,
-            port=telegram.webhook_port,
-            url_path=telegram.webhook_path,
-            webhook_url=telegram.webhook_url,
-            secret_token=telegram.webhook_secret,
-            allowed_updates=Update.ALL_TYPES,
-            drop_pending_updates=False,
-        )
-    else:
-        app.run_polling(allowed_updates=Update.ALL_TYPES, drop_pending_updates=False)
+    # Until SIGTERM/SIGINT; each update is confirmed to Telegram only once handled, and
+    # post_stop then gives the running job its grace.
+    from bot.intake import run as serve_updates
+
+    serve_updates(app, telegram)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -257,6 +257,10 @@ async def on_photo(update: Update, context: Context) -> None:
         await message.reply_text(texts.caption_too_long(MAX_CUSTOM_ELEMENTS_CHARS))
         return
 
+    # Telegram sends an update again if the bot died before confirming it: one card a photo.
+    if await data.store.card_for_photo(message.chat_id, message.message_id) is not None:
+        log.info("user %s: photo %s already has its card", user.id, message.message_id)
+        return
     try:
         file = await attachment.get_file()
         content = bytes(await file.download_as_bytearray())
@@ -477,7 +481,12 @@ async def on_result_action(update: Update, context: Context) -> None:
     if job is None:
         return
     chat_id, pressed_id = query.message.chat.id, query.message.message_id
+    # Each press is its own job; the same press handled again (a replayed update) is not.
+    key = f"result:{chat_id}:{query.id}"
     async with data.enqueue_lock:
+        if await data.store.queue.by_dedupe_key(key) is not None:
+            await query.answer()
+            return
         # A card on the video message counts the presses, so each press is its own job.
         card = await data.store.get_card(chat_id, pressed_id) or Card(
             chat_id=chat_id,
@@ -520,7 +529,7 @@ async def on_result_action(update: Update, context: Context) -> None:
                 chat_id=chat_id,
                 photo_message_id=job.photo_message_id,
                 photo_path=job.photo_path,
-                dedupe_key=f"result:{chat_id}:{pressed_id}:{payload.action}:{card.generation}",
+                dedupe_key=key,
                 status_message_id=status.message_id,
             )
         except Refused as exc:

@@ -197,6 +197,19 @@ def _job_from_row(row: Mapping[str, Any]) -> Job:
     return Job(**values)
 
 
+def _card_from_row(row: Any) -> Card:
+    return Card(
+        chat_id=row["chat_id"],
+        message_id=row["message_id"],
+        user_id=row["user_id"],
+        photo_message_id=row["photo_message_id"],
+        photo_path=row["photo_path"],
+        options=options_from_json(row["options"]),
+        created_at=row["created_at"],
+        generation=row["generation"],
+    )
+
+
 def _split_statements(script: str) -> list[str]:
     """Split a migration script into statements (``executescript`` would commit midway)."""
     statements: list[str] = []
@@ -431,18 +444,16 @@ class Store:
             "SELECT * FROM cards WHERE chat_id = :chat_id AND message_id = :message_id",
             {"chat_id": chat_id, "message_id": message_id},
         )
-        if row is None:
-            return None
-        return Card(
-            chat_id=row["chat_id"],
-            message_id=row["message_id"],
-            user_id=row["user_id"],
-            photo_message_id=row["photo_message_id"],
-            photo_path=row["photo_path"],
-            options=options_from_json(row["options"]),
-            created_at=row["created_at"],
-            generation=row["generation"],
+        return None if row is None else _card_from_row(row)
+
+    async def card_for_photo(self, chat_id: int, photo_message_id: int) -> Card | None:
+        """The settings card answering that photo, if one was stored (a replayed update)."""
+        row = await self.fetchone(
+            "SELECT * FROM cards WHERE chat_id = :chat_id AND photo_message_id = :photo "
+            "ORDER BY message_id LIMIT 1",
+            {"chat_id": chat_id, "photo": photo_message_id},
         )
+        return None if row is None else _card_from_row(row)
 
     # -- history, limits and stats ------------------------------------------------------
 

@@ -45,9 +45,11 @@ __all__ = [
     "Call",
     "FakeBotApi",
     "FakeUser",
+    "Held",
     "Pushed",
     "SentVideo",
     "UploadedFile",
+    "WebhookDelivery",
     "fake_botapi",
     "visible_text",
 ]
@@ -278,6 +280,33 @@ class Pushed:
     message_id: int | None = None
     callback_query_id: str | None = None
     file_id: str | None = None
+
+
+@dataclasses.dataclass
+class Held:
+    """Requests to ``method`` that the server parks, unanswered, until ``release()``.
+
+    ``arrived`` counts the requests parked so far (the first ``count`` calls are held); a
+    test waits on it to act while the bot is inside that request, e.g. kill it mid-download.
+    """
+
+    method: str
+    count: int
+    arrived: int = 0
+    released: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+    def release(self) -> None:
+        self.released.set()
+
+
+@dataclasses.dataclass(frozen=True)
+class WebhookDelivery:
+    """One webhook POST of an update and the bot's answer; ``calls_before`` is how many Bot
+    API calls the bot had made when the answer came (to order it against the handler's)."""
+
+    update_id: int
+    status: int
+    calls_before: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -551,6 +580,7 @@ class FakeBotApi:
 
         self._calls: list[Call] = []
         self._pending: list[dict[str, Any]] = []
+        self._pushed: dict[int, dict[str, Any]] = {}
         self._update_ids = itertools.count(10_001)
         self._file_ids = itertools.count(1)
         self._callback_ids = itertools.count(1)
@@ -571,6 +601,8 @@ class FakeBotApi:
         #: registers its public https:// URL, the proxy forwards to its local http port.
         self.webhook_proxy_to: str | None = None
         self._webhook_thread: threading.Thread | None = None
+        self._deliveries: list[WebhookDelivery] = []
+        self._holds: list[Held] = []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -592,6 +624,8 @@ class FakeBotApi:
             return
         with self._cond:
             self._stopping = True
+            for held in self._holds:
+                held.release()
             # Wake long polls so they answer [] now instead of after their timeout.
             self._cond.notify_all()
         self._server.shutdown()
@@ -898,6 +932,35 @@ class FakeBotApi:
                 _Failure(method.lower(), status, description, retry_after, chat_id, count)
             )
 
+    def hold(self, method: str, count: int = 1) -> Held:
+        """Park the next ``count`` calls of ``method`` until the returned ``Held`` is released
+        (or the server stops); later calls are answered at once."""
+        held = Held(method.lower(), count)
+        with self._lock:
+            self._holds.append(held)
+        return held
+
+    def update(self, update_id: int) -> dict[str, Any]:
+        """A pushed update as Telegram sends it, e.g. to deliver it a second time."""
+        with self._lock:
+            return json.loads(json.dumps(self._pushed[update_id]))
+
+    @property
+    def webhook_deliveries(self) -> list[WebhookDelivery]:
+        """Every webhook POST that got an answer, in order."""
+        with self._lock:
+            return list(self._deliveries)
+
+    def _park(self, name: str) -> None:
+        with self._lock:
+            held = next((h for h in self._holds if h.method == name.lower() and h.count), None)
+            if held is None:
+                return
+            held.count -= 1
+            held.arrived += 1
+            self._notify()
+        held.released.wait()
+
     # ------------------------------------------------------------------ HTTP plumbing
 
     def _serve(self, handler: _Handler) -> None:
@@ -909,6 +972,7 @@ class FakeBotApi:
             if path.startswith("/file/bot"):
                 token, _, file_path = path.removeprefix("/file/bot").partition("/")
                 self._check_token(token)
+                self._park("download")
                 data = self._download(unquote(file_path))
                 self._reply(handler, HTTPStatus.OK, data, "application/octet-stream")
                 return
@@ -976,6 +1040,7 @@ class FakeBotApi:
             self._record(method, params, files, HTTPStatus.NOT_FOUND, None, "method not found")
             raise ApiError(HTTPStatus.NOT_FOUND, "Not Found: method not found")
         name = handler.__name__.removeprefix("_m_")
+        self._park(name)
         # Long polling blocks outside the lock (the condition releases it while waiting).
         with self._lock:
             failure = self._take_failure(name, params)
@@ -1050,6 +1115,7 @@ class FakeBotApi:
             update_id = next(self._update_ids)
             data = {"update_id": update_id, kind: payload}
             _check_round_trip(data)
+            self._pushed[update_id] = data
             if self._allowed(data):
                 self._pending.append(data)
             self._notify()
@@ -1344,12 +1410,21 @@ class FakeBotApi:
                     "X-Telegram-Bot-Api-Secret-Token": secret,
                 },
             )
+            status = 0
             try:
                 with urllib.request.urlopen(request, timeout=10) as response:
-                    delivered = response.status == 200
+                    status = response.status
+            except urllib.error.HTTPError as exc:
+                status = exc.code
             except (urllib.error.URLError, OSError):
-                delivered = False
+                pass
+            delivered = status == HTTPStatus.OK
             with self._cond:
+                if status:
+                    self._deliveries.append(
+                        WebhookDelivery(update["update_id"], status, len(self._calls))
+                    )
+                    self._notify()
                 if delivered and self._pending and self._pending[0] is update:
                     self._pending.pop(0)
                 elif not delivered:
