@@ -51,7 +51,10 @@ def problems(settings: Settings) -> list[str]:
     """What stops the bot from running with ``settings`` (beyond what loading checks)."""
     found = []
     if not settings.telegram.token:
-        found.append("no bot token: set TELEGRAM_BOT_TOKEN or telegram.token_file")
+        found.append(
+            "no bot token: set TELEGRAM_BOT_TOKEN, telegram.token_file or the systemd "
+            "credential telegram-token"
+        )
     parent = settings.data_dir if settings.data_dir.exists() else settings.data_dir.parent
     if not os.access(parent, os.W_OK):
         found.append(f"data.dir: {settings.data_dir} is not writable")

@@ -156,16 +156,48 @@ BOT_TABLES = ("telegram", "access", "limits", "worker", "data")
 GENERATOR_TABLES = ("image", "svd", "veo", "auto", "encode")
 
 
-def read_token_file(path: Path) -> str:
+# The name systemd's LoadCredential= gives the token in $CREDENTIALS_DIRECTORY (see the unit).
+TOKEN_CREDENTIAL = "telegram-token"
+CREDENTIALS_VARIABLES = ("${CREDENTIALS_DIRECTORY}", "$CREDENTIALS_DIRECTORY")
+
+
+def read_token_file(path: Path, key: str = "telegram.token_file") -> str:
     """The token in ``path``; warns when the file is readable by group or others."""
     try:
         mode = path.stat().st_mode
         token = path.read_text(encoding="utf-8").strip()
+    except PermissionError:
+        raise ConfigError(
+            f"{key}: cannot read {path}: permission denied for this user; under systemd keep "
+            "the file root-only and hand it over with LoadCredential= (see the unit's comments)"
+        ) from None
     except OSError as exc:
-        raise ConfigError(f"telegram.token_file: cannot read {path}: {exc.strerror}") from None
+        raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         log.warning("token file %s is readable by group or others; chmod 600 it", path)
     return token
+
+
+def token_path(token_file: Path | None, env: Mapping[str, str]) -> Path | None:
+    """Where the bot token is read from when ``TELEGRAM_BOT_TOKEN`` is not set.
+
+    ``token_file`` may start with ``${CREDENTIALS_DIRECTORY}``; without ``token_file``, a
+    systemd credential named ``telegram-token`` is used when the service has one.
+    """
+    credentials = env.get("CREDENTIALS_DIRECTORY", "")
+    if token_file is None:
+        found = Path(credentials) / TOKEN_CREDENTIAL if credentials else None
+        return found if found is not None and found.exists() else None
+    text = str(token_file)
+    for variable in CREDENTIALS_VARIABLES:
+        if text.startswith(variable):
+            if not credentials:
+                raise ConfigError(
+                    f"telegram.token_file: {variable} is not set; systemd sets it for a "
+                    "service with LoadCredential="
+                )
+            return Path(credentials + text.removeprefix(variable))
+    return token_file
 
 
 def parse_settings(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
@@ -185,8 +217,10 @@ def parse_settings(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
             raise ConfigError(f"telegram.{secret}: set it in {source}, not in the config file")
     telegram = load_section(TelegramSettings, telegram_table, "telegram")
     token = env.get("TELEGRAM_BOT_TOKEN", "").strip()
-    if not token and telegram.token_file is not None:
-        token = read_token_file(telegram.token_file)
+    source = None if token else token_path(telegram.token_file, env)
+    if source is not None:
+        key = "telegram.token_file" if telegram.token_file else f"credential {TOKEN_CREDENTIAL}"
+        token = read_token_file(source, key)
     telegram = replace(
         telegram, token=token, webhook_secret=env.get("TELEGRAM_WEBHOOK_SECRET", "").strip()
     )
@@ -228,6 +262,11 @@ def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Se
         try:
             with open(path, "rb") as f:
                 data = tomllib.load(f)
+        except PermissionError:
+            raise ConfigError(
+                f"{path}: cannot read: permission denied for this user; the config holds no "
+                "secrets, so make it readable (chmod 644, its folder 755)"
+            ) from None
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:

@@ -189,3 +189,24 @@ def test_check_config_fails_on_a_bad_key_or_a_missing_token(
 
     assert main(["--config", str(EXAMPLE), "--check-config"]) == 2
     assert "no bot token" in capsys.readouterr().err
+
+
+def test_token_file_may_point_into_systemds_credentials_directory(tmp_path: Path) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "bot").write_text(TOKEN + "\n")
+    config = write(tmp_path, '[telegram]\ntoken_file = "${CREDENTIALS_DIRECTORY}/bot"\n')
+
+    settings = load_settings(config, {"CREDENTIALS_DIRECTORY": str(credentials)})
+
+    assert settings.telegram.token == TOKEN
+    with pytest.raises(ConfigError, match=r"telegram.token_file: \$\{CREDENTIALS_DIRECTORY\}"):
+        load_settings(config, {})
+
+
+def test_a_systemd_credential_named_telegram_token_is_the_token(tmp_path: Path) -> None:
+    (tmp_path / "telegram-token").write_text(TOKEN)
+
+    settings = load_settings(None, {"CREDENTIALS_DIRECTORY": str(tmp_path)})
+
+    assert settings.telegram.token == TOKEN
