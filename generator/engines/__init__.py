@@ -1,0 +1,1 @@
+"""Local engines: one module per model family, with its speed settings beside it."""
