@@ -303,6 +303,7 @@ def run_clip(
         decode_s=frames_end_pipe - marks[-1],
         to_numpy_s=frames_done - frames_end_pipe,
         peak_gib=torch.cuda.max_memory_allocated() / GIB if cuda else None,
+        peak_reserved_gib=torch.cuda.max_memory_reserved() / GIB if cuda else None,
     )
     if mp4:
         with tempfile.TemporaryDirectory() as folder:
@@ -380,26 +381,75 @@ def background_compile(pipe: Any, args: argparse.Namespace, results: dict[str, A
     """Serve eager clips while the blocks compile on a side thread; record what users saw."""
     log("background compile: eager clips while the side thread compiles")
     job = ltx_speed.BackgroundCompile(pipe.transformer)
-    job.attach()
+    shape = (args.height, args.width, args.frames)
     start = time.perf_counter()
     served: list[float] = []
-    while not job.ready.is_set() and time.perf_counter() - start < args.compile_budget_s:
+    compiled = job.before_clip(shape)
+    while not compiled and time.perf_counter() - start < args.compile_budget_s:
         served.append(run_clip(pipe, args, ours=True, mp4=False)["s_to_frames"])
-        job.swap_in_if_ready()
-    job.wait(max(1.0, args.compile_budget_s - (time.perf_counter() - start)))
+        compiled = job.before_clip(shape)
+    if not compiled:
+        job.wait(max(1.0, args.compile_budget_s - (time.perf_counter() - start)))
+        compiled = job.before_clip(shape)
     row = dict(
         config="background-compile",
         eager_clips_while_compiling=len(served),
         eager_s_to_frames_while_compiling=served,
-        compile_s=job.compile_s,
+        compile_s=job.compile_s.get(shape),
         ready_after_s=time.perf_counter() - start,
-        error=job.error,
-        swapped=job.swap_in_if_ready(),
+        error=job.errors.get(shape),
+        swapped=compiled,
     )
     results["configs"].append(row)
     log(f"  {row}")
     write(results, args.out)
     return job
+
+
+def encode_study(frames: np.ndarray, args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """MP4 encode time by x264 preset, for the benchmark's clip and for a smooth moving photo.
+
+    Random weights make noisy frames that x264 works far harder on than a real clip; the
+    slowly panning photo stands in for a real clip's cost.
+    """
+    from generator import encode
+
+    base = np.asarray(photo(args.width + args.frames, args.height))
+    smooth = np.stack([base[:, i : i + args.width] for i in range(args.frames)])
+    calls: list[tuple[str, float]] = []
+    real_run = encode._run_ffmpeg
+
+    def timed_run(command: list[str], **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return real_run(command, **kwargs)
+        finally:
+            what = "encode" if "libx264" in command else "probe/thumbnail"
+            calls.append((what, time.perf_counter() - t0))
+
+    encode._run_ffmpeg = timed_run
+    try:
+        for clip_name, clip in (("benchmark clip", frames), ("smooth pan", smooth)):
+            for preset in args.encode_presets.split(","):
+                calls.clear()
+                settings = EncodeSettings(preset=preset)
+                with tempfile.TemporaryDirectory() as folder:
+                    t0 = time.perf_counter()
+                    info = encode_frames(list(clip), args.fps, Path(folder) / "c.mp4", settings)
+                    total = time.perf_counter() - t0
+                row = dict(
+                    config=f"encode {clip_name}, preset {preset}",
+                    encode_s=total,
+                    x264_s=sum(t for w, t in calls if w == "encode"),
+                    probe_and_thumbnail_s=sum(t for w, t in calls if w != "encode"),
+                    mp4_bytes=info.size_bytes,
+                    ffmpeg_runs=len(calls),
+                )
+                results["configs"].append(row)
+                log(f"  {row}")
+    finally:
+        encode._run_ffmpeg = real_run
+    write(results, args.out)
 
 
 def write(results: dict[str, Any], out: Path | None) -> None:
@@ -426,6 +476,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile-budget-s", type=float, default=240.0)
     parser.add_argument("--compile-vae", action="store_true", help="last: compile the decoder")
     parser.add_argument("--compile-vae-before-s", type=float, default=360.0)
+    parser.add_argument(
+        "--encode-presets", default="medium,veryfast", help="x264 presets to time; '' skips"
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.tiny:
@@ -487,6 +540,9 @@ def main(argv: list[str] | None = None) -> int:
         job = background_compile(pipe, args, results)
         if job.swapped:
             time_config("fast-compiled", pipe, args, results, ours=True)
+    if args.encode_presets:
+        frames = run_clip(pipe, args, ours=True, mp4=False)["_frames"]
+        encode_study(frames, args, results)
     # 4. The 12 GiB profile: text encoder streamed from CPU memory, the rest resident.
     if args.cap_gib:
 
@@ -507,6 +563,13 @@ def main(argv: list[str] | None = None) -> int:
         time_config(
             f"low-vram-{label}-tiled", pipe, args, results, ours=True, setup=lambda: low_vram(True)
         )
+        if job is not None and job.swapped:  # before the compile is ready: eager under the cap
+
+            def eager_low_vram() -> dict[str, Any]:
+                job.swap_out()
+                return low_vram(False)
+
+            time_config("low-vram-eager", pipe, args, results, ours=True, setup=eager_low_vram)
     # 5. Last, as it may compile for minutes: the VAE decoder compiled too.
     if cuda and args.compile_vae and time.time() - T_START < args.compile_vae_before_s:
 

@@ -74,7 +74,6 @@ def apply_profile(
         raise ValueError(f"resolve the profile before applying it, got {profile}")
     if not str(device).startswith("cuda"):
         return
-    prefer_cudnn_attention()
     if profile is Profile.FAST:
         pipe.to(device)
         pipe.vae.disable_tiling()
@@ -87,8 +86,13 @@ def apply_profile(
         pipe.vae.enable_tiling()
     else:
         pipe.vae.disable_tiling()
-    # 2. The text encoder in pinned CPU memory, streamed one layer ahead of its use. It runs
+    # 2. Grow memory segments in place: under a cap, the untiled decode's 1.4 GiB requests
+    # failed with 2 GiB free but fragmented (bench/RESULTS.md, run 1).
+    expandable_segments()
+    # 3. The text encoder in pinned CPU memory, streamed one layer ahead of its use. It runs
     # only for prompts the cache has not seen.
+    if _group_offloaded(pipe.text_encoder):
+        return
     from diffusers.hooks import apply_group_offloading
 
     pipe.text_encoder.to("cpu")
@@ -102,21 +106,26 @@ def apply_profile(
     )
 
 
-def prefer_cudnn_attention() -> bool:
-    """Make cuDNN's fused attention PyTorch's first choice; return whether it could.
+def expandable_segments() -> bool:
+    """Let PyTorch's allocator grow segments instead of caching fixed blocks; return success.
 
-    Process-wide and read when a graph is traced, so call it before compiling.
+    Process-wide; it only changes how memory is laid out, never a result.
     """
-    get = getattr(torch._C, "_get_sdp_priority_order", None)
-    put = getattr(torch._C, "_set_sdp_priority_order", None)
-    if get is None or put is None:
+    try:
+        torch.cuda.memory._set_allocator_settings("expandable_segments:True")
+    except (AttributeError, RuntimeError) as exc:  # an older torch or a backend without it
+        log.info("expandable segments unavailable: %s", exc)
         return False
-    from torch.nn.attention import SDPBackend
-
-    cudnn = int(SDPBackend.CUDNN_ATTENTION)
-    put([cudnn] + [int(b) for b in get() if int(b) != cudnn])
-    torch.backends.cuda.enable_cudnn_sdp(True)
     return True
+
+
+def _group_offloaded(module: torch.nn.Module) -> bool:
+    """Whether diffusers' group offloading already manages ``module`` (apply only once)."""
+    try:
+        from diffusers.hooks.group_offloading import _is_group_offload_enabled
+    except ImportError:
+        return False
+    return bool(_is_group_offload_enabled(module))
 
 
 # --- frames ---------------------------------------------------------------------------------
@@ -237,85 +246,113 @@ def _encode(pipe: Any, key: PromptKey, cfg: bool) -> dict[str, torch.Tensor]:
 
 # --- compile without making anyone wait ------------------------------------------------------
 
+#: A clip's shape as the compiled blocks see it: (height, width, frames).
+ClipShape = tuple[int, int, int]
+
 
 class BackgroundCompile:
     """Compile the transformer's repeated blocks on a side thread while clips run eagerly.
 
-    The first eager clip records one block's inputs (:meth:`attach`); a side thread then
-    compiles a block forward on those inputs, and :meth:`swap_in_if_ready`, called between
-    clips, points every block at the compiled forward. The compiled forward shares the
-    blocks' weights (no extra memory), and a clip never switches kernels halfway through.
+    Before each clip the engine calls :meth:`before_clip` with the clip's shape. A shape
+    compiled already runs compiled; any other shape runs eagerly, and its first block's inputs
+    are recorded during that clip so a side thread compiles that shape behind it. While a side
+    thread compiles, every clip runs eagerly, so the thread and the clips never share a
+    compiled graph. The compiled forward shares the blocks' weights (no extra memory), and a
+    clip never switches kernels halfway through. Landscape and portrait clips of one duration
+    have the same token count and share one graph.
 
-    A failed compile leaves the pipeline eager and says why in ``error``.
+    The 28 blocks of LTX-Video 2B compile in about 10 s on an H200 (bench/RESULTS.md); a clip
+    served meanwhile is slower (the compiler holds Python's lock part of the time), never
+    blocked. A failed compile leaves that shape eager and says why in ``errors``.
+
+    Example::
+
+        >>> job = BackgroundCompile(pipe.transformer)
+        >>> job.before_clip((512, 768, 121))   # False: eager, and compiling starts behind it
+        >>> ...                                # later clips of that shape
+        >>> job.before_clip((512, 768, 121))   # True once the side thread is done
     """
 
     def __init__(
         self, transformer: torch.nn.Module, *, backend: str | Callable[..., Any] = "inductor"
     ) -> None:
         self._blocks = list(_repeated_blocks(transformer))
-        self._backend = backend
-        self._compiled: list[Callable[..., Any]] = []
-        self._thread: threading.Thread | None = None
+        # One compiled wrapper per block; they share one code cache, so a shape compiles once.
+        self._compiled = [
+            torch.compile(block._call_impl, backend=backend, dynamic=False)
+            for block in self._blocks
+        ]
+        self._ready: set[ClipShape] = set()
         self._hook: Any = None
-        self.ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.errors: dict[ClipShape, str] = {}
+        self.compile_s: dict[ClipShape, float] = {}
         self.swapped = False
-        self.error: str | None = None
-        self.compile_s: float | None = None
 
-    def attach(self) -> None:
-        """Start compiling after the next forward of the first block (during the next clip)."""
-        if not self._blocks or self._hook is not None:
-            return
-        self._hook = self._blocks[0].register_forward_pre_hook(self._capture, with_kwargs=True)
+    @property
+    def busy(self) -> bool:
+        """Whether a side thread is compiling (or waits for a clip to record inputs from)."""
+        return self._hook is not None or (self._thread is not None and self._thread.is_alive())
 
-    def _capture(self, _module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        self._hook.remove()
-        inputs = (_detached(args), _detached(kwargs))
-        self._thread = threading.Thread(
-            target=self._compile, args=inputs, name="ltx-compile", daemon=True
-        )
-        self._thread.start()
+    def ready(self, shape: ClipShape) -> bool:
+        return shape in self._ready
 
-    def _compile(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        start = time.perf_counter()
-        try:
-            compiled = [
-                torch.compile(block._call_impl, backend=self._backend) for block in self._blocks
-            ]
-            with torch.no_grad():
-                # The blocks share one graph; the first call compiles it, the others only
-                # check their guards.
-                for fn in compiled:
-                    fn(*args, **kwargs)
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            self._compiled = compiled
-            self.compile_s = time.perf_counter() - start
-            log.info("LTX transformer blocks compiled in %.1f s", self.compile_s)
-        except Exception as exc:  # any compile failure: stay eager, say why
-            self.error = f"{type(exc).__name__}: {exc}"
-            log.warning("compiling the LTX transformer failed; staying eager (%s)", self.error)
-        finally:
-            self.ready.set()
-
-    def swap_in_if_ready(self) -> bool:
-        """Between clips: use the compiled blocks if they are ready; return whether in use."""
-        if self.swapped or not self.ready.is_set() or not self._compiled:
-            return self.swapped
-        for block, fn in zip(self._blocks, self._compiled, strict=True):
-            block._compiled_call_impl = fn  # what nn.Module.compile() sets
-        self.swapped = True
-        return True
-
-    def swap_out(self) -> None:
-        """Go back to the eager blocks (the benchmark compares both)."""
-        for block in self._blocks:
-            block._compiled_call_impl = None
-        self.swapped = False
+    def before_clip(self, shape: ClipShape) -> bool:
+        """Pick eager or compiled blocks for the next clip; return whether it runs compiled."""
+        if not self._blocks:
+            return False
+        if not self.busy and shape in self._ready:
+            self._swap(compiled=True)
+            return True
+        self._swap(compiled=False)
+        if not self.busy and shape not in self._ready and shape not in self.errors:
+            self._hook = self._blocks[0].register_forward_pre_hook(
+                lambda _m, args, kwargs: self._capture(shape, args, kwargs), with_kwargs=True
+            )
+        return False
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the side thread has finished (tests and the benchmark only)."""
-        return self.ready.wait(timeout)
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        return not self.busy
+
+    def swap_out(self) -> None:
+        """Go back to the eager blocks."""
+        self._swap(compiled=False)
+
+    def _swap(self, *, compiled: bool) -> None:
+        for block, fn in zip(self._blocks, self._compiled, strict=True):
+            block._compiled_call_impl = fn if compiled else None  # what nn.Module.compile sets
+        self.swapped = compiled
+
+    def _capture(self, shape: ClipShape, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+        inputs = (_detached(args), _detached(kwargs))
+        self._thread = threading.Thread(
+            target=self._compile, args=(shape, *inputs), name="ltx-compile", daemon=True
+        )
+        self._thread.start()
+        self._hook = None
+
+    def _compile(self, shape: ClipShape, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        start = time.perf_counter()
+        try:
+            with torch.no_grad():
+                # The first call compiles the shared graph; the others only check guards.
+                for fn in self._compiled:
+                    fn(*args, **kwargs)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+        except Exception as exc:  # any compile failure: this shape stays eager, say why
+            self.errors[shape] = f"{type(exc).__name__}: {exc}"
+            log.warning("compiling LTX blocks for %s failed; eager (%s)", shape, self.errors[shape])
+            return
+        self.compile_s[shape] = time.perf_counter() - start
+        self._ready.add(shape)
+        log.info("LTX blocks compiled for %s in %.1f s", shape, self.compile_s[shape])
 
 
 def _repeated_blocks(transformer: torch.nn.Module) -> list[torch.nn.Module]:
