@@ -3,26 +3,29 @@
 ``generator.engines.ltx`` loads one ``LTXConditionPipeline`` per process and calls
 :func:`apply_profile` once when it places it; the pipeline's ``__call__`` stays stock.
 
-- ``fast``: everything on the GPU, cuDNN attention first.
+- ``fast``: everything on the GPU.
 - ``low-vram`` (a 12 GB card): the transformer and VAE stay on the GPU; the T5-XXL text
   encoder (9.5 GB in bf16, more than the rest together) lives in pinned CPU memory and is
   streamed to the GPU layer by layer only for a prompt the :class:`PromptCache` has not seen.
   Prompts are built deterministically from photo type x intensity x custom elements, so most
-  clips never touch the encoder.
+  clips never touch the encoder. The decode is tiled only where memory needs it.
+- Both, on CUDA: the transformer's 28 repeated blocks compile on a side thread behind eager
+  clips (:class:`BackgroundCompile`); nobody waits for the compiler.
 
-Both profiles ask the pipeline for frames as a GPU tensor (``output_type="pt"``) and turn them
+The engine asks the pipeline for frames as a GPU tensor (``output_type="pt"``) and turns them
 into ``uint8`` there (:func:`frames_to_uint8`): the stock float-numpy path spends about half a
 second on 121 frames.
 
 Example::
 
     >>> apply_profile(pipe, Profile.LOW_VRAM, device="cuda")
-    >>> cache = prompt_cache(pipe)
-    >>> video = pipe(image=photo, **cache.kwargs(pipe, prompt, None, guidance_scale=1.0),
-    ...              output_type="pt").frames[0]
+    >>> before_clip(pipe, height=512, width=768, num_frames=121)   # compiled yet?
+    >>> embeds = prompt_kwargs(pipe, prompt, negative, guidance_scale=1.0)
+    >>> video = pipe(image=photo, **embeds, output_type="pt").frames[0]
     >>> frames = frames_to_uint8(video)          # (frames, height, width, 3) uint8 on the CPU
 
-Measured on an H200 (``bench/ltx_bench.py``, ``bench/RESULTS.md``).
+Measured on an H200 (``bench/ltx_bench.py``, ``bench/RESULTS.md``): stock 1.45 s from photo
+to frames; fast 0.85 s; low-vram under a 12 GiB cap 0.95 s (1.29 s for a new prompt).
 """
 
 from __future__ import annotations
@@ -44,28 +47,38 @@ log = logging.getLogger(__name__)
 
 #: Prompts whose embeddings stay cached (about 2 MB each at 256 tokens in bf16).
 PROMPT_CACHE_SIZE = 32
-#: Whether the 12 GB profile tiles the VAE decode. Transformer + VAE weights are 6.3 GB and
-#: an untiled decode of 121 frames at 768x512 peaks at about 3.5 GiB over them (bench/RESULTS.md).
-LOW_VRAM_VAE_TILING = False
+#: Free GiB beside the resident weights below which the 12 GB profile tiles the VAE decode.
+#: Untiled, 121 frames at 768x512 peaked at 10.5 GiB allocated and 11.5 GiB reserved with
+#: 5.9 GiB of weights under a 12 GiB cap; tiled, 9.0 and 10.8 (bench/RESULTS.md, run 2).
+#: A real 12 GB card also holds the CUDA context, so it tiles.
+UNTILED_DECODE_GIB = 6.0
 
 _CACHE_ATTR = "_ltx_prompt_cache"
+_COMPILE_ATTR = "_ltx_background_compile"
 
 
 # --- profiles -------------------------------------------------------------------------------
 
 
 def apply_profile(
-    pipe: Any, profile: Profile, *, device: str, vae_tiling: bool | None = None
+    pipe: Any,
+    profile: Profile,
+    *,
+    device: str,
+    vae_tiling: bool | None = None,
+    compile: bool = True,
 ) -> None:
-    """Place ``pipe`` for ``profile`` on ``device``; on a CPU this is a no-op.
+    """Place ``pipe`` for ``profile`` on ``device``; off CUDA it only moves the pipeline there.
 
     Args:
         pipe: a loaded ``LTXConditionPipeline`` (or ``LTXImageToVideoPipeline``).
         profile: ``Profile.FAST`` (all on the GPU) or ``Profile.LOW_VRAM`` (text encoder
-            streamed from CPU memory; transformer and VAE resident).
-        device: ``"cuda"``, ``"cuda:1"`` or ``"cpu"``.
-        vae_tiling: override :data:`LOW_VRAM_VAE_TILING` for the low-vram profile (the
-            benchmark measures both).
+            streamed from CPU memory when a prompt is new; transformer and VAE resident).
+        device: ``"cuda"``, ``"cuda:1"``, ``"cpu"`` or ``"mps"``.
+        vae_tiling: low-vram only: tile the VAE decode; ``None`` tiles only when the memory
+            left beside the resident weights is under :data:`UNTILED_DECODE_GIB`.
+        compile: on CUDA, compile the transformer's blocks behind eager clips
+            (:func:`before_clip`); a failure leaves them eager.
 
     Raises:
         ValueError: ``profile`` is ``AUTO`` (the caller resolves it by free VRAM first).
@@ -73,7 +86,10 @@ def apply_profile(
     if profile not in (Profile.FAST, Profile.LOW_VRAM):
         raise ValueError(f"resolve the profile before applying it, got {profile}")
     if not str(device).startswith("cuda"):
+        pipe.to(device)  # nothing to gain from offloading or compiling here
         return
+    if compile and getattr(pipe, _COMPILE_ATTR, None) is None and compile_available():
+        setattr(pipe, _COMPILE_ATTR, BackgroundCompile(pipe.transformer))
     if profile is Profile.FAST:
         pipe.to(device)
         pipe.vae.disable_tiling()
@@ -81,29 +97,58 @@ def apply_profile(
     # 1. Transformer and VAE resident: they run every clip.
     pipe.transformer.to(device)
     pipe.vae.to(device)
-    tiling = LOW_VRAM_VAE_TILING if vae_tiling is None else vae_tiling
-    if tiling:
-        pipe.vae.enable_tiling()
-    else:
-        pipe.vae.disable_tiling()
     # 2. Grow memory segments in place: under a cap, the untiled decode's 1.4 GiB requests
     # failed with 2 GiB free but fragmented (bench/RESULTS.md, run 1).
     expandable_segments()
     # 3. The text encoder in pinned CPU memory, streamed one layer ahead of its use. It runs
     # only for prompts the cache has not seen.
-    if _group_offloaded(pipe.text_encoder):
-        return
-    from diffusers.hooks import apply_group_offloading
+    if not _group_offloaded(pipe.text_encoder):
+        from diffusers.hooks import apply_group_offloading
 
-    pipe.text_encoder.to("cpu")
-    torch.cuda.empty_cache()
-    apply_group_offloading(
-        pipe.text_encoder,
-        onload_device=torch.device(device),
-        offload_device=torch.device("cpu"),
-        offload_type="leaf_level",
-        use_stream=True,
-    )
+        pipe.text_encoder.to("cpu")
+        torch.cuda.empty_cache()
+        apply_group_offloading(
+            pipe.text_encoder,
+            onload_device=torch.device(device),
+            offload_device=torch.device("cpu"),
+            offload_type="leaf_level",
+            use_stream=True,
+        )
+    # 4. Tile the decode only where the card needs it: tiles change the frames a little.
+    if vae_tiling is None:
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        vae_tiling = tile_decode(free + cached)
+    if vae_tiling:
+        pipe.vae.enable_tiling()
+    else:
+        pipe.vae.disable_tiling()
+
+
+def tile_decode(free_beside_weights: int) -> bool:
+    """Whether the 12 GB profile tiles the decode, given the bytes free beside the weights."""
+    return free_beside_weights < UNTILED_DECODE_GIB * 1024**3
+
+
+def before_clip(pipe: Any, *, height: int, width: int, num_frames: int) -> bool:
+    """Call before each clip: compiled blocks if ready for this shape, else eager.
+
+    A shape not compiled yet starts compiling behind this clip (on a side thread), so no
+    clip ever waits for the compiler. Returns whether this clip runs compiled.
+    """
+    job: BackgroundCompile | None = getattr(pipe, _COMPILE_ATTR, None)
+    if job is None:
+        return False
+    return job.before_clip((height, width, num_frames))
+
+
+def compile_available() -> bool:
+    """Whether ``torch.compile`` can make CUDA kernels here (it needs Triton)."""
+    try:
+        from torch.utils._triton import has_triton
+    except ImportError:
+        return False
+    return bool(has_triton())
 
 
 def expandable_segments() -> bool:
@@ -217,6 +262,13 @@ class PromptCache:
         """Forget every entry (after the text encoder or its weights change)."""
         with self._lock:
             self._entries.clear()
+
+
+def prompt_kwargs(
+    pipe: Any, prompt: str, negative_prompt: str | None, *, guidance_scale: float
+) -> dict[str, torch.Tensor]:
+    """``pipe(...)``'s prompt keyword arguments, from the pipeline's cache when seen before."""
+    return prompt_cache(pipe).kwargs(pipe, prompt, negative_prompt, guidance_scale=guidance_scale)
 
 
 def prompt_cache(pipe: Any) -> PromptCache:

@@ -107,6 +107,13 @@ def test_profiles_on_a_cpu_change_nothing(pipe: Any) -> None:
         ltx_speed.apply_profile(pipe, Profile.AUTO, device="cpu")
 
 
+def test_a_12_gb_card_tiles_the_decode_and_a_24_gb_card_does_not() -> None:
+    gib = 1024**3
+    weights = 6.3e9  # transformer + VAE resident in the 12 GB profile
+    assert ltx_speed.tile_decode(int(11.5 * gib - weights))  # 12 GB card after its context
+    assert not ltx_speed.tile_decode(int(23.5 * gib - weights))
+
+
 def test_uint8_frames_match_the_encoders_rounding_of_stock_float_frames() -> None:
     video = torch.rand(5, 3, 16, 24, generator=torch.Generator().manual_seed(1))
     video[0, 0, 0, 0], video[0, 0, 0, 1] = 0.5 / 255, 1.0  # a tie and the top
