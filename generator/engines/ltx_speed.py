@@ -383,16 +383,24 @@ class BackgroundCompile:
         if self._hook is not None:
             self._hook.remove()
         inputs = (_detached(args), _detached(kwargs))
+        # Compile under the clip's own grad/inference mode, so the graph's guards match it.
+        inference = torch.is_inference_mode_enabled()
         self._thread = threading.Thread(
-            target=self._compile, args=(shape, *inputs), name="ltx-compile", daemon=True
+            target=self._compile,
+            args=(shape, inference, *inputs),
+            name="ltx-compile",
+            daemon=True,
         )
         self._thread.start()
         self._hook = None
 
-    def _compile(self, shape: ClipShape, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def _compile(
+        self, shape: ClipShape, inference: bool, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
         start = time.perf_counter()
+        mode = torch.inference_mode() if inference else torch.no_grad()
         try:
-            with torch.no_grad():
+            with mode:
                 # The first call compiles the shared graph; the others only check guards.
                 for fn in self._compiled:
                     fn(*args, **kwargs)
