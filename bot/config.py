@@ -106,12 +106,14 @@ class WorkerSettings:
     progress_edit_interval_s: float = 3.0
     gpu_process: bool = True
     max_attempts: int = 3
+    max_crashes: int = 10
 
     def validate(self, name: str) -> None:
         for key in ("heartbeat_s", "stale_after_s", "progress_edit_interval_s"):
             _check(getattr(self, key) > 0, f"{name}.{key}", "must be positive")
         _check(self.shutdown_grace_s >= 0, f"{name}.shutdown_grace_s", "must be >= 0")
         _check(self.max_attempts >= 1, f"{name}.max_attempts", "must be at least 1")
+        _check(self.max_crashes >= 1, f"{name}.max_crashes", "must be at least 1")
         _check(
             self.stale_after_s > self.heartbeat_s,
             f"{name}.stale_after_s",

@@ -31,6 +31,14 @@ MAX_RETRY_AFTER_S = 60.0
 USER_BLOCKED = "user blocked the bot"
 
 
+@dataclass(frozen=True)
+class Sent:
+    """A delivered clip: Telegram's ``file_id`` (for resending) and the message it is in."""
+
+    file_id: str
+    message_id: int
+
+
 class DeliveryFailed(Exception):
     """The clip could not be delivered; ``reason`` is what the job row records."""
 
@@ -192,8 +200,8 @@ async def send_video(
     reply_markup: InlineKeyboardMarkup | None = None,
     attempts: int = SEND_ATTEMPTS,
     backoff_s: float = 1.0,
-) -> str:
-    """Upload the clip as a reply to the user's photo and return Telegram's ``file_id``.
+) -> Sent:
+    """Upload the clip as a reply to the user's photo; return its ``file_id`` and message.
 
     The reply does not need the photo to still exist (``allow_sending_without_reply``).
     429 waits ``retry_after`` and tries again; network errors back off ``backoff_s``,
@@ -254,7 +262,7 @@ async def send_video(
         else:
             if message.video is None:
                 raise DeliveryFailed("Telegram returned no video")
-            return message.video.file_id
+            return Sent(message.video.file_id, message.message_id)
     raise DeliveryFailed(f"upload failed after {attempts} attempts: {last}")
 
 

@@ -50,6 +50,13 @@ class WorkerCrashed(TransientError):
     user_text = "The video engine stopped unexpectedly. Your clip will be retried."
 
 
+class WorkerLost(TransientError):
+    """The GPU process died before it took the job (or while starting): the job never ran,
+    so the worker puts it back without counting anything against it."""
+
+    user_text = "The video engine restarted. Your clip will start again."
+
+
 @dataclass(frozen=True)
 class VeoBudget:
     """A budget check that is plain data, so it can cross into the GPU process.
@@ -78,6 +85,10 @@ class GenerationRunner(Protocol):
         veo_budget_ok: BudgetCheck | None,
     ) -> Clip:
         """Make the clip; raises ``generator.errors`` classes (``Cancelled`` after ``cancel``)."""
+
+    async def ready(self) -> None:
+        """Return once a job handed over now would be taken: a dead engine is restarted
+        first. Raises ``WorkerLost`` when it cannot start."""
 
     async def cancel(self) -> None:
         """Ask the running generation to stop at its next step."""
@@ -146,6 +157,9 @@ class InlineRunner:
                     raise
                 log.warning("out of GPU memory; retrying once with the low-vram profile")
                 return await attempt(retry)
+
+    async def ready(self) -> None:
+        pass  # the generator lives in this process: it is there as long as we are
 
     async def cancel(self) -> None:
         self._cancel.set()
@@ -247,6 +261,7 @@ def _child_main(
             generator.warm_up()
         except Exception as exc:  # no weights, no token: the first job says so to its user
             logging.getLogger(__name__).warning("warm-up failed (%s); the first clip retries", exc)
+    send(("ready", 0))  # the parent claims no job for this process before it hears this
 
     with asyncio.Runner() as runner:  # one loop for the process: clients may hold on to it
         while True:
@@ -254,6 +269,8 @@ def _child_main(
             if message[0] == "close":
                 break
             _, seq, request, out_path, resume, budget = message
+            # From here a death is this job's business (a crash); before it, nobody's.
+            send(("started", seq))
 
             async def veo_operation(name: str, seq: int = seq) -> None:
                 send(("veo_operation", seq, name))
@@ -283,9 +300,12 @@ def _child_main(
 class ProcessRunner:
     """Makes clips in a child process (spawned, so CUDA starts clean), kept warm between jobs.
 
-    The child starts on the first ``run`` (or ``start``) and loads SVD once. If it dies
-    mid-job, ``run`` raises ``WorkerCrashed`` and the next ``run`` starts a new one.
-    ``OutOfMemory`` is retried once in a fresh child with the low-VRAM profile.
+    The child starts on the first ``run`` (or ``start``) and loads SVD once; it says
+    "ready" when it can take a job and "started" when it takes one. ``ready`` restarts a
+    child that died while idle and waits for its "ready", so the worker claims no job for a
+    dead engine. If the child dies after "started", ``run`` raises ``WorkerCrashed`` (the
+    job's crash); before it, ``WorkerLost`` (the job never ran). ``OutOfMemory`` is retried
+    once in a fresh child with the low-VRAM profile.
 
     Args:
         settings: the generator settings the child builds its ``Generator`` from.
@@ -310,6 +330,7 @@ class ProcessRunner:
         self._inbox: asyncio.Queue[tuple] | None = None
         self._seq = itertools.count(1)
         self._running_seq: int | None = None
+        self._child_ready = False  # the current child said "ready"
         self._lock = asyncio.Lock()
 
     @property
@@ -352,9 +373,43 @@ class ProcessRunner:
         self._process, self._conn, self._inbox = process, parent, inbox
         log.info("GPU process %s started", process.pid)
 
+    async def ready(self) -> None:
+        """Return once a live child has said "ready" (restarting one that died while idle).
+
+        Raises:
+            WorkerLost: a freshly started child died before it was ready.
+        """
+        async with self._lock:
+            await self._ensure_ready()
+
+    async def _ensure_ready(self) -> None:
+        while True:
+            fresh = self._process is None or not self._process.is_alive()
+            if fresh:
+                await self._spawn()
+            assert self._inbox is not None
+            inbox = self._inbox
+            # Between runs nobody else reads the inbox: what waits there is news of the
+            # child (its "ready", its death, or the tail of a run nobody waits for).
+            while not (self._child_ready and inbox.empty()):
+                message = await inbox.get()
+                if message[0] == "ready":
+                    self._child_ready = True
+                elif message[0] == "eof":
+                    break
+            else:
+                return
+            pid = self.pid
+            code = self._process.exitcode if self._process else None
+            await self._kill()
+            if fresh:
+                raise WorkerLost(f"the GPU process {pid} exited while starting (code {code})")
+            log.warning("GPU process %s died while idle (exit code %s); restarting it", pid, code)
+
     async def _kill(self) -> None:
         process, conn = self._process, self._conn
         self._process = self._conn = self._inbox = None
+        self._child_ready = False
         if process is None:
             return
         if process.is_alive():
@@ -410,12 +465,15 @@ class ProcessRunner:
         resume: str | None,
         budget: VeoBudget | None,
     ) -> Clip:
-        if self._process is None or not self._process.is_alive():
-            await self._spawn()
+        await self._ensure_ready()
         assert self._conn is not None and self._inbox is not None
         seq = next(self._seq)
         inbox = self._inbox
-        self._conn.send(("run", seq, request, out_path, resume, budget))
+        started = False
+        try:
+            self._conn.send(("run", seq, request, out_path, resume, budget))
+        except OSError:
+            pass  # the child is already gone: its "eof" is on the way, and says so below
         self._running_seq = seq
         try:
             while True:
@@ -424,10 +482,16 @@ class ProcessRunner:
                 if kind == "eof":
                     code = self._process.exitcode if self._process else None
                     await self._kill()
+                    if not started:
+                        # Died before it took the job (killed just before, or dying while
+                        # we handed it over): not this job's crash.
+                        raise WorkerLost(f"the GPU process died before the job (exit {code})")
                     raise WorkerCrashed(f"the GPU process died (exit code {code})")
                 if message[1] != seq:
                     continue  # left over from a run this side stopped waiting for
-                if kind == "progress":
+                if kind == "started":
+                    started = True
+                elif kind == "progress":
                     on_progress(message[2])
                 elif kind == "veo_operation":
                     await on_veo_operation(message[2])
@@ -472,5 +536,6 @@ __all__ = [
     "ProcessRunner",
     "VeoBudget",
     "WorkerCrashed",
+    "WorkerLost",
     "default_generator",
 ]

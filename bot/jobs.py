@@ -29,6 +29,19 @@ ACTIVE = frozenset({Status.QUEUED, Status.RUNNING, Status.SENDING})
 TERMINAL = frozenset({Status.DONE, Status.FAILED, Status.CANCELLED, Status.EXPIRED})
 
 
+class Charge(enum.StrEnum):
+    """Why a run ended without a clip, and which of the job's counts it goes on.
+
+    A restart of the bot or of the GPU process is not the photo's fault, so it does not
+    spend the job's ``max_attempts``; it has its own, higher cap (``max_crashes``) against a
+    photo that takes the engine down every time.
+    """
+
+    NONE = "none"  # we stopped it (shutdown), or the engine died before it took the job
+    FAILURE = "failure"  # the job itself failed: the engine raised a retryable error for it
+    CRASH = "crash"  # the bot or the GPU process died while the job ran
+
+
 @dataclass(frozen=True)
 class JobOptions:
     """What the user picked on the settings card."""
@@ -72,8 +85,10 @@ class Job:
     status: Status
     dedupe_key: str
     status_message_id: int | None = None
-    attempts: int = 0
-    max_attempts: int = 3
+    attempts: int = 0  # runs started (claims), whatever ended them
+    max_attempts: int = 3  # the job fails at its max_attempts-th failure
+    failures: int = 0  # runs in which the job itself failed (``Charge.FAILURE``)
+    crashes: int = 0  # runs cut short by a crash of the bot or the GPU process
     created_at: float = 0.0
     started_at: float | None = None
     heartbeat_at: float | None = None
@@ -87,6 +102,7 @@ class Job:
     error: str | None = None
     video_path: str | None = None
     video_file_id: str | None = None
+    video_message_id: int | None = None  # the delivered clip's message in the user's chat
     video_size: int | None = None
     video_duration: float | None = None
     video_width: int | None = None
@@ -100,7 +116,10 @@ class Job:
 
     def info(self) -> str:
         """One-line identity for log lines."""
-        return f"job {self.id} (user {self.user_id}, {self.status}, attempt {self.attempts})"
+        return (
+            f"job {self.id} (user {self.user_id}, {self.status}, run {self.attempts}, "
+            f"{self.failures} failed, {self.crashes} crashed)"
+        )
 
 
 @dataclass(frozen=True)
@@ -114,6 +133,7 @@ class Outcome:
     cost_usd: float | None = None
     video_path: str | None = None
     video_file_id: str | None = None
+    video_message_id: int | None = None  # the delivered clip's message in the user's chat
     video_size: int | None = None
     video_duration: float | None = None
     video_width: int | None = None
@@ -129,9 +149,21 @@ def is_stale(job: Job, now: float, timeout: float) -> bool:
     return now - last > timeout
 
 
-def can_retry(job: Job) -> bool:
-    """Whether a stale or interrupted job may run again."""
-    return job.attempts < job.max_attempts
+def can_retry(job: Job, charge: Charge, *, max_crashes: int) -> bool:
+    """Whether a run that just ended for ``charge`` may be followed by another, counting it.
+
+    ``max_attempts`` (on the row) caps the job's own failures, ``max_crashes`` (the
+    consumer's setting) the crashes under it; a run we stopped ourselves costs nothing.
+
+    >>> job = Job(1, 2, 2, 3, "p.jpg", JobOptions(), Status.RUNNING, "k", failures=1)
+    >>> can_retry(job, Charge.FAILURE, max_crashes=10), can_retry(job, Charge.CRASH, max_crashes=1)
+    (True, False)
+    """
+    if charge is Charge.FAILURE:
+        return job.failures + 1 < job.max_attempts
+    if charge is Charge.CRASH:
+        return job.crashes + 1 < max_crashes
+    return True
 
 
 def is_expired(job: Job, now: float, ttl: float) -> bool:
@@ -147,7 +179,8 @@ class JobQueue(Protocol):
 
     async def claim(self, worker_id: str, *, now: float) -> Job | None:
         """Atomically take the next job, fairly between users (least recently served first),
-        mark it running, ``attempts += 1``; ``None`` when nothing is queued."""
+        mark it running, ``attempts += 1`` (a run, not yet a charge); ``None`` when nothing
+        is queued."""
 
     async def heartbeat(self, job_id: int, *, now: float) -> None:
         """Record that the consumer running ``job_id`` is alive."""
@@ -158,18 +191,24 @@ class JobQueue(Protocol):
     async def mark_sending(self, job_id: int, outcome: Outcome, *, now: float) -> Job:
         """The clip is made: record it (status ``sending``) before uploading."""
 
-    async def finish(self, job_id: int, outcome: Outcome, *, now: float) -> Job:
-        """Record a terminal outcome (done, failed, cancelled, expired)."""
+    async def finish(
+        self, job_id: int, outcome: Outcome, *, now: float, charge: Charge = Charge.NONE
+    ) -> Job:
+        """Record a terminal outcome (done, failed, cancelled, expired), counting the run that
+        ended it as ``charge`` says."""
 
-    async def requeue(self, job_id: int, *, now: float, delay_s: float = 0.0) -> Job:
-        """Put a running job back in the queue (shutdown, retryable error); it is not claimed
-        again for ``delay_s`` seconds (backoff)."""
+    async def requeue(
+        self, job_id: int, *, now: float, delay_s: float = 0.0, charge: Charge = Charge.NONE
+    ) -> Job:
+        """Put a running job back in the queue (shutdown, retryable error, crash), adding one
+        to the count ``charge`` names; it is not claimed again for ``delay_s`` seconds."""
 
     async def recover(
-        self, *, now: float, stale_after: float, orphaned_by: str | None = None
+        self, *, now: float, stale_after: float, max_crashes: int, orphaned_by: str | None = None
     ) -> list[Job]:
         """Requeue stale running jobs, and every running job of the consumer ``orphaned_by``
-        (it is restarting), or fail them past ``max_attempts``; return the changed jobs."""
+        (it is restarting), each charged a crash, or fail them at ``max_crashes``; return the
+        changed jobs."""
 
     async def expire(self, *, now: float, ttl: float) -> list[Job]:
         """Mark queued jobs older than ``ttl`` seconds expired; return them."""

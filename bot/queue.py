@@ -24,13 +24,20 @@ from typing import Any
 
 import aiosqlite
 
-from bot.jobs import TERMINAL, Job, NewJob, Outcome, Status, can_retry, is_stale
+from bot.jobs import TERMINAL, Charge, Job, NewJob, Outcome, Status, can_retry, is_stale
 from bot.store import Store, _job_from_row, options_to_json
 
 logger = logging.getLogger(__name__)
 
 #: What the user is told when a job keeps dying under the consumer (the worker sends it).
 GIVE_UP_TEXT = "This photo failed several times and was given up."
+
+# Each charge adds one to its own column (``SET crashes = crashes + :crashed``).
+_CHARGED = {
+    Charge.NONE: {"failed": 0, "crashed": 0},
+    Charge.FAILURE: {"failed": 1, "crashed": 0},
+    Charge.CRASH: {"failed": 0, "crashed": 1},
+}
 
 # Queued jobs ordered the way ``claim`` takes them: users never served first, then the user
 # whose latest start is oldest; within a user, and between equals, the oldest job.
@@ -134,8 +141,11 @@ class SqliteQueue:
             job_id, outcome, Status.SENDING, {Status.RUNNING, Status.SENDING}, now=now
         )
 
-    async def finish(self, job_id: int, outcome: Outcome, *, now: float) -> Job:
-        """Record a terminal outcome and ``finished_at``.
+    async def finish(
+        self, job_id: int, outcome: Outcome, *, now: float, charge: Charge = Charge.NONE
+    ) -> Job:
+        """Record a terminal outcome and ``finished_at``, counting the run that ended it as
+        ``charge`` says (a job that failed on its last allowed try: ``Charge.FAILURE``).
 
         Outcome fields left ``None`` keep their stored value. A job already terminal is
         returned unchanged (the first outcome wins). ``ValueError`` for a non-terminal status.
@@ -149,11 +159,16 @@ class SqliteQueue:
             {Status.QUEUED, Status.RUNNING, Status.SENDING},
             now=now,
             finished=True,
+            charge=charge,
         )
 
-    async def requeue(self, job_id: int, *, now: float, delay_s: float = 0.0) -> Job:
-        """Put a running or sending job back in the queue, keeping its attempts; with
-        ``delay_s`` it is not claimed again before ``now + delay_s`` (retry backoff).
+    async def requeue(
+        self, job_id: int, *, now: float, delay_s: float = 0.0, charge: Charge = Charge.NONE
+    ) -> Job:
+        """Put a running or sending job back in the queue, adding one to the count that
+        ``charge`` names (failures, crashes, or none); with ``delay_s`` it is not claimed
+        again before ``now + delay_s`` (retry backoff). Whether it may run again is the
+        caller's ``can_retry``.
 
         If its owner asked to cancel it, it becomes cancelled instead. Other jobs are
         returned unchanged.
@@ -163,21 +178,23 @@ class SqliteQueue:
             if job.status not in (Status.RUNNING, Status.SENDING):
                 logger.warning("requeue ignored for %s", job.info())
                 return job
-            job = await self._put_back(db, job_id, now=now, delay_s=delay_s)
+            job = await self._put_back(db, job_id, now=now, delay_s=delay_s, charge=charge)
         if job.status is Status.QUEUED:
             logger.info("requeued %s%s", job.info(), f" for {delay_s:.0f} s" if delay_s else "")
         return job
 
     async def recover(
-        self, *, now: float, stale_after: float, orphaned_by: str | None = None
+        self, *, now: float, stale_after: float, max_crashes: int, orphaned_by: str | None = None
     ) -> list[Job]:
         """Requeue running jobs whose heartbeat is older than ``stale_after`` seconds.
 
         ``orphaned_by`` names a consumer that is starting up: every job it had claimed was
         orphaned by its restart, fresh heartbeat or not, while other consumers' jobs are
         taken only once stale (so several GPU consumers can share one queue).
-        ``stale_after <= 0`` takes every running job. A job past ``max_attempts`` fails with
-        ``GIVE_UP_TEXT`` instead, and one whose owner asked to cancel becomes cancelled.
+        ``stale_after <= 0`` takes every running job. Each is charged a crash (its run died
+        with its consumer, not through its own fault); the one that reaches ``max_crashes``
+        fails with ``GIVE_UP_TEXT`` instead, and one whose owner asked to cancel becomes
+        cancelled.
         Sending jobs stay sending: the worker re-delivers their stored video. Old queued jobs
         are ``expire``'s business. Returns the jobs whose status changed.
         """
@@ -188,14 +205,16 @@ class SqliteQueue:
                 orphaned = orphaned_by is not None and job.worker_id == orphaned_by
                 if stale_after > 0 and not orphaned and not is_stale(job, now, stale_after):
                     continue
-                if can_retry(job) or await _cancel_flag(db, job.id):
-                    changed.append(await self._put_back(db, job.id, now=now))
+                if can_retry(job, Charge.CRASH, max_crashes=max_crashes) or await _cancel_flag(
+                    db, job.id
+                ):
+                    changed.append(await self._put_back(db, job.id, now=now, charge=Charge.CRASH))
                 else:
                     failed = await _one(
                         db,
-                        "UPDATE jobs SET status = 'failed', error = :error, finished_at = :now, "
-                        "worker_id = NULL WHERE id = :id RETURNING *",
-                        {"error": GIVE_UP_TEXT, "now": now, "id": job.id},
+                        "UPDATE jobs SET status = :failed, error = :error, finished_at = :now, "
+                        "worker_id = NULL, crashes = crashes + 1 WHERE id = :id RETURNING *",
+                        {"failed": Status.FAILED, "error": GIVE_UP_TEXT, "now": now, "id": job.id},
                     )
                     assert failed is not None
                     changed.append(failed)
@@ -294,11 +313,14 @@ class SqliteQueue:
         *,
         now: float,
         finished: bool = False,
+        charge: Charge = Charge.NONE,
     ) -> Job:
         params: dict[str, Any] = {name: getattr(outcome, name) for name in _OUTCOME_COLUMNS}
         if outcome.used_backend is not None:
             params["used_backend"] = outcome.used_backend.value
+        params.update(_CHARGED[charge])
         sets = ", ".join(f"{name} = COALESCE(:{name}, {name})" for name in _OUTCOME_COLUMNS)
+        sets += ", failures = failures + :failed, crashes = crashes + :crashed"
         if finished:
             sets += ", finished_at = :now"
         async with self._store.transaction() as db:
@@ -316,22 +338,41 @@ class SqliteQueue:
         return job
 
     async def _put_back(
-        self, db: aiosqlite.Connection, job_id: int, *, now: float, delay_s: float = 0.0
+        self,
+        db: aiosqlite.Connection,
+        job_id: int,
+        *,
+        now: float,
+        delay_s: float = 0.0,
+        charge: Charge = Charge.NONE,
     ) -> Job:
-        """Requeue a job inside a transaction, or cancel it if its owner asked to."""
+        """Requeue a job inside a transaction, or cancel it if its owner asked to; either
+        way the run is counted as ``charge`` says."""
+        counts = "failures = failures + :failed, crashes = crashes + :crashed"
         if await _cancel_flag(db, job_id):
             sql = (
-                "UPDATE jobs SET status = 'cancelled', finished_at = :now, worker_id = NULL "
-                "WHERE id = :id RETURNING *"
+                f"UPDATE jobs SET status = :cancelled, finished_at = :now, worker_id = NULL, "
+                f"{counts} WHERE id = :id RETURNING *"
             )
         else:
             # started_at stays: it is this user's latest service, which fairness reads.
             sql = (
-                "UPDATE jobs SET status = 'queued', heartbeat_at = NULL, worker_id = NULL, "
-                "not_before = :not_before WHERE id = :id RETURNING *"
+                "UPDATE jobs SET status = :queued, heartbeat_at = NULL, worker_id = NULL, "
+                f"not_before = :not_before, {counts} WHERE id = :id RETURNING *"
             )
         not_before = now + delay_s if delay_s > 0 else None
-        job = await _one(db, sql, {"now": now, "id": job_id, "not_before": not_before})
+        job = await _one(
+            db,
+            sql,
+            {
+                "now": now,
+                "id": job_id,
+                "not_before": not_before,
+                "queued": Status.QUEUED,
+                "cancelled": Status.CANCELLED,
+                **_CHARGED[charge],
+            },
+        )
         assert job is not None
         if job.status is Status.CANCELLED:
             logger.info("cancelled %s instead of requeueing it", job.info())

@@ -105,6 +105,14 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE jobs ADD COLUMN not_before REAL;
     """,
+    # 3: a job's own failures and the crashes under it are counted apart (``bot.jobs.Charge``),
+    # so restarts do not spend the attempts of a good photo (rows from before start at zero);
+    # a delivered clip's message id is recorded in the same write that says ``done``.
+    """
+    ALTER TABLE jobs ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN video_message_id INTEGER;
+    """,
 )
 
 _TRANSACTION_MODES = frozenset({"DEFERRED", "IMMEDIATE", "EXCLUSIVE"})

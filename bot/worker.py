@@ -26,10 +26,11 @@ from typing import Any
 from bot import delivery, eta, texts
 from bot.config import Settings
 from bot.delivery import DeliveryFailed, StatusEditor
-from bot.gpu import GenerationRunner, VeoBudget, WorkerCrashed
-from bot.jobs import Job, Outcome, Status, can_retry
+from bot.gpu import GenerationRunner, VeoBudget, WorkerCrashed, WorkerLost
+from bot.jobs import Charge, Job, Outcome, Status, can_retry
 from bot.keyboards import result_keyboard, status_keyboard
 from bot.limits import day_start, month_start, veo_allowance
+from bot.queue import GIVE_UP_TEXT
 from bot.store import Store
 from generator.clip import Clip, Progress
 from generator.errors import Cancelled, GeneratorError, RateLimited, TransientError
@@ -45,6 +46,9 @@ IDLE_SWEEP_S = 30.0
 PHOTO_SWEEP_S = 3600.0
 #: After the grace period and a cancel, how long a job may take to notice it.
 CANCEL_WAIT_S = 10.0
+#: When the GPU process cannot start, how long before it is tried again (no job is claimed
+#: meanwhile: a job handed to a dead engine would pay for the engine's death).
+ENGINE_RETRY_S = 10.0
 
 
 def request_for(job: Job) -> Request:
@@ -62,16 +66,27 @@ def request_for(job: Job) -> Request:
     )
 
 
+def charge_for(exc: TransientError) -> Charge:
+    """Whose count a retryable error goes on: the engine dying under the job is a crash,
+    the engine dying before it took the job is nobody's, anything else is the job's own."""
+    if isinstance(exc, WorkerLost):
+        return Charge.NONE
+    if isinstance(exc, WorkerCrashed):
+        return Charge.CRASH
+    return Charge.FAILURE
+
+
 def retry_delay(job: Job, exc: TransientError) -> float:
     """Seconds before a job that hit a transient error is tried again.
 
     A crashed GPU process is restarted for the next run, so that retry is immediate; a
-    service that is down or rate-limited gets 1, then 2 minutes (4 for rate limits).
+    service that is down or rate-limited gets 1, then 2 minutes (4 for rate limits),
+    doubling with each of the job's earlier failures.
     """
-    if isinstance(exc, WorkerCrashed):
+    if charge_for(exc) is not Charge.FAILURE:
         return 0.0
     base = 120.0 if isinstance(exc, RateLimited) else 60.0
-    return min(base * 2 ** max(job.attempts - 1, 0), 600.0)
+    return min(base * 2**job.failures, 600.0)
 
 
 def remove_files(*paths: Path | None) -> None:
@@ -128,6 +143,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._paused = False
         self._stopping = False
+        self._stopped = asyncio.Event()  # set by stop(): ends waits for the GPU process
         self._shutdown_cancel = False
         self._loop_task: asyncio.Task | None = None
         self._shown_position: dict[int, int] = {}
@@ -174,6 +190,7 @@ class Worker:
         recovered = await self.queue.recover(
             now=self.clock(),
             stale_after=self.settings.worker.stale_after_s,
+            max_crashes=self.settings.worker.max_crashes,
             orphaned_by=orphaned_by,
         )
         for job in recovered:
@@ -209,6 +226,7 @@ class Worker:
         """Stop claiming; give the running job ``shutdown_grace_s`` to finish, then cancel it
         and put it back in the queue; close the runner."""
         self._stopping = True
+        self._stopped.set()
         self.wake()
         task = self._loop_task
         if task is not None and not task.done():
@@ -236,6 +254,8 @@ class Worker:
             if self._paused:
                 await self._wake.wait()
                 continue
+            if not await self._engine_ready():
+                continue
             try:
                 await self._expire()
                 await self._sweep_photos()
@@ -253,6 +273,30 @@ class Worker:
                 await self._run(job)
             except Exception:  # a database or Telegram failure while recording: keep serving
                 log.exception("! job %s: could not record its outcome", job.id)
+
+    async def _engine_ready(self) -> bool:
+        """Whether the runner has a live, started GPU process (respawned first if it died
+        while idle), so no job is claimed for an engine that is already gone. False when
+        stopping, or after ``ENGINE_RETRY_S`` when the process cannot start."""
+        ready = asyncio.ensure_future(self.runner.ready())
+        stopped = asyncio.ensure_future(self._stopped.wait())
+        try:
+            await asyncio.wait({ready, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not ready.done():
+                ready.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await ready
+        if ready.cancelled():
+            return False
+        exc = ready.exception()
+        if exc is None:
+            return True
+        log.error("! the GPU process cannot start (%s); next try in %.0f s", exc, ENGINE_RETRY_S)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopped.wait(), ENGINE_RETRY_S)
+        return False
 
     async def _sweep_photos(self) -> None:
         """Delete photos older than ``keep_photos_days`` that no active job still needs."""
@@ -394,23 +438,42 @@ class Worker:
         await self._tell(done, texts.cancelled())
 
     async def _transient(self, job: Job, exc: TransientError) -> None:
-        if can_retry(job):
+        charge = charge_for(exc)
+        if can_retry(job, charge, max_crashes=self.settings.worker.max_crashes):
             delay = retry_delay(job, exc)
-            back = await asyncio.shield(self.queue.requeue(job.id, now=self.clock(), delay_s=delay))
+            back = await asyncio.shield(
+                self.queue.requeue(job.id, now=self.clock(), delay_s=delay, charge=charge)
+            )
             log.info("↻ %s: %s: %s", back.info(), type(exc).__name__, exc)
             if back.status is Status.CANCELLED:
                 await self._tell(back, texts.cancelled())
             return
-        await self._fail(job, exc.user_text)
+        if charge is Charge.CRASH:
+            # The engine died under this photo every time: "will be retried" is no longer true.
+            log.warning("! %s crashed the GPU process too often; giving up", job.info())
+            await self._fail(job, GIVE_UP_TEXT, charge=charge, told=texts.given_up())
+            return
+        await self._fail(job, exc.user_text, charge=charge)
 
-    async def _fail(self, job: Job, user_text: str, *, cost: float | None = None) -> None:
+    async def _fail(
+        self,
+        job: Job,
+        user_text: str,
+        *,
+        cost: float | None = None,
+        charge: Charge = Charge.NONE,
+        told: str | None = None,
+    ) -> None:
         done = await asyncio.shield(
             self.queue.finish(
-                job.id, Outcome(Status.FAILED, error=user_text, cost_usd=cost), now=self.clock()
+                job.id,
+                Outcome(Status.FAILED, error=user_text, cost_usd=cost),
+                now=self.clock(),
+                charge=charge,
             )
         )
         log.info("← %s failed", done.info())
-        await self._tell(done, texts.failed(user_text))
+        await self._tell(done, told or texts.failed(user_text))
 
     async def _deliver(self, job: Job, clip: Clip) -> None:
         video = clip.video
@@ -444,7 +507,7 @@ class Worker:
         assert job.video_path is not None
         try:
             async with delivery.uploading_video(self._bot, job.chat_id):
-                file_id = await delivery.send_video(
+                sent = await delivery.send_video(
                     self._bot,
                     chat_id=job.chat_id,
                     video_path=Path(job.video_path),
@@ -456,6 +519,21 @@ class Worker:
                     thumbnail=thumbnail,
                     reply_markup=result_keyboard(job.id),
                 )
+                # The clip is in the chat: say so before anything else awaits (even the end of
+                # the chat action). A kill between the upload's answer and this commit is the
+                # one way a clip is sent twice (Telegram has no idempotency key for uploads),
+                # so nothing else may widen that window; the shield lets no cancel skip it.
+                done = await asyncio.shield(
+                    self.queue.finish(
+                        job.id,
+                        Outcome(
+                            Status.DONE,
+                            video_file_id=sent.file_id,
+                            video_message_id=sent.message_id,
+                        ),
+                        now=self.clock(),
+                    )
+                )
         except DeliveryFailed as exc:
             done = await asyncio.shield(
                 self.queue.finish(
@@ -466,9 +544,6 @@ class Worker:
             if exc.reason != delivery.USER_BLOCKED:
                 await self._tell(done, texts.failed(texts.delivery_failed()))
             return
-        done = await asyncio.shield(
-            self.queue.finish(job.id, Outcome(Status.DONE, video_file_id=file_id), now=self.clock())
-        )
         log.info("← %s delivered", done.info())
         # Telegram keeps the clip (/history resends it by file id): free the disk.
         await asyncio.to_thread(remove_files, Path(job.video_path), thumbnail)

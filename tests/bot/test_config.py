@@ -98,6 +98,7 @@ def test_unknown_table_is_rejected(tmp_path: Path) -> None:
     [
         ('[limits]\ndaily_jobs_per_user = "many"', r"limits\.daily_jobs_per_user"),
         ("[worker]\nmax_attempts = 0", r"worker\.max_attempts"),
+        ("[worker]\nmax_crashes = 0", r"worker\.max_crashes"),
         ('[telegram]\nmode = "carrier-pigeon"', r"telegram\.mode"),
         ('[access]\nadmins = ["alice"]', r"access\.admins\[0\]"),
         ("[svd]\nsteps = 0", r"svd\.steps"),

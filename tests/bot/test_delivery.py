@@ -106,7 +106,7 @@ async def test_video_replies_to_the_photo_with_caption_and_buttons(
     bot, fake_botapi: FakeBotApi, clip: Path
 ):
     photo = fake_botapi.send_photo(ANN, photo_bytes())
-    file_id = await send_video(
+    sent = await send_video(
         bot,
         chat_id=ANN.id,
         video_path=clip,
@@ -118,7 +118,8 @@ async def test_video_replies_to_the_photo_with_caption_and_buttons(
         reply_markup=result_keyboard(7),
     )
     (video,) = fake_botapi.videos(ANN.id)
-    assert video.file_id == file_id and video.data == CLIP_BYTES
+    assert (video.file_id, video.message_id) == (sent.file_id, sent.message_id)
+    assert video.data == CLIP_BYTES
     assert video.reply_to_message_id == photo.message_id
     assert (video.caption, video.width, video.duration) == ("Made with Veo", 32, 2)
     assert video.supports_streaming

@@ -3,6 +3,7 @@ process, killed mid-clip and started again on the same database."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from bot import texts
 from generator.encode import probe_video
 from tests.support.fake_botapi import TOKEN, FakeBotApi, FakeUser
 from tests.support.images import photo_bytes
@@ -24,12 +26,18 @@ SLOW = 60.0  # two Python processes importing torch on a shared 2-core machine
 
 @pytest.fixture
 def config(tmp_path: Path, tiny_svd_dir: Path, fake_botapi: FakeBotApi) -> Path:
+    return write_config(tmp_path, tiny_svd_dir, fake_botapi)
+
+
+def write_config(tmp_path: Path, tiny_svd_dir: Path, fake: FakeBotApi, worker: str = "") -> Path:
+    """The bot's config file: the loopback Bot API, Ann allowed, the tiny model in a GPU
+    process; ``worker`` adds lines to the ``[worker]`` table."""
     path = tmp_path / "config.toml"
     path.write_text(
         f"""
 [telegram]
-base_url = "{fake_botapi.base_url}"
-base_file_url = "{fake_botapi.base_file_url}"
+base_url = "{fake.base_url}"
+base_file_url = "{fake.base_file_url}"
 
 [access]
 allowed_users = [{ANN.id}]
@@ -37,6 +45,7 @@ allowed_users = [{ANN.id}]
 [worker]
 progress_edit_interval_s = 0.01
 gpu_process = true
+{worker}
 
 [data]
 dir = "{tmp_path / "data"}"
@@ -65,6 +74,65 @@ def start_bot(config: Path, log: Path, **extra_env: str) -> subprocess.Popen:
 def job_rows(db: Path) -> list[tuple[str, int]]:
     with sqlite3.connect(db) as conn:
         return conn.execute("SELECT status, attempts FROM jobs").fetchall()
+
+
+def counts(db: Path) -> list[tuple[str, int, int, int]]:
+    """Each job's status, runs, own failures and crashes under it."""
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT status, attempts, failures, crashes FROM jobs").fetchall()
+
+
+def gpu_process(bot: subprocess.Popen) -> int | None:
+    """The pid of the bot's GPU child (spawned by multiprocessing; not its resource tracker)."""
+    # Any of the bot's threads may have started it (the spawn runs off the event loop).
+    children = [
+        pid
+        for task in Path(f"/proc/{bot.pid}/task").iterdir()
+        for pid in _read(task / "children").split()
+    ]
+    for pid in children:
+        with contextlib.suppress(OSError):
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if b"spawn_main" in cmdline:
+                return int(pid)
+    return None
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:  # a thread that ended while we looked
+        return ""
+
+
+async def animate(fake: FakeBotApi) -> int:
+    """Ann sends a photo and presses Animate; returns her photo's message id."""
+    photo = fake.send_photo(ANN, photo_bytes((96, 64)))
+    card = await fake.wait_for(
+        lambda: next(
+            (
+                m.message_id
+                for m in fake.messages(ANN.id).values()
+                if m.reply_to_message_id == photo.message_id and "Animate" in str(m.buttons)
+            ),
+            None,
+        ),
+        timeout=SLOW,
+        what="settings card",
+    )
+    fake.press_button(ANN, card, "Animate")
+    return photo.message_id
+
+
+async def progress_shown(fake: FakeBotApi, after: int) -> None:
+    """Wait for a progress edit ("step n/m") after the first ``after`` calls."""
+    await fake.wait_for(
+        lambda: any(
+            "step" in str(c.params.get("text")) for c in fake.calls("editMessageText")[after:]
+        ),
+        timeout=SLOW * 2,
+        what="SVD progress",
+    )
 
 
 async def test_killed_mid_clip_then_restarted_delivers_the_clip_exactly_once(
@@ -113,6 +181,72 @@ async def test_killed_mid_clip_then_restarted_delivers_the_clip_exactly_once(
         assert TOKEN not in log.read_text()
     finally:
         print(log.read_text()[-4000:])  # shown by pytest when the test fails
+        if bot.poll() is None:
+            os.killpg(bot.pid, signal.SIGKILL)
+            bot.wait()
+
+
+async def test_more_restarts_than_max_attempts_during_one_job_still_deliver_the_clip(
+    tmp_path, tiny_svd_dir, fake_botapi
+):
+    fake = fake_botapi
+    # One try allowed for the photo's own failures: any restart spent from it would fail it.
+    config = write_config(tmp_path, tiny_svd_dir, fake, "max_attempts = 1\nmax_crashes = 10")
+    db = tmp_path / "data" / "bot.sqlite3"
+    log = tmp_path / "bot.log"
+    bot = start_bot(config, log)
+    try:
+        photo_id = await animate(fake)
+        seen = 0
+        for restart in (1, 2):
+            await progress_shown(fake, after=seen)  # this life is making the clip
+            os.killpg(bot.pid, signal.SIGKILL)  # power cut mid-clip, twice
+            bot.wait(timeout=30)
+            assert counts(db) == [("running", restart, 0, restart - 1)]
+            seen = len(fake.calls())
+            bot = start_bot(config, log)
+
+        video = await fake.wait_for_video(ANN.id, timeout=SLOW * 2)
+        assert video.reply_to_message_id == photo_id
+        bot.send_signal(signal.SIGTERM)
+        assert bot.wait(timeout=SLOW) == 0, log.read_text()[-3000:]
+        assert len(fake.videos(ANN.id)) == 1
+        assert counts(db) == [("done", 3, 0, 2)]  # three runs, two crashes, no failure
+    finally:
+        print(log.read_text()[-4000:])
+        if bot.poll() is None:
+            os.killpg(bot.pid, signal.SIGKILL)
+            bot.wait()
+
+
+async def test_a_job_that_crashes_the_gpu_process_every_time_fails_after_the_crash_cap(
+    tmp_path, tiny_svd_dir, fake_botapi
+):
+    fake = fake_botapi
+    config = write_config(tmp_path, tiny_svd_dir, fake, "max_crashes = 2")
+    db = tmp_path / "data" / "bot.sqlite3"
+    log = tmp_path / "bot.log"
+    bot = start_bot(config, log)
+    try:
+        await animate(fake)
+        seen = 0
+        for _ in range(2):
+            # Every time this photo's clip starts, the GPU process dies (a segfault, say).
+            await progress_shown(fake, after=seen)
+            gpu = gpu_process(bot)
+            assert gpu is not None
+            seen = len(fake.calls())
+            os.kill(gpu, signal.SIGKILL)
+
+        told = await fake.wait_for_text(ANN.id, texts.given_up(), timeout=SLOW)
+        assert told.content == texts.given_up()
+        assert counts(db) == [("failed", 2, 0, 2)]
+        assert bot.poll() is None  # the bot itself is still serving
+        bot.send_signal(signal.SIGTERM)
+        assert bot.wait(timeout=SLOW) == 0, log.read_text()[-3000:]
+        assert fake.videos(ANN.id) == []
+    finally:
+        print(log.read_text()[-4000:])
         if bot.poll() is None:
             os.killpg(bot.pid, signal.SIGKILL)
             bot.wait()

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from bot.jobs import JobOptions, NewJob, Outcome, Status
+from bot.jobs import Charge, JobOptions, NewJob, Outcome, Status
 from bot.queue import GIVE_UP_TEXT, SqliteQueue
 from bot.store import Store
 from generator.options import Backend
 
 ALICE, BOB, CAROL = 1, 2, 3
+CRASHES = 10  # the consumer's max_crashes, as config.example.toml sets it
 
 
 def new_job(user_id: int, key: str, *, max_attempts: int = 3) -> NewJob:
@@ -154,9 +155,11 @@ async def test_recover_requeues_stale_job_with_attempts_left(queue: SqliteQueue)
     await queue.claim("gpu0", now=1.0)
     await queue.heartbeat(job.id, now=50.0)
 
-    assert await queue.recover(now=100.0, stale_after=60.0) == []  # beat 50 s ago: alive
+    assert (
+        await queue.recover(now=100.0, stale_after=60.0, max_crashes=CRASHES) == []
+    )  # beat 50 s ago: alive
 
-    [recovered] = await queue.recover(now=111.0, stale_after=60.0)
+    [recovered] = await queue.recover(now=111.0, stale_after=60.0, max_crashes=CRASHES)
     assert (recovered.id, recovered.status, recovered.attempts) == (job.id, Status.QUEUED, 1)
     assert recovered.worker_id is None
     again = await queue.claim("gpu0", now=120.0)
@@ -172,13 +175,15 @@ async def test_a_restarting_consumer_takes_back_only_its_own_running_jobs(
     await queue.claim("gpu1", now=1.0)
 
     # gpu0 restarts at once: its job was orphaned; gpu1's is alive and must not run twice.
-    recovered = await queue.recover(now=2.0, stale_after=60.0, orphaned_by="gpu0")
+    recovered = await queue.recover(
+        now=2.0, stale_after=60.0, max_crashes=CRASHES, orphaned_by="gpu0"
+    )
     assert [job.id for job in recovered] == [mine.id]
     still = await queue.get(theirs.id)
     assert still is not None and still.status is Status.RUNNING
 
     # gpu1 dies silently: once its heartbeat is stale, anyone's sweep requeues its job.
-    [swept] = await queue.recover(now=100.0, stale_after=60.0)
+    [swept] = await queue.recover(now=100.0, stale_after=60.0, max_crashes=CRASHES)
     assert (swept.id, swept.status) == (theirs.id, Status.QUEUED)
 
 
@@ -196,19 +201,44 @@ async def test_a_job_requeued_with_a_delay_waits_and_others_go_first(queue: Sqli
     assert again is not None and again.id == flaky.id and again.attempts == 2
 
 
-async def test_recover_gives_up_after_max_attempts(queue: SqliteQueue) -> None:
+async def test_restarts_do_not_spend_attempts_but_a_job_that_always_crashes_is_given_up(
+    queue: SqliteQueue,
+) -> None:
     job = await queue.enqueue(new_job(ALICE, "a", max_attempts=3), now=0.0)
-    for attempt in range(3):
-        claimed = await queue.claim("gpu0", now=10.0 * attempt)
-        assert claimed is not None and claimed.attempts == attempt + 1
+    for run in range(1, 5):
+        claimed = await queue.claim("gpu0", now=10.0 * run)
+        assert claimed is not None and claimed.attempts == run
         # stale_after=0: at start-up every running job was orphaned by the restart.
-        [recovered] = await queue.recover(now=10.0 * attempt, stale_after=0)
+        [recovered] = await queue.recover(now=10.0 * run, stale_after=0, max_crashes=5)
+        # Four restarts, more than max_attempts: still queued, nothing counted as a failure.
+        assert (recovered.status, recovered.crashes, recovered.failures) == (
+            Status.QUEUED,
+            run,
+            0,
+        )
 
+    await queue.claim("gpu0", now=50.0)
+    [recovered] = await queue.recover(now=50.0, stale_after=0, max_crashes=5)
     assert recovered.id == job.id
-    assert recovered.status is Status.FAILED
+    assert (recovered.status, recovered.crashes) == (Status.FAILED, 5)
     assert recovered.error == GIVE_UP_TEXT
-    assert recovered.finished_at == 20.0
+    assert recovered.finished_at == 50.0
     assert await queue.claim("gpu0", now=100.0) is None
+
+
+async def test_requeue_counts_the_charge_it_is_given(queue: SqliteQueue) -> None:
+    job = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
+    charges = [Charge.FAILURE, Charge.CRASH, Charge.NONE, Charge.FAILURE]
+    for at, charge in enumerate(charges, start=1):
+        await queue.claim("gpu0", now=float(at))
+        back = await queue.requeue(job.id, now=float(at), charge=charge)
+
+    assert (back.attempts, back.failures, back.crashes) == (4, 2, 1)
+    await queue.claim("gpu0", now=10.0)
+    done = await queue.finish(
+        job.id, Outcome(Status.FAILED, error="Engine busy."), now=11.0, charge=Charge.FAILURE
+    )
+    assert (done.status, done.failures, done.crashes) == (Status.FAILED, 3, 1)
 
 
 async def test_recover_leaves_sending_jobs_for_redelivery(queue: SqliteQueue) -> None:
@@ -216,7 +246,7 @@ async def test_recover_leaves_sending_jobs_for_redelivery(queue: SqliteQueue) ->
     await queue.claim("gpu0", now=1.0)
     await queue.mark_sending(job.id, Outcome(Status.SENDING, video_path="/v/a.mp4"), now=2.0)
 
-    assert await queue.recover(now=1000.0, stale_after=0) == []
+    assert await queue.recover(now=1000.0, stale_after=0, max_crashes=CRASHES) == []
     [stored] = await queue.sending()
     assert (stored.id, stored.status, stored.video_path) == (job.id, Status.SENDING, "/v/a.mp4")
 
@@ -226,7 +256,7 @@ async def test_recover_cancels_a_job_its_owner_asked_to_stop(queue: SqliteQueue)
     await queue.claim("gpu0", now=1.0)
     await queue.cancel(job.id, ALICE, now=2.0)
 
-    [recovered] = await queue.recover(now=3.0, stale_after=0)
+    [recovered] = await queue.recover(now=3.0, stale_after=0, max_crashes=CRASHES)
 
     assert recovered.status is Status.CANCELLED
 
@@ -348,7 +378,7 @@ async def test_heartbeat_keeps_a_running_job_alive(queue: SqliteQueue) -> None:
 
     stored = await queue.get(job.id)
     assert stored is not None and stored.heartbeat_at == 100.0
-    assert await queue.recover(now=130.0, stale_after=60.0) == []
+    assert await queue.recover(now=130.0, stale_after=60.0, max_crashes=CRASHES) == []
 
 
 async def test_jobs_survive_closing_and_reopening(tmp_path: Path) -> None:
@@ -365,7 +395,7 @@ async def test_jobs_survive_closing_and_reopening(tmp_path: Path) -> None:
         stored = await reopened.queue.get(alice.id)
         assert stored is not None and stored.status is Status.RUNNING
         # After a restart, the orphaned running job goes back to the queue.
-        [recovered] = await reopened.queue.recover(now=3.0, stale_after=0)
+        [recovered] = await reopened.queue.recover(now=3.0, stale_after=0, max_crashes=CRASHES)
         assert recovered.id == alice.id and recovered.status is Status.QUEUED
     finally:
         await reopened.close()

@@ -82,6 +82,29 @@ async def test_reopening_a_migrated_store_is_a_no_op(tmp_path: Path) -> None:
     assert read_pragma(path, "user_version") == len(MIGRATIONS)
 
 
+async def test_a_job_running_during_the_upgrade_keeps_its_row_and_starts_with_no_charges(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "bot.sqlite3"
+    with sqlite3.connect(path) as db:  # a database the previous release (schema 2) left
+        for script in MIGRATIONS[:2]:
+            db.executescript(script)
+        db.execute("PRAGMA user_version = 2")
+        db.execute(
+            "INSERT INTO jobs (user_id, chat_id, photo_message_id, photo_path, options, status, "
+            "dedupe_key, attempts, created_at, worker_id) VALUES "
+            "(1, 1, 5, '/p.jpg', '{}', 'running', 'k', 2, 0, 'gpu0')"
+        )
+
+    store = await Store.open(path)
+    try:
+        [back] = await store.queue.recover(now=10.0, stale_after=0, max_crashes=10)
+    finally:
+        await store.close()
+    # Two runs under the old counting, but none of them the photo's fault.
+    assert (back.status, back.attempts, back.failures, back.crashes) == (Status.QUEUED, 2, 0, 1)
+
+
 async def test_open_refuses_a_database_from_newer_code(tmp_path: Path) -> None:
     path = tmp_path / "bot.sqlite3"
     with sqlite3.connect(path) as db:

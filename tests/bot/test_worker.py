@@ -3,10 +3,12 @@ and the tiny SVD model making real clips (in this process, and in a GPU child pr
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import os
 import signal
+import sqlite3
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,7 +20,7 @@ from telegram import Bot
 from bot import texts
 from bot.config import LimitSettings, Settings, WorkerSettings
 from bot.delivery import USER_BLOCKED
-from bot.gpu import InlineRunner, ProcessRunner, WorkerCrashed
+from bot.gpu import InlineRunner, ProcessRunner, WorkerCrashed, WorkerLost
 from bot.jobs import Job, JobOptions, NewJob, Outcome, Status
 from bot.store import Store
 from bot.worker import Worker, request_for, retry_delay
@@ -422,6 +424,87 @@ async def test_gpu_process_killed_mid_job_requeues_and_the_next_run_delivers(wor
     assert len(decode(video.data, world.tmp_path)) == 2
 
 
+def plain_child_generator(settings: GeneratorSettings):
+    """Runs in the GPU process: the real generator with the tiny model, no Veo."""
+    from generator.router import Generator
+
+    return Generator(settings, credentials=VeoCredentials())
+
+
+async def test_a_gpu_process_that_died_while_idle_costs_the_next_job_nothing(world: World):
+    settings = world.settings()
+    runner = ProcessRunner(settings.generator, generator_factory=plain_child_generator)
+    worker = await world.start_worker(runner, settings)  # idle: nothing queued yet
+    await runner.ready()
+    dead = runner.pid
+    assert dead is not None
+    os.kill(dead, signal.SIGKILL)  # killed while nobody was using it
+    # We are its parent: block until it has exited (without reaping it, which is the runner's).
+    await asyncio.to_thread(os.waitid, os.P_PID, dead, os.WEXITED | os.WNOWAIT)
+
+    job = await world.submit(ANN)
+    worker.wake()
+    video = await world.fake.wait_for_video(ANN.id, timeout=120)
+    done = await world.finished(job)
+
+    assert (done.status, done.attempts, done.failures, done.crashes) == (Status.DONE, 1, 0, 0)
+    assert runner.pid not in (None, dead)
+    assert len(decode(video.data, world.tmp_path)) == 2
+
+
+async def test_a_job_handed_to_a_gpu_process_that_was_already_dying_is_not_charged(world: World):
+    settings = world.settings()
+    runner = ProcessRunner(settings.generator, generator_factory=plain_child_generator)
+    await runner.ready()
+    dying = runner.pid
+    assert dying is not None
+    # Stopped, it passes every liveness check but never takes the job: like a process that
+    # was killed a moment ago and has not finished dying when the job is handed to it.
+    os.kill(dying, signal.SIGSTOP)
+    await asyncio.to_thread(os.waitid, os.P_PID, dying, os.WSTOPPED | os.WNOWAIT)
+    job = await world.submit(ANN)
+    await world.start_worker(runner, settings)
+    # The chat action starts once the job's run is handed to the GPU process.
+    await world.fake.wait_for_call("sendChatAction", timeout=60, chat_id=ANN.id)
+    os.kill(dying, signal.SIGKILL)
+
+    await world.fake.wait_for_video(ANN.id, timeout=120)
+    done = await world.finished(job)
+    # Two runs, neither the photo's fault nor a crash under it: nothing counted against it.
+    assert (done.status, done.attempts, done.failures, done.crashes) == (Status.DONE, 2, 0, 0)
+    assert runner.pid not in (None, dying)
+
+
+async def test_the_row_says_done_before_any_other_telegram_call_after_the_upload(
+    world: World, generator
+):
+    job = await world.submit(ANN)
+    rows_seen_after_upload: list[tuple[str, str, int | None]] = []
+
+    def on_call(method: str, params: dict) -> None:
+        # The "uploading" chat action runs on its own timer and may be in flight while the
+        # upload is answered; every other call comes from the worker's next steps.
+        if method == "sendChatAction" or not world.fake.videos(ANN.id):
+            return
+        with sqlite3.connect(world.tmp_path / "bot.sqlite3") as db:
+            status, message_id = db.execute(
+                "SELECT status, video_message_id FROM jobs WHERE id = ?", (job.id,)
+            ).fetchone()
+        rows_seen_after_upload.append((method, status, message_id))
+
+    world.fake.on_call = on_call
+    await world.start_worker(InlineRunner(generator))
+    video = await world.fake.wait_for_video(ANN.id, timeout=60)
+    await world.finished(job)
+    await world.fake.wait_for(lambda: world.fake.message(ANN.id, job.status_message_id).deleted)
+
+    # A kill after the upload but before this row said done is the one way a clip could be
+    # sent twice: the worker records it before it makes any other call.
+    assert rows_seen_after_upload, "the worker made no call after the upload"
+    assert rows_seen_after_upload[0] == ("deleteMessage", "done", video.message_id)
+    assert {row[1:] for row in rows_seen_after_upload} == {("done", video.message_id)}
+
+
 async def test_veo_job_interrupted_by_a_crash_resumes_its_operation_without_paying_twice(
     world: World, tiny_svd_dir, fake_veo
 ):
@@ -504,10 +587,11 @@ async def test_delivered_clips_and_old_unneeded_photos_leave_the_disk(world: Wor
 
 
 def test_retry_backs_off_for_services_but_not_for_a_crashed_gpu_process():
-    job = Job(1, ANN.id, ANN.id, 1, "p.jpg", SVD, Status.RUNNING, "k", attempts=1)
-    later = dataclasses.replace(job, attempts=2)
+    job = Job(1, ANN.id, ANN.id, 1, "p.jpg", SVD, Status.RUNNING, "k", attempts=3, crashes=2)
+    later = dataclasses.replace(job, failures=1)
     assert retry_delay(job, WorkerCrashed()) == 0
-    assert retry_delay(job, TransientError()) == 60
+    assert retry_delay(job, WorkerLost()) == 0
+    assert retry_delay(job, TransientError()) == 60  # crashes before it do not lengthen the wait
     assert retry_delay(later, TransientError()) == 120
     assert retry_delay(later, RateLimited()) == 240
-    assert retry_delay(dataclasses.replace(job, attempts=9), TransientError()) == 600
+    assert retry_delay(dataclasses.replace(job, failures=8), TransientError()) == 600

@@ -603,6 +603,9 @@ class FakeBotApi:
         self._webhook_thread: threading.Thread | None = None
         self._deliveries: list[WebhookDelivery] = []
         self._holds: list[Held] = []
+        #: Called with (method, params) as each Bot API call arrives, before it is answered,
+        #: on the server's thread: a test looks at the bot's state at that moment.
+        self.on_call: Callable[[str, dict[str, Any]], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -1041,6 +1044,8 @@ class FakeBotApi:
             raise ApiError(HTTPStatus.NOT_FOUND, "Not Found: method not found")
         name = handler.__name__.removeprefix("_m_")
         self._park(name)
+        if self.on_call is not None:
+            self.on_call(name, params)
         # Long polling blocks outside the lock (the condition releases it while waiting).
         with self._lock:
             failure = self._take_failure(name, params)
