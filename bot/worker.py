@@ -46,9 +46,6 @@ IDLE_SWEEP_S = 30.0
 PHOTO_SWEEP_S = 3600.0
 #: After the grace period and a cancel, how long a job may take to notice it.
 CANCEL_WAIT_S = 10.0
-#: When the GPU process cannot start, how long before it is tried again (no job is claimed
-#: meanwhile: a job handed to a dead engine would pay for the engine's death).
-ENGINE_RETRY_S = 10.0
 
 
 def request_for(job: Job) -> Request:
@@ -254,13 +251,13 @@ class Worker:
             if self._paused:
                 await self._wake.wait()
                 continue
-            if not await self._engine_ready():
-                continue
             try:
                 await self._expire()
                 await self._sweep_photos()
                 await self._recover()  # another consumer's job whose heartbeat stopped
-                job = await self.queue.claim(self.worker_id, now=self.clock())
+                # No claim for an engine that is gone: the job would pay for its death.
+                ready = await self._engine_ready()
+                job = await self.queue.claim(self.worker_id, now=self.clock()) if ready else None
             except Exception:
                 log.exception("queue unavailable; retrying")
                 job = None
@@ -276,8 +273,8 @@ class Worker:
 
     async def _engine_ready(self) -> bool:
         """Whether the runner has a live, started GPU process (respawned first if it died
-        while idle), so no job is claimed for an engine that is already gone. False when
-        stopping, or after ``ENGINE_RETRY_S`` when the process cannot start."""
+        while idle). False when stopping, or when it cannot start (the loop tries again at
+        its next look, ``IDLE_SWEEP_S`` later or on a wake)."""
         ready = asyncio.ensure_future(self.runner.ready())
         stopped = asyncio.ensure_future(self._stopped.wait())
         try:
@@ -293,9 +290,7 @@ class Worker:
         exc = ready.exception()
         if exc is None:
             return True
-        log.error("! the GPU process cannot start (%s); next try in %.0f s", exc, ENGINE_RETRY_S)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopped.wait(), ENGINE_RETRY_S)
+        log.error("! the GPU process cannot start (%s); no job is claimed until it can", exc)
         return False
 
     async def _sweep_photos(self) -> None:

@@ -431,28 +431,7 @@ def plain_child_generator(settings: GeneratorSettings):
     return Generator(settings, credentials=VeoCredentials())
 
 
-async def test_a_gpu_process_that_died_while_idle_costs_the_next_job_nothing(world: World):
-    settings = world.settings()
-    runner = ProcessRunner(settings.generator, generator_factory=plain_child_generator)
-    worker = await world.start_worker(runner, settings)  # idle: nothing queued yet
-    await runner.ready()
-    dead = runner.pid
-    assert dead is not None
-    os.kill(dead, signal.SIGKILL)  # killed while nobody was using it
-    # We are its parent: block until it has exited (without reaping it, which is the runner's).
-    await asyncio.to_thread(os.waitid, os.P_PID, dead, os.WEXITED | os.WNOWAIT)
-
-    job = await world.submit(ANN)
-    worker.wake()
-    video = await world.fake.wait_for_video(ANN.id, timeout=120)
-    done = await world.finished(job)
-
-    assert (done.status, done.attempts, done.failures, done.crashes) == (Status.DONE, 1, 0, 0)
-    assert runner.pid not in (None, dead)
-    assert len(decode(video.data, world.tmp_path)) == 2
-
-
-async def test_a_job_handed_to_a_gpu_process_that_was_already_dying_is_not_charged(world: World):
+async def test_a_gpu_process_that_dies_before_taking_a_job_costs_the_job_nothing(world: World):
     settings = world.settings()
     runner = ProcessRunner(settings.generator, generator_factory=plain_child_generator)
     await runner.ready()
@@ -462,17 +441,31 @@ async def test_a_job_handed_to_a_gpu_process_that_was_already_dying_is_not_charg
     # was killed a moment ago and has not finished dying when the job is handed to it.
     os.kill(dying, signal.SIGSTOP)
     await asyncio.to_thread(os.waitid, os.P_PID, dying, os.WSTOPPED | os.WNOWAIT)
-    job = await world.submit(ANN)
-    await world.start_worker(runner, settings)
+    first = await world.submit(ANN)
+    worker = await world.start_worker(runner, settings)
     # The chat action starts once the job's run is handed to the GPU process.
     await world.fake.wait_for_call("sendChatAction", timeout=60, chat_id=ANN.id)
     os.kill(dying, signal.SIGKILL)
 
     await world.fake.wait_for_video(ANN.id, timeout=120)
-    done = await world.finished(job)
+    done = await world.finished(first)
     # Two runs, neither the photo's fault nor a crash under it: nothing counted against it.
     assert (done.status, done.attempts, done.failures, done.crashes) == (Status.DONE, 2, 0, 0)
-    assert runner.pid not in (None, dying)
+
+    # Now the GPU process dies while nobody uses it; the next job gets a fresh one.
+    idle = runner.pid
+    assert idle not in (None, dying)
+    os.kill(idle, signal.SIGKILL)
+    # We are its parent: block until it has exited (without reaping it, which is the runner's).
+    await asyncio.to_thread(os.waitid, os.P_PID, idle, os.WEXITED | os.WNOWAIT)
+    second = await world.submit(BOB)
+    worker.wake()
+
+    video = await world.fake.wait_for_video(BOB.id, timeout=120)
+    done = await world.finished(second)
+    assert (done.status, done.attempts, done.failures, done.crashes) == (Status.DONE, 1, 0, 0)
+    assert runner.pid not in (None, dying, idle)
+    assert len(decode(video.data, world.tmp_path)) == 2
 
 
 async def test_the_row_says_done_before_any_other_telegram_call_after_the_upload(
