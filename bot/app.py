@@ -33,6 +33,7 @@ from telegram.ext import (
 )
 from telegram.request import BaseRequest
 
+from bot import delivery
 from bot import handlers as h
 from bot.config import Settings
 from bot.keyboards import Animate, CancelCard, CardOption, HistoryResend, JobCancel, ResultAction
@@ -69,6 +70,7 @@ def quiet_loggers() -> None:
     """httpx logs every request URL at INFO, and Bot API URLs hold the token."""
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
+    delivery.quiet_rate_limit_tracebacks()
 
 
 def add_handlers(app: Application) -> None:
@@ -97,6 +99,11 @@ def add_handlers(app: Application) -> None:
     # Only in private chats: in a group, people talk to each other, not to the bot.
     app.add_handler(
         MessageHandler(filters.TEXT & ~filters.COMMAND & filters.ChatType.PRIVATE, h.on_text)
+    )
+    # Last for messages: whatever else a user sends in private (sticker, video, location,
+    # an unknown command) gets told what the bot takes. Edits of old messages are left alone.
+    app.add_handler(
+        MessageHandler(filters.UpdateType.MESSAGE & filters.ChatType.PRIVATE, h.on_other_message)
     )
 
     app.add_handler(CallbackQueryHandler(h.on_card_option, pattern=CardOption.matches))

@@ -39,6 +39,30 @@ class Sent:
     message_id: int
 
 
+class RetryAfterOneLine(logging.Filter):
+    """Turns PTB's "Rate limit hit" traceback into one WARNING line.
+
+    ``AIORateLimiter`` logs every 429 it passes on with ``logger.exception``, although the
+    caller (this module, or the error handler) handles it: a traceback for a handled
+    condition buries real errors in the journal.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, RetryAfter):
+            record.msg, record.args = "Telegram flood limit: retry after %s s", (error.retry_after,)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_rate_limit_tracebacks() -> None:
+    """Install ``RetryAfterOneLine`` on PTB's rate limiter logger (idempotent)."""
+    logger = logging.getLogger("telegram.ext.AIORateLimiter")
+    if not any(isinstance(f, RetryAfterOneLine) for f in logger.filters):
+        logger.addFilter(RetryAfterOneLine())
+
+
 class DeliveryFailed(Exception):
     """The clip could not be delivered; ``reason`` is what the job row records."""
 

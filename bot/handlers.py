@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from telegram import Message, Update
-from telegram.error import BadRequest, TelegramError
+from telegram.error import BadRequest, NetworkError, RetryAfter, TelegramError
 from telegram.ext import ApplicationHandlerStop, CallbackContext, ExtBot
 
 from bot import eta, texts
@@ -33,7 +33,15 @@ from bot.keyboards import (
     settings_keyboard,
     status_keyboard,
 )
-from bot.limits import Refused, Usage, check_limits, day_start, month_start, veo_cost
+from bot.limits import (
+    STRANGER_REMINDER_S,
+    Refused,
+    Usage,
+    check_limits,
+    day_start,
+    month_start,
+    veo_cost,
+)
 from bot.store import Card
 from generator.errors import InvalidImage
 from generator.files import write_atomic
@@ -214,19 +222,31 @@ async def _enqueue(
 
 
 async def guard(update: Update, context: Context) -> None:
-    """Group -1: let allowed users through; tell everyone else, once, and stop the update."""
+    """Group -1: let allowed users through and stop every other update.
+
+    An update with no user behind it (a channel post, a poll's new state) cannot be
+    attributed to anyone on the allowlist, so it stops here too, without an answer: there
+    is nobody to answer. A stranger hears once a day, in a private chat, that the bot is
+    private (and their id, to pass on); a stranger's button press gets a short alert.
+    """
     user = update.effective_user
     if user is None:
-        return  # channel posts and the like: no handler of ours matches them anyway
+        log.debug("dropped update %s: no user to check", update.update_id)
+        raise ApplicationHandlerStop
     data = _data(context)
     if check_access(data.settings, user.id, await data.store.allowed_override(user.id)):
         return
     log.info("refused update %s from user %s", update.update_id, user.id)
+    chat, message = update.effective_chat, update.effective_message
     if update.callback_query is not None:
         await update.callback_query.answer(texts.not_allowed_alert(), show_alert=True)
-    elif update.effective_message is not None and update.effective_chat is not None:
-        if update.effective_chat.type == "private":
-            await update.effective_message.reply_text(texts.not_allowed(user.id))
+    elif (
+        message is not None
+        and chat is not None
+        and chat.type == "private"
+        and await data.store.tell_stranger(user.id, now=data.clock(), every=STRANGER_REMINDER_S)
+    ):
+        await message.reply_text(texts.not_allowed(user.id))
     raise ApplicationHandlerStop
 
 
@@ -235,9 +255,9 @@ async def guard(update: Update, context: Context) -> None:
 
 async def on_photo(update: Update, context: Context) -> None:
     """A photo (largest size) or an image document: download it and reply with a card."""
-    message = update.effective_message
-    user = update.effective_user
-    assert message is not None and user is not None
+    message, user = update.effective_message, update.effective_user
+    if message is None or user is None:
+        return  # the guard lets no such update through; nothing to answer
     data = _data(context)
     limit = data.settings.limits.max_photo_bytes
     if message.photo:
@@ -252,7 +272,8 @@ async def on_photo(update: Update, context: Context) -> None:
     if limit and (attachment.file_size or 0) > limit:
         await message.reply_text(texts.too_large(limit))
         return
-    caption = (message.caption or "").strip()
+    # Echoed into the card and written into the prompt: no control or bidi characters.
+    caption = texts.clean_text(message.caption or "")
     if len(caption) > MAX_CUSTOM_ELEMENTS_CHARS:
         await message.reply_text(texts.caption_too_long(MAX_CUSTOM_ELEMENTS_CHARS))
         return
@@ -314,14 +335,33 @@ async def on_photo(update: Update, context: Context) -> None:
 
 async def on_other_document(update: Update, context: Context) -> None:
     """A document that is not an image."""
-    assert update.effective_message is not None
-    await update.effective_message.reply_text(texts.not_an_image())
+    if update.effective_message is not None:
+        await update.effective_message.reply_text(texts.not_an_image())
+
+
+def message_kind(message: Message) -> str | None:
+    """What a message holds, as a key of ``texts.MESSAGE_KINDS`` (``None``: something else)."""
+    for kind in texts.MESSAGE_KINDS:
+        if getattr(message, kind, None):
+            return kind
+    return None
+
+
+async def on_other_message(update: Update, context: Context) -> None:
+    """Anything else in a private chat (a sticker, a video, a location, an unknown command):
+    say what the bot takes, so no message goes unanswered."""
+    message = update.effective_message
+    if message is None:
+        return
+    kind = message_kind(message)
+    log.info("message %s: %s, not a photo", message.message_id, kind or "something else")
+    await message.reply_text(texts.not_a_photo(kind))
 
 
 async def on_text(update: Update, context: Context) -> None:
     """Plain text: say what the bot wants."""
-    assert update.effective_message is not None
-    await update.effective_message.reply_text(texts.help_text())
+    if update.effective_message is not None:
+        await update.effective_message.reply_text(texts.help_text())
 
 
 # --- settings card buttons --------------------------------------------------------------
@@ -330,7 +370,11 @@ async def on_text(update: Update, context: Context) -> None:
 async def _own_card(update: Update, context: Context) -> Card | None:
     """The pressed card if it exists and is the presser's; else alert and ``None``."""
     query = update.callback_query
-    assert query is not None and query.message is not None
+    if query is None:
+        return None
+    if query.message is None:  # a button on an inline message: no card of ours
+        await query.answer(texts.stale_button(), show_alert=True)
+        return None
     card = await _data(context).store.get_card(query.message.chat.id, query.message.message_id)
     if card is None:
         await query.answer(texts.stale_button(), show_alert=True)
@@ -344,13 +388,17 @@ async def _own_card(update: Update, context: Context) -> Card | None:
 async def on_card_option(update: Update, context: Context) -> None:
     """An option button: tick it and redraw the card in place."""
     query = update.callback_query
-    assert query is not None
+    if query is None:
+        return
     data = _data(context)
     choice = CardOption.unpack(query.data or "")
     card = await _own_card(update, context)
     if card is None:
         return
-    if choice.field == "b" and choice.value == Backend.VEO and not data.settings.veo.configured:
+    if (
+        choice.field == "b" and choice.value == Backend.VEO and not data.settings.veo.configured
+    ) or await data.store.photo_in_use(card.photo_path):
+        # A card whose photo has a job is a status message or a video now, not a card.
         await query.answer(texts.stale_button(), show_alert=True)
         return
     await query.answer()  # first, so the button stops spinning
@@ -368,7 +416,8 @@ async def on_card_option(update: Update, context: Context) -> None:
 async def on_animate(update: Update, context: Context) -> None:
     """Animate: one job per card (a double tap gives the same job), the card becomes its status."""
     query = update.callback_query
-    assert query is not None and query.message is not None
+    if query is None:
+        return
     data = _data(context)
     async with data.enqueue_lock:
         card = await _own_card(update, context)
@@ -407,16 +456,26 @@ async def on_animate(update: Update, context: Context) -> None:
 
 
 async def on_card_cancel(update: Update, context: Context) -> None:
-    """Cancel on a card: drop it and its photo."""
+    """Cancel on a card: drop it and its photo, unless a job was made from that photo.
+
+    Under ``enqueue_lock``, so a Cancel racing an Animate sees the job and leaves its photo.
+    """
     query = update.callback_query
-    assert query is not None
-    card = await _own_card(update, context)
-    if card is None:
+    if query is None:
         return
+    data = _data(context)
+    async with data.enqueue_lock:
+        card = await _own_card(update, context)
+        if card is None:
+            return
+        if await data.store.photo_in_use(card.photo_path):
+            # Animate won (or it is a video's buttons): the photo belongs to a job now.
+            await query.answer(texts.stale_button(), show_alert=True)
+            return
+        await data.store.delete_card(card.chat_id, card.message_id, card.user_id)
+        await asyncio.to_thread(Path(card.photo_path).unlink, missing_ok=True)
     await query.answer()
     await _edit(query.message, texts.card_dismissed())  # type: ignore[arg-type]
-    # Delete the card's record by making it stale: nothing refers to the photo any more.
-    await asyncio.to_thread(Path(card.photo_path).unlink, missing_ok=True)
 
 
 # --- job buttons ------------------------------------------------------------------------
@@ -424,7 +483,8 @@ async def on_card_cancel(update: Update, context: Context) -> None:
 
 async def _own_job(update: Update, context: Context, job_id: int) -> Job | None:
     query = update.callback_query
-    assert query is not None
+    if query is None:
+        return None
     job = await _data(context).store.queue.get(job_id)
     if job is None:
         await query.answer(texts.stale_button(), show_alert=True)
@@ -457,7 +517,8 @@ async def cancel_job(data: BotData, job: Job, user_id: int, bot: Any) -> Job | N
 async def on_job_cancel(update: Update, context: Context) -> None:
     """Cancel under a status message."""
     query = update.callback_query
-    assert query is not None
+    if query is None:
+        return
     payload = JobCancel.unpack(query.data or "")
     job = await _own_job(update, context, payload.job_id)
     if job is None:
@@ -474,11 +535,15 @@ async def on_job_cancel(update: Update, context: Context) -> None:
 async def on_result_action(update: Update, context: Context) -> None:
     """Again / More motion / Less motion / Other engine under a video: a new job, same photo."""
     query = update.callback_query
-    assert query is not None and query.message is not None
+    if query is None:
+        return
     data = _data(context)
     payload = ResultAction.unpack(query.data or "")
     job = await _own_job(update, context, payload.job_id)
     if job is None:
+        return
+    if query.message is None:
+        await query.answer(texts.stale_button(), show_alert=True)
         return
     chat_id, pressed_id = query.message.chat.id, query.message.message_id
     # Each press is its own job; the same press handled again (a replayed update) is not.
@@ -488,7 +553,14 @@ async def on_result_action(update: Update, context: Context) -> None:
             await query.answer()
             return
         # A card on the video message counts the presses, so each press is its own job.
-        card = await data.store.get_card(chat_id, pressed_id) or Card(
+        existing = await data.store.get_card(chat_id, pressed_id)
+        if existing is not None and (
+            existing.user_id != job.user_id or existing.photo_path != job.photo_path
+        ):
+            # A forged press on someone else's card, or on a card of another photo.
+            await query.answer(texts.stale_button(), show_alert=True)
+            return
+        card = existing or Card(
             chat_id=chat_id,
             message_id=pressed_id,
             user_id=job.user_id,
@@ -535,7 +607,10 @@ async def on_result_action(update: Update, context: Context) -> None:
         except Refused as exc:
             await status.edit_text(exc.text)
             return
-        await data.store.save_card(dataclasses.replace(card, generation=card.generation + 1))
+        if not await data.store.save_card(
+            dataclasses.replace(card, generation=card.generation + 1)
+        ):
+            log.warning("job %s: card %s of another user left as it was", job.id, pressed_id)
     await _edit(
         status,
         await _queue_text(data, new_job, data.clock(), note),
@@ -547,7 +622,8 @@ async def on_result_action(update: Update, context: Context) -> None:
 async def on_history_resend(update: Update, context: Context) -> None:
     """A /history button: send that video again by its Telegram file id."""
     query = update.callback_query
-    assert query is not None
+    if query is None:
+        return
     payload = HistoryResend.unpack(query.data or "")
     job = await _own_job(update, context, payload.job_id)
     if job is None:
@@ -567,8 +643,8 @@ async def on_history_resend(update: Update, context: Context) -> None:
 
 async def on_stale_button(update: Update, context: Context) -> None:
     """Any other button: an old layout or a forged payload."""
-    assert update.callback_query is not None
-    await update.callback_query.answer(texts.stale_button(), show_alert=True)
+    if update.callback_query is not None:
+        await update.callback_query.answer(texts.stale_button(), show_alert=True)
 
 
 # --- commands ---------------------------------------------------------------------------
@@ -576,22 +652,24 @@ async def on_stale_button(update: Update, context: Context) -> None:
 
 async def start(update: Update, context: Context) -> None:
     """/start: what the bot does and how to use it."""
-    user = update.effective_user
-    assert update.effective_message is not None and user is not None
+    user, message = update.effective_user, update.effective_message
+    if user is None or message is None:
+        return
     await _data(context).store.touch_user(user.id, user.full_name, now=_data(context).clock())
-    await update.effective_message.reply_text(texts.start(user.first_name))
+    await message.reply_text(texts.start(user.first_name))
 
 
 async def help_command(update: Update, context: Context) -> None:
     """/help."""
-    assert update.effective_message is not None
-    await update.effective_message.reply_text(texts.help_text())
+    if update.effective_message is not None:
+        await update.effective_message.reply_text(texts.help_text())
 
 
 async def history(update: Update, context: Context) -> None:
     """/history: the last 10 jobs, with a resend button for each delivered video."""
-    user = update.effective_user
-    assert update.effective_message is not None and user is not None
+    user, message = update.effective_user, update.effective_message
+    if user is None or message is None:
+        return
     jobs = await _data(context).store.history(user.id, limit=10)
     lines = [
         texts.history_line(j, time.strftime("%d %b %H:%M", time.gmtime(j.created_at))) for j in jobs
@@ -601,15 +679,14 @@ async def history(update: Update, context: Context) -> None:
         for j in jobs
         if j.status is Status.DONE and j.video_file_id
     ]
-    await update.effective_message.reply_text(
-        texts.history(lines), reply_markup=history_keyboard(resend)
-    )
+    await message.reply_text(texts.history(lines), reply_markup=history_keyboard(resend))
 
 
 async def queue_command(update: Update, context: Context) -> None:
     """/queue: where the user's jobs are and what runs now."""
-    user = update.effective_user
-    assert update.effective_message is not None and user is not None
+    user, message = update.effective_user, update.effective_message
+    if user is None or message is None:
+        return
     data = _data(context)
     now = data.clock()
     lines = []
@@ -627,16 +704,14 @@ async def queue_command(update: Update, context: Context) -> None:
         progress = data.worker.current_progress
         if progress is not None:
             running += f", {texts.STAGE_TEXTS.get(progress.stage, progress.stage)}"
-    await update.effective_message.reply_text(
-        texts.queue_overview(lines, running, data.worker.paused)
-    )
+    await message.reply_text(texts.queue_overview(lines, running, data.worker.paused))
 
 
 async def cancel_command(update: Update, context: Context) -> None:
     """/cancel: cancel the user's latest active job."""
-    user = update.effective_user
-    message = update.effective_message
-    assert message is not None and user is not None
+    user, message = update.effective_user, update.effective_message
+    if user is None or message is None:
+        return
     data = _data(context)
     for job in await data.store.history(user.id, limit=20):
         if job.status in ACTIVE and await cancel_job(data, job, user.id, context.bot):
@@ -647,54 +722,55 @@ async def cancel_command(update: Update, context: Context) -> None:
 
 async def settings_command(update: Update, context: Context) -> None:
     """/settings: the user's defaults."""
-    user = update.effective_user
-    assert update.effective_message is not None and user is not None
+    user, message = update.effective_user, update.effective_message
+    if user is None or message is None:
+        return
     data = _data(context)
     options = await data.store.get_user_options(user.id) or JobOptions()
-    await update.effective_message.reply_text(
-        texts.settings_summary(_usable_options(data.settings, options))
-    )
+    await message.reply_text(texts.settings_summary(_usable_options(data.settings, options)))
 
 
 # --- admin commands ---------------------------------------------------------------------
 
 
-async def _admin(update: Update, context: Context) -> bool:
-    user = update.effective_user
-    assert update.effective_message is not None and user is not None
+async def _admin(update: Update, context: Context) -> Message | None:
+    """The message to answer when an admin sent it; otherwise says so and ``None``."""
+    user, message = update.effective_user, update.effective_message
+    if user is None or message is None:
+        return None
     if _data(context).settings.is_admin(user.id):
-        return True
-    await update.effective_message.reply_text(texts.not_admin())
-    return False
+        return message
+    await message.reply_text(texts.not_admin())
+    return None
 
 
 async def stats_command(update: Update, context: Context) -> None:
     """/stats (admins): job counts, run times, Veo spend, failure rate."""
-    if not await _admin(update, context):
+    message = await _admin(update, context)
+    if message is None:
         return
     data = _data(context)
     now = data.clock()
     stats = await data.store.stats(now=now, day_start=day_start(now), month_start=month_start(now))
-    assert update.effective_message is not None
-    await update.effective_message.reply_text(texts.stats(stats, paused=data.worker.paused))
+    await message.reply_text(texts.stats(stats, paused=data.worker.paused))
 
 
 async def pause_command(update: Update, context: Context) -> None:
     """/pause (admins): stop taking jobs from the queue; the running one finishes."""
-    if not await _admin(update, context):
+    message = await _admin(update, context)
+    if message is None:
         return
     await _maybe_await(_data(context).worker.pause())
-    assert update.effective_message is not None
-    await update.effective_message.reply_text(texts.paused())
+    await message.reply_text(texts.paused())
 
 
 async def resume_command(update: Update, context: Context) -> None:
     """/resume (admins)."""
-    if not await _admin(update, context):
+    message = await _admin(update, context)
+    if message is None:
         return
     await _maybe_await(_data(context).worker.resume())
-    assert update.effective_message is not None
-    await update.effective_message.reply_text(texts.resumed())
+    await message.reply_text(texts.resumed())
 
 
 async def _maybe_await(value: Any) -> None:
@@ -704,10 +780,9 @@ async def _maybe_await(value: Any) -> None:
 
 
 async def _set_access(update: Update, context: Context, allowed: bool) -> None:
-    if not await _admin(update, context):
+    message, user = await _admin(update, context), update.effective_user
+    if message is None or user is None:
         return
-    message, user = update.effective_message, update.effective_user
-    assert message is not None and user is not None
     command = "allow" if allowed else "deny"
     args = context.args or []
     if len(args) != 1 or not args[0].lstrip("-").isdigit():
@@ -733,17 +808,27 @@ async def deny_command(update: Update, context: Context) -> None:
 
 
 async def on_error(update: object, context: Context) -> None:
-    """Log first (update id and user, never the token), then a short apology if possible."""
-    if isinstance(update, Update):
-        user = update.effective_user
-        log.error(
-            "update %s from user %s failed",
-            update.update_id,
-            user.id if user else None,
-            exc_info=context.error,
-        )
-    else:
-        log.error("background task failed", exc_info=context.error)
+    """Log first (update id and user, never the token), then a short apology if possible.
+
+    Telegram's flood limit (429) and a network blip are conditions, not bugs: one WARNING
+    line each, no traceback, and no apology (it would meet the same limit).
+    """
+    error = context.error
+    user = update.effective_user if isinstance(update, Update) else None
+    where = (
+        f"update {update.update_id} from user {user.id if user else None}"
+        if isinstance(update, Update)
+        else "background task"
+    )
+    if isinstance(error, RetryAfter):
+        log.warning("%s: Telegram flood limit, retry after %s s", where, error.retry_after)
+        return
+    if isinstance(error, NetworkError) and not isinstance(error, BadRequest):
+        # TimedOut and Telegram's 5xx; a BadRequest (also a NetworkError in PTB) is our bug.
+        log.warning("%s: Telegram unreachable: %s", where, error)
+        return
+    log.error("%s failed", where, exc_info=error)
+    if not isinstance(update, Update):
         return
     try:
         if update.callback_query is not None:

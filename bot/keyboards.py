@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
@@ -29,6 +30,21 @@ from generator.options import VEO_DURATIONS, Backend, Intensity, PhotoType
 #: Telegram rejects callback_data longer than this many bytes (UTF-8).
 MAX_CALLBACK_BYTES = 64
 SEPARATOR = ":"
+#: Integer fields are row ids: positive and within SQLite's signed 64 bits, so a forged
+#: 23-digit id is refused here instead of overflowing the database driver later.
+MAX_ID = 2**63 - 1
+# ASCII digits only: int() also takes "+7", " 7", "7_0" and non-ASCII digits.
+_DIGITS = re.compile(r"[0-9]{1,19}")
+
+
+def parse_id(raw: str) -> int:
+    """A row id from callback data: 1 to ``MAX_ID`` in plain ASCII digits; else ``ValueError``."""
+    if not _DIGITS.fullmatch(raw):
+        raise ValueError(f"not an id: {raw[:24]!r}")
+    value = int(raw)
+    if not 1 <= value <= MAX_ID:
+        raise ValueError(f"id out of range: {raw[:24]!r}")
+    return value
 
 
 class Payload:
@@ -54,6 +70,8 @@ class Payload:
         """Parse ``data`` packed by this class; ``ValueError`` for anything else."""
         if not isinstance(data, str):
             raise ValueError(f"expected a string, got {type(data).__name__}")
+        if len(data.encode(errors="replace")) > MAX_CALLBACK_BYTES:
+            raise ValueError(f"callback data is over {MAX_CALLBACK_BYTES} bytes")
         prefix, *values = data.split(SEPARATOR)
         if prefix != cls.PREFIX:
             raise ValueError(f"prefix {prefix!r} is not {cls.PREFIX!r}")
@@ -63,7 +81,7 @@ class Payload:
         hints = typing.get_type_hints(cls)
         kwargs: dict[str, Any] = {}
         for f, raw in zip(fields, values, strict=True):
-            kwargs[f.name] = int(raw) if hints[f.name] is int else raw  # int() raises ValueError
+            kwargs[f.name] = parse_id(raw) if hints[f.name] is int else raw
         return cls(**kwargs)
 
     @classmethod
@@ -146,7 +164,7 @@ class HistoryResend(Payload):
 def _duration(value: str) -> int | None:
     if value == "default":
         return None
-    seconds = int(value)
+    seconds = int(value) if value.isascii() and value.isdigit() else -1
     if seconds not in VEO_DURATIONS:
         raise ValueError(f"duration {seconds} is not one of {VEO_DURATIONS}")
     return seconds

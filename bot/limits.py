@@ -16,6 +16,8 @@ from bot.jobs import JobOptions
 from generator.options import Backend
 
 DAY = 86400.0
+#: A stranger is told the bot is private at most once in this many seconds.
+STRANGER_REMINDER_S = DAY
 
 
 def day_start(now: float) -> float:

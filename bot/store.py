@@ -113,6 +113,15 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE jobs ADD COLUMN video_message_id INTEGER;
     """,
+    # 4: when each stranger was last told the bot is private (they hear it once a day).
+    """
+    CREATE TABLE strangers (
+        user_id INTEGER PRIMARY KEY,
+        told_at REAL NOT NULL
+    );
+    CREATE INDEX cards_created ON cards (created_at);
+    CREATE INDEX jobs_photo ON jobs (photo_path);
+    """,
 )
 
 _TRANSACTION_MODES = frozenset({"DEFERRED", "IMMEDIATE", "EXCLUSIVE"})
@@ -423,17 +432,19 @@ class Store:
 
     # -- settings cards -----------------------------------------------------------------
 
-    async def save_card(self, card: Card) -> None:
-        """Insert or replace the card stored for ``(chat_id, message_id)``."""
+    async def save_card(self, card: Card) -> bool:
+        """Insert the card stored for ``(chat_id, message_id)``, or update it if it is the same
+        user's; ``False`` (and nothing written) when that message holds another user's card."""
         async with self.transaction() as db:
-            await db.execute(
+            cursor = await db.execute(
                 "INSERT INTO cards (chat_id, message_id, user_id, photo_message_id, photo_path, "
                 "options, created_at, generation) VALUES (:chat_id, :message_id, :user_id, "
                 ":photo_message_id, :photo_path, :options, :created_at, :generation) "
-                "ON CONFLICT (chat_id, message_id) DO UPDATE SET user_id = excluded.user_id, "
+                "ON CONFLICT (chat_id, message_id) DO UPDATE SET "
                 "photo_message_id = excluded.photo_message_id, "
                 "photo_path = excluded.photo_path, options = excluded.options, "
-                "created_at = excluded.created_at, generation = excluded.generation",
+                "created_at = excluded.created_at, generation = excluded.generation "
+                "WHERE cards.user_id = excluded.user_id",
                 {
                     "chat_id": card.chat_id,
                     "message_id": card.message_id,
@@ -445,6 +456,28 @@ class Store:
                     "generation": card.generation,
                 },
             )
+            written = cursor.rowcount > 0
+            await cursor.close()
+        return written
+
+    async def delete_card(self, chat_id: int, message_id: int, user_id: int) -> bool:
+        """Forget a card, only for its owner; whether a row went."""
+        async with self.transaction() as db:
+            cursor = await db.execute(
+                "DELETE FROM cards WHERE chat_id = :chat_id AND message_id = :message_id "
+                "AND user_id = :user_id",
+                {"chat_id": chat_id, "message_id": message_id, "user_id": user_id},
+            )
+            deleted = cursor.rowcount > 0
+            await cursor.close()
+        return deleted
+
+    async def photo_in_use(self, photo_path: str) -> bool:
+        """Whether any job (of any status) was made from this photo file."""
+        row = await self.fetchone(
+            "SELECT 1 FROM jobs WHERE photo_path = :path LIMIT 1", {"path": photo_path}
+        )
+        return row is not None
 
     async def get_card(self, chat_id: int, message_id: int) -> Card | None:
         """The card on that message, or ``None`` (never stored, or from before a wipe)."""
@@ -462,6 +495,23 @@ class Store:
             {"chat_id": chat_id, "photo": photo_message_id},
         )
         return None if row is None else _card_from_row(row)
+
+    # -- strangers ----------------------------------------------------------------------
+
+    async def tell_stranger(self, user_id: int, *, now: float, every: float) -> bool:
+        """Whether to tell ``user_id`` the bot is private now: at most once per ``every``
+        seconds. Records the telling in the same transaction, so two updates at once from
+        one stranger get one answer."""
+        async with self.transaction() as db:
+            cursor = await db.execute(
+                "INSERT INTO strangers (user_id, told_at) VALUES (:user_id, :now) "
+                "ON CONFLICT (user_id) DO UPDATE SET told_at = excluded.told_at "
+                "WHERE strangers.told_at <= :now - :every OR strangers.told_at > :now",
+                {"user_id": user_id, "now": now, "every": every},
+            )
+            told = cursor.rowcount > 0
+            await cursor.close()
+        return told
 
     # -- history, limits and stats ------------------------------------------------------
 

@@ -2,10 +2,40 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 from bot.jobs import Job, JobOptions, Status
 from generator.options import Backend, Intensity, PhotoType, motion_band
+
+# --- user text echoed back ---
+
+#: Explicit bidi controls (embeddings, overrides, isolates, marks): in an echo they can make
+#: the bot's own sentence read backwards or hide a part of it.
+#: Zero-width spaces and the byte-order mark go too; emoji joiners (U+200D) and tags stay.
+_INVISIBLE = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200b\u2060\ufeff"
+)
+
+
+def clean_text(text: str) -> str:
+    """``text`` safe to echo: control characters (NUL, BEL, ESC...) and bidi controls removed,
+    line breaks and tabs made spaces, runs of spaces collapsed. Emoji joiners stay.
+
+    >>> clean_text("snow\u202e falling\x07\nslowly")
+    'snow falling slowly'
+    """
+    kept = []
+    for char in text:
+        if char in _INVISIBLE:
+            continue
+        category = unicodedata.category(char)
+        if char.isspace() or category in ("Zl", "Zp"):
+            kept.append(" ")
+        elif category not in ("Cc", "Cs"):
+            kept.append(char)
+    return " ".join("".join(kept).split())
+
 
 # --- buttons ---
 
@@ -83,7 +113,7 @@ def settings_card(
         engine = "Veo" if options.backend is Backend.VEO else "Auto (Veo, else local)"
         lines.append(f"Engine: {engine}, {seconds} s")
     if options.custom_elements:
-        lines.append(f"Extra: {' '.join(options.custom_elements)}")
+        lines.append(f"Extra: {clean_text(' '.join(options.custom_elements))}")
     if note:
         lines += ["", note]
     lines += ["", "Pick your options, then press Animate."]
@@ -183,6 +213,45 @@ def too_large(limit_bytes: int) -> str:
 
 def download_failed() -> str:
     return "I couldn't download that photo from Telegram. Please send it again."
+
+
+#: What a message that is not a photo is called in the answer, by its kind.
+MESSAGE_KINDS = {
+    "sticker": "a sticker",
+    "video": "a video",
+    "animation": "a GIF",
+    "video_note": "a video message",
+    "voice": "a voice message",
+    "audio": "an audio file",
+    "location": "a location",
+    "venue": "a place",
+    "contact": "a contact",
+    "poll": "a poll",
+    "dice": "a dice",
+    "game": "a game",
+    "story": "a story",
+    "paid_media": "paid media",
+}
+
+
+def not_a_photo(kind: str | None) -> str:
+    """The answer to any message that is not a photo, a picture file or a command."""
+    what = MESSAGE_KINDS.get(kind or "", "that")
+    return (
+        f"I can't animate {what}. Please send me a photo (or an image file) and I'll turn "
+        "it into a short clip. /help says more."
+    )
+
+
+def busy_decoding() -> str:
+    return "I'm still reading your last photos. Please send this one again in a moment."
+
+
+def disk_full() -> str:
+    return (
+        "Sorry, I'm out of storage space right now, so I can't take new photos. "
+        "Please try again later."
+    )
 
 
 # --- access and buttons ---

@@ -131,3 +131,26 @@ def test_status_and_result_keyboards_carry_the_job() -> None:
         for b in row
     ]
     assert actions == ["again", "more", "less", "other"]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        "j1:" + "9" * 23,  # past SQLite's 64 bits: used to overflow the driver
+        "j1:9223372036854775808",  # 2**63
+        "j1:0",
+        "j1:-5",
+        "j1:+5",
+        "j1: 5",
+        "j1:5_0",
+        "j1:\u0665",  # an Arabic-Indic five: int() takes it
+        "r1:" + "1" * 60 + ":more",  # over 64 bytes
+        "c1:d:\uff18",  # a full-width 8
+    ],
+)
+def test_forged_numbers_are_refused(data: str) -> None:
+    assert not is_known(data)
+
+
+def test_the_largest_id_still_unpacks() -> None:
+    assert JobCancel.unpack(f"j1:{2**63 - 1}") == JobCancel(2**63 - 1)

@@ -707,6 +707,27 @@ class FakeBotApi:
         pushed = self._push_message(user, fields)
         return dataclasses.replace(pushed, file_id=stored.file_id)
 
+    def send_other(self, user: FakeUser, kind: str, payload: Any) -> Pushed:
+        """The user sends a message of another kind: ``send_other(ANN, "location",
+        {"latitude": 1.0, "longitude": 2.0})``; ``payload`` is that field as Telegram sends it."""
+        return self._push_message(user, {kind: payload})
+
+    def post_in_channel(
+        self, channel_id: int, photo: bytes | None = None, text: str | None = None
+    ) -> Pushed:
+        """A post in a channel the bot was added to: no ``from``, only the channel as sender."""
+        channel = {"id": channel_id, "type": "channel", "title": "Some channel"}
+        fields: dict[str, Any] = {"sender_chat": channel}
+        if photo is not None:
+            fields["photo"] = self._photo_sizes(photo)
+        if text is not None:
+            fields["text"] = text
+        with self._lock:
+            message_id = self._new_message_id(channel_id)
+            post = {"message_id": message_id, "date": int(self._clock()), "chat": channel}
+            update_id = self._push("channel_post", {**post, **fields})
+            return Pushed(update_id=update_id, message_id=message_id)
+
     def press(
         self, user: FakeUser, message_id: int, callback_data: str, strict: bool = True
     ) -> Pushed:
