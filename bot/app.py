@@ -38,6 +38,7 @@ from bot import handlers as h
 from bot.config import Settings
 from bot.keyboards import Animate, CancelCard, CardOption, HistoryResend, JobCancel, ResultAction
 from bot.store import Store
+from bot.upkeep import DiskMeter
 
 if TYPE_CHECKING:
     from bot.worker import Worker
@@ -64,6 +65,13 @@ class BotData:
     clock: Callable[[], float] = time.time
     # Serialises "check limits, then enqueue" so a double tap cannot slip past a limit.
     enqueue_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Photos decoded at once at intake (``limits.max_concurrent_decodes``).
+    decode_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
+    # The data folder's size against ``data.max_disk_mb``, checked before each download.
+    disk: DiskMeter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.disk = DiskMeter(self.settings, self.clock)
 
 
 def quiet_loggers() -> None:
@@ -103,7 +111,10 @@ def add_handlers(app: Application) -> None:
     # Last for messages: whatever else a user sends in private (sticker, video, location,
     # an unknown command) gets told what the bot takes. Edits of old messages are left alone.
     app.add_handler(
-        MessageHandler(filters.UpdateType.MESSAGE & filters.ChatType.PRIVATE, h.on_other_message)
+        MessageHandler(
+            filters.UpdateType.MESSAGE & filters.ChatType.PRIVATE & ~filters.StatusUpdate.ALL,
+            h.on_other_message,
+        )
     )
 
     app.add_handler(CallbackQueryHandler(h.on_card_option, pattern=CardOption.matches))
@@ -163,7 +174,13 @@ def build_app(
         builder = builder.rate_limiter(AIORateLimiter())
     if request is not None:
         builder = builder.request(request).get_updates_request(request)
-    data = BotData(settings=settings, store=store, worker=worker, clock=clock)
+    data = BotData(
+        settings=settings,
+        store=store,
+        worker=worker,
+        clock=clock,
+        decode_slots=asyncio.Semaphore(settings.limits.max_concurrent_decodes),
+    )
     # ContextTypes calls bot_data() once to make application.bot_data; hand it our instance.
     app = builder.context_types(ContextTypes(bot_data=lambda: data)).build()
     add_handlers(app)

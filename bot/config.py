@@ -88,10 +88,17 @@ class LimitSettings:
     veo_month_usd: float = 40.0
     queue_ttl_s: float = 21600.0
     max_photo_bytes: int = 20 * 1024 * 1024
+    # Photos decoded at once at intake: each decode holds the whole bitmap in memory.
+    max_concurrent_decodes: int = 2
 
     def validate(self, name: str) -> None:
         for key in ("max_queued_per_user", "daily_jobs_per_user", "max_photo_bytes"):
             _check(getattr(self, key) >= 0, f"{name}.{key}", "must be >= 0")
+        _check(
+            1 <= self.max_concurrent_decodes <= 64,
+            f"{name}.max_concurrent_decodes",
+            "must be 1-64",
+        )
         for key in ("veo_user_daily_usd", "veo_month_usd", "queue_ttl_s"):
             _check(getattr(self, key) >= 0, f"{name}.{key}", "must be >= 0")
 
@@ -127,6 +134,7 @@ class DataSettings:
 
     dir: Path = Path("data")
     keep_photos_days: int = 30  # then photos of finished jobs are deleted (0 = keep forever)
+    max_disk_mb: int = 4096  # the most the folder may use; new photos are refused beyond it
 
 
 @dataclass(frozen=True)
@@ -141,6 +149,7 @@ class Settings:
     data_dir: Path = Path("data")
     veo: VeoCredentials = field(default_factory=VeoCredentials)
     keep_photos_days: int = 30
+    max_disk_mb: int = 4096
 
     @property
     def db_path(self) -> Path:
@@ -149,6 +158,10 @@ class Settings:
     @property
     def photos_dir(self) -> Path:
         return self.data_dir / "photos"
+
+    @property
+    def videos_dir(self) -> Path:
+        return self.data_dir / "videos"
 
     def is_admin(self, user_id: int) -> bool:
         return user_id in self.access.admins
@@ -235,6 +248,7 @@ def parse_settings(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
     generator = load_generator_settings({k: data.get(k) for k in GENERATOR_TABLES})
     data_settings = load_section(DataSettings, data.get("data"), "data")
     _check(data_settings.keep_photos_days >= 0, "data.keep_photos_days", "must be 0 or more")
+    _check(data_settings.max_disk_mb >= 0, "data.max_disk_mb", "must be 0 (no limit) or more")
     data_dir = data_settings.dir
     if not generator.svd.cache_dir and not env.get("TORCHINDUCTOR_CACHE_DIR"):
         # Compiled kernels in the data folder survive restarts (torch's default is in /tmp).
@@ -249,6 +263,7 @@ def parse_settings(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         data_dir=data_dir,
         veo=veo_credentials(generator.veo, env),
         keep_photos_days=data_settings.keep_photos_days,
+        max_disk_mb=data_settings.max_disk_mb,
     )
 
 

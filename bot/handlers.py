@@ -38,6 +38,7 @@ from bot.limits import (
     Refused,
     Usage,
     check_limits,
+    check_quota,
     day_start,
     month_start,
     veo_cost,
@@ -45,7 +46,7 @@ from bot.limits import (
 from bot.store import Card
 from generator.errors import InvalidImage
 from generator.files import write_atomic
-from generator.image import load_image, sniff_image
+from generator.image import load_image, read_header, sniff_image
 from generator.options import (
     INTENSITY_MOTION,
     MAX_CUSTOM_ELEMENTS_CHARS,
@@ -218,6 +219,21 @@ async def _enqueue(
     return job, note, True
 
 
+async def _intake_refusal(data: BotData, user_id: int) -> str | None:
+    """Why a new photo from ``user_id`` is refused before it is downloaded, or ``None``.
+
+    The user's queue and daily limits (a card they could never animate is not worth a
+    download), then the data folder's disk budget.
+    """
+    try:
+        check_quota(data.settings, await _usage(data, user_id, data.clock()))
+    except Refused as exc:
+        return exc.text
+    if await data.disk.over_budget():
+        return texts.disk_full()
+    return None
+
+
 # --- access guard -----------------------------------------------------------------------
 
 
@@ -277,6 +293,12 @@ async def on_photo(update: Update, context: Context) -> None:
     if len(caption) > MAX_CUSTOM_ELEMENTS_CHARS:
         await message.reply_text(texts.caption_too_long(MAX_CUSTOM_ELEMENTS_CHARS))
         return
+    # What costs nothing to check goes first: nothing is downloaded for a user at a limit
+    # or while the data folder is full.
+    refusal = await _intake_refusal(data, user.id)
+    if refusal is not None:
+        await message.reply_text(refusal)
+        return
 
     # Telegram sends an update again if the bot died before confirming it: one card a photo.
     if await data.store.card_for_photo(message.chat_id, message.message_id) is not None:
@@ -296,10 +318,15 @@ async def on_photo(update: Update, context: Context) -> None:
     if kind is None:
         await message.reply_text(texts.not_an_image())
         return
+    image_settings = data.settings.generator.image
     try:
-        # Decoded now (off the loop), so a damaged file or a decompression bomb is refused
-        # before the user picks options, not minutes later in the queue.
-        await asyncio.to_thread(load_image, content, data.settings.generator.image)
+        # The header first: a small file declaring 50 megapixels is refused for the cost
+        # of its header, before any bitmap exists.
+        header = await asyncio.to_thread(read_header, content, image_settings)
+        # Then decoded (off the loop, a few at a time: each decode holds a whole bitmap),
+        # so a damaged file is refused before the user picks options, not in the queue.
+        async with data.decode_slots:
+            await asyncio.to_thread(load_image, content, image_settings)
     except InvalidImage as exc:
         log.info("user %s: image refused: %s", user.id, exc)
         await message.reply_text(exc.user_text)
@@ -307,6 +334,8 @@ async def on_photo(update: Update, context: Context) -> None:
     name = f"{message.chat_id}-{message.message_id}-{attachment.file_unique_id}.{kind}"
     # Saved now, so nothing later depends on Telegram's file links (they expire).
     path = await asyncio.to_thread(write_atomic, data.settings.photos_dir / name, content)
+    data.disk.add(len(content))
+    log.debug("user %s: %s %dx%d saved", user.id, header.format, header.width, header.height)
 
     now = data.clock()
     await data.store.touch_user(user.id, user.full_name, now=now)

@@ -59,6 +59,16 @@ class Refused(Exception):
         self.text = text
 
 
+def check_quota(settings: Settings, usage: Usage) -> None:
+    """``Refused`` when the user's queue or day is full: checked at Animate, and at intake
+    before a photo is downloaded. A limit of 0 is off."""
+    limits = settings.limits
+    if limits.max_queued_per_user and usage.active >= limits.max_queued_per_user:
+        raise Refused(texts.too_many_queued(limits.max_queued_per_user))
+    if limits.daily_jobs_per_user and usage.today >= limits.daily_jobs_per_user:
+        raise Refused(texts.daily_limit(limits.daily_jobs_per_user))
+
+
 def check_limits(
     settings: Settings, options: JobOptions, usage: Usage, veo_estimate: float | None
 ) -> tuple[JobOptions, str | None]:
@@ -69,10 +79,7 @@ def check_limits(
     explicit Veo request is refused. A limit of 0 is off.
     """
     limits = settings.limits
-    if limits.max_queued_per_user and usage.active >= limits.max_queued_per_user:
-        raise Refused(texts.too_many_queued(limits.max_queued_per_user))
-    if limits.daily_jobs_per_user and usage.today >= limits.daily_jobs_per_user:
-        raise Refused(texts.daily_limit(limits.daily_jobs_per_user))
+    check_quota(settings, usage)
     if options.backend is Backend.SVD:
         return options, None
     if veo_estimate is None:

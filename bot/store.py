@@ -146,6 +146,20 @@ class Card:
 
 
 @dataclass(frozen=True)
+class FileRefs:
+    """What the jobs and cards tables point at in the data folder, for the sweep.
+
+    ``active_*`` belong to queued, running or sending jobs and must stay; ``known_photos``
+    is every photo a job or a card names (the rest are leftovers of an interrupted intake).
+    """
+
+    active_photos: frozenset[str]
+    active_job_ids: frozenset[int]
+    ended_job_ids: frozenset[int]
+    known_photos: frozenset[str]
+
+
+@dataclass(frozen=True)
 class Stats:
     """Numbers for the admin's /stats. Keys of the dicts are status and backend values."""
 
@@ -495,6 +509,45 @@ class Store:
             {"chat_id": chat_id, "photo": photo_message_id},
         )
         return None if row is None else _card_from_row(row)
+
+    async def prune_cards(
+        self, *, created_before: float | None, photo_paths: Iterable[str] = ()
+    ) -> int:
+        """Delete card rows made before ``created_before`` (``None``: no age limit) or whose
+        photo is one of ``photo_paths`` (deleted); how many went."""
+        removed = 0
+        async with self.transaction() as db:
+            if created_before is not None:
+                cursor = await db.execute(
+                    "DELETE FROM cards WHERE created_at < :before", {"before": created_before}
+                )
+                removed += max(cursor.rowcount, 0)
+                await cursor.close()
+            for path in photo_paths:
+                cursor = await db.execute(
+                    "DELETE FROM cards WHERE photo_path = :path", {"path": path}
+                )
+                removed += max(cursor.rowcount, 0)
+                await cursor.close()
+        return removed
+
+    async def file_references(self) -> FileRefs:
+        """What jobs and cards point at, for the sweep (``bot.upkeep``)."""
+        active = await self.fetchall(
+            f"SELECT id, photo_path FROM jobs WHERE status IN ({_in(ACTIVE)})", _in_params(ACTIVE)
+        )
+        ended = await self.fetchall(
+            f"SELECT id FROM jobs WHERE status NOT IN ({_in(ACTIVE)})", _in_params(ACTIVE)
+        )
+        known = await self.fetchall(
+            "SELECT photo_path FROM jobs UNION SELECT photo_path FROM cards"
+        )
+        return FileRefs(
+            active_photos=frozenset(row["photo_path"] for row in active),
+            active_job_ids=frozenset(int(row["id"]) for row in active),
+            ended_job_ids=frozenset(int(row[0]) for row in ended),
+            known_photos=frozenset(row[0] for row in known),
+        )
 
     # -- strangers ----------------------------------------------------------------------
 

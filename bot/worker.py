@@ -32,6 +32,7 @@ from bot.keyboards import result_keyboard, status_keyboard
 from bot.limits import day_start, month_start, veo_allowance
 from bot.queue import GIVE_UP_TEXT
 from bot.store import Store
+from bot.upkeep import Upkeep
 from generator.clip import Clip, Progress
 from generator.errors import Cancelled, GeneratorError, RateLimited, TransientError
 from generator.options import Backend, Request
@@ -42,8 +43,6 @@ log = logging.getLogger(__name__)
 MILESTONES = frozenset({1, 2, 3, 5, 10})
 #: When idle, look for expired jobs this often even if nothing wakes the worker.
 IDLE_SWEEP_S = 30.0
-#: How often old photos are looked for (a folder scan; no hurry).
-PHOTO_SWEEP_S = 3600.0
 #: After the grace period and a cancel, how long a job may take to notice it.
 CANCEL_WAIT_S = 10.0
 
@@ -93,19 +92,6 @@ def remove_files(*paths: Path | None) -> None:
             path.unlink(missing_ok=True)
 
 
-def remove_old_files(folder: Path, *, older_than: float, keep: set[str]) -> int:
-    """Delete files in ``folder`` last changed before ``older_than`` (UNIX time), except
-    those in ``keep``; return how many went."""
-    removed = 0
-    if not folder.is_dir():
-        return 0
-    for path in folder.iterdir():
-        if path.is_file() and str(path) not in keep and path.stat().st_mtime < older_than:
-            path.unlink(missing_ok=True)
-            removed += 1
-    return removed
-
-
 class Worker:
     """The single GPU consumer of ``store.queue``.
 
@@ -144,7 +130,7 @@ class Worker:
         self._shutdown_cancel = False
         self._loop_task: asyncio.Task | None = None
         self._shown_position: dict[int, int] = {}
-        self._photos_swept_at: float | None = None
+        self.upkeep = Upkeep(store, settings, clock=clock)
 
     # --- wiring and control ---
 
@@ -294,24 +280,11 @@ class Worker:
         return False
 
     async def _sweep_photos(self) -> None:
-        """Delete photos older than ``keep_photos_days`` that no active job still needs."""
-        days, now = self.settings.keep_photos_days, self.clock()
-        if days <= 0 or (
-            self._photos_swept_at is not None and now - self._photos_swept_at < PHOTO_SWEEP_S
-        ):
-            return
-        self._photos_swept_at = now
-        needed = {job.photo_path for job in await self.queue.queued()}
-        needed |= {job.photo_path for job in await self.queue.sending()}
-        if self.running_job_id is not None:
-            running = await self.queue.get(self.running_job_id)
-            if running is not None:
-                needed.add(running.photo_path)
-        removed = await asyncio.to_thread(
-            remove_old_files, self.settings.photos_dir, older_than=now - days * 86400, keep=needed
-        )
-        if removed:
-            log.info("removed %d photos older than %d days", removed, days)
+        """Keep the data folder bounded (``bot.upkeep``): at most once an hour, between jobs."""
+        try:
+            await self.upkeep.sweep_if_due()
+        except Exception:  # a full disk or a locked file must not stop the queue
+            log.exception("data folder sweep failed")
 
     async def _expire(self) -> None:
         for job in await self.queue.expire(now=self.clock(), ttl=self.settings.limits.queue_ttl_s):

@@ -95,17 +95,38 @@ def sniff_image(data: bytes) -> str | None:
     return None
 
 
-def load_image(source: Path | bytes, settings: ImageSettings) -> Image.Image:
-    """Decode a photo into an upright RGB image, or raise ``InvalidImage`` saying why.
+@dataclass(frozen=True)
+class ImageHeader:
+    """What a file's header says, read without decoding a pixel."""
 
-    Args:
-        source: the file's path or its bytes.
-        settings: ``max_file_bytes`` and ``max_pixels`` bound what is accepted.
+    format: str  # Pillow's name: "JPEG", "PNG", "WEBP"...
+    width: int
+    height: int
 
-    The EXIF orientation is applied; transparency is flattened onto white; animated images
-    give their first frame; 16-bit and floating-point images are scaled to 8 bits.
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def read_header(data: bytes, settings: ImageSettings) -> ImageHeader:
+    """The format and size of an image file, or ``InvalidImage`` saying why it is refused.
+
+    Cheap whatever the image's size: Pillow's ``Image.open`` parses the header and leaves the
+    pixels undecoded, so a small PNG declaring 50 megapixels costs its file size, not the
+    bitmap's 150 MB. Refuses what ``load_image`` would refuse before its decode (not an image,
+    no pixels, over ``max_pixels``).
+
+    Example::
+
+        >>> read_header(Path("cat.jpg").read_bytes(), ImageSettings())
+        ImageHeader(format='JPEG', width=4032, height=3024)
     """
-    data = _read(source, settings.max_file_bytes)
+    with _open(data, settings) as image:
+        return ImageHeader(image.format or "", *image.size)
+
+
+def _open(data: bytes, settings: ImageSettings) -> Image.Image:
+    """``Image.open`` with its header checked: pixels declared, within ``max_pixels``."""
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
@@ -119,10 +140,26 @@ def load_image(source: Path | bytes, settings: ImageSettings) -> Image.Image:
     # global limit stays untouched (other threads rely on it); this limit is per call.
     width, height = image.size
     if width * height > settings.max_pixels:
+        image.close()
         raise _too_many_pixels(settings.max_pixels)
     if width == 0 or height == 0:
+        image.close()
         raise InvalidImage("image has no pixels", user_text=_DAMAGED)
+    return image
 
+
+def load_image(source: Path | bytes, settings: ImageSettings) -> Image.Image:
+    """Decode a photo into an upright RGB image, or raise ``InvalidImage`` saying why.
+
+    Args:
+        source: the file's path or its bytes.
+        settings: ``max_file_bytes`` and ``max_pixels`` bound what is accepted.
+
+    The EXIF orientation is applied; transparency is flattened onto white; animated images
+    give their first frame; 16-bit and floating-point images are scaled to 8 bits.
+    """
+    data = _read(source, settings.max_file_bytes)
+    image = _open(data, settings)
     try:
         image.seek(0)  # animated GIF/APNG/WebP: the first frame is the photo
         image.load()
@@ -203,7 +240,8 @@ def _too_many_pixels(max_pixels: int) -> InvalidImage:
     return InvalidImage(
         f"image has more than {max_pixels} pixels",
         user_text=f"That image has too many pixels (over {megapixels:g} megapixels). "
-        "Please send a smaller one.",
+        "Please send it as a photo rather than a file (Telegram makes it smaller), "
+        "or send a smaller one.",
     )
 
 

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 from telegram.ext import Application
 
 from bot.app import build_app
+from bot.config import LimitSettings
 from bot.jobs import Outcome, Status
 from bot.keyboards import result_keyboard
 from bot.limits import DAY
@@ -25,7 +27,7 @@ from bot.store import Card, Store
 from generator.options import Backend
 from tests.bot.test_handlers import ANN, BOB, NOW, STRANGER, RecordingWorker, make_settings
 from tests.support.fake_botapi import FakeBotApi
-from tests.support.images import photo_bytes
+from tests.support.images import bomb_png_bytes, photo_bytes
 
 CHANNEL = -1001234567890
 
@@ -65,9 +67,12 @@ class World:
 
 @pytest.fixture
 async def world(
-    fake_botapi: FakeBotApi, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    fake_botapi: FakeBotApi,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    request: pytest.FixtureRequest,
 ) -> AsyncIterator[World]:
-    settings = make_settings(fake_botapi, tmp_path)
+    settings = make_settings(fake_botapi, tmp_path, **getattr(request, "param", {}))
     store = await Store.open(tmp_path / "bot.sqlite3")
     now = [NOW]
     app = build_app(
@@ -272,3 +277,57 @@ async def test_a_handled_flood_limit_is_one_warning_line(
     assert [r.levelname for r in flood] == ["WARNING", "WARNING"]  # the limiter, the handler
     assert all("7" in r.getMessage() for r in flood)
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+# --- memory and disk at intake ------------------------------------------------------------
+
+
+def _pillow_bitmaps() -> int:
+    """Bitmaps Pillow has allocated in this process so far (its allocator's own count)."""
+    return int(Image.core.get_stats()["new_count"])
+
+
+async def test_a_48_megapixel_png_is_refused_from_its_header(world: World) -> None:
+    png = bomb_png_bytes(8000, 6000)  # a few kB that would decode to 48 MP
+    world.fake.send_document(ANN, png, file_name="scan.png", mime_type="image/png")
+    bitmaps = _pillow_bitmaps()
+
+    await world.handle()
+
+    (answer,) = world.fake.messages(ANN.id).values()
+    assert "too many pixels" in answer.content and "as a photo" in answer.content
+    assert _pillow_bitmaps() == bitmaps  # refused before any bitmap existed
+    assert _photos(world) == []
+
+
+@pytest.mark.parametrize("world", [{"limits": LimitSettings(max_queued_per_user=1)}], indirect=True)
+async def test_a_user_at_the_queue_limit_is_refused_before_any_download(world: World) -> None:
+    card_id = await world.card()
+    world.fake.press_button(ANN, card_id, "Animate")
+    await world.handle()
+    downloads = len(world.fake.calls("getFile"))
+
+    world.fake.send_document(ANN, photo_bytes((640, 480), fmt="PNG"), file_name="next.png")
+    await world.handle()
+
+    assert "already have 1 clip" in world.fake.last_message(ANN.id).content  # type: ignore[union-attr]
+    assert len(world.fake.calls("getFile")) == downloads
+    assert len(_photos(world)) == 1
+
+
+@pytest.mark.parametrize("world", [{"max_disk_mb": 1}], indirect=True)
+async def test_intake_refuses_while_the_data_folder_is_over_budget(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    world.photos.mkdir(parents=True)
+    (world.photos / "old.jpg").write_bytes(b"x" * (1024 * 1024))
+
+    world.fake.send_photo(ANN, photo_bytes())
+    world.fake.send_photo(BOB, photo_bytes())
+    await world.handle()
+
+    for user in (ANN, BOB):
+        assert "out of storage space" in world.fake.last_message(user.id).content  # type: ignore[union-attr]
+    assert not world.fake.calls("getFile")
+    full = [r for r in caplog.records if "max_disk_mb" in r.getMessage()]
+    assert [r.levelname for r in full] == ["WARNING"]  # one line for the operator, not two

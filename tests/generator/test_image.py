@@ -11,8 +11,8 @@ from PIL import Image
 
 from generator.config import ImageSettings
 from generator.errors import InvalidImage
-from generator.image import load_image, prepare_image, sniff_image
-from tests.support.images import BLUE, GREY, RED, photo_bytes
+from generator.image import load_image, prepare_image, read_header, sniff_image
+from tests.support.images import BLUE, GREY, RED, bomb_png_bytes, photo_bytes
 
 # Small targets keep the tests fast; the code is the same at 1024x576.
 SETTINGS = ImageSettings(landscape_size=(64, 32), portrait_size=(32, 64))
@@ -311,3 +311,28 @@ def test_sniff_recognises_phone_formats_by_their_brand() -> None:
 )
 def test_sniff_says_none_for_things_that_are_not_images(data: bytes) -> None:
     assert sniff_image(data) is None
+
+
+def test_the_header_says_the_size_without_decoding() -> None:
+    data = photo_bytes((96, 64))
+    bitmaps = Image.core.get_stats()["new_count"]
+
+    header = read_header(data, ImageSettings())
+
+    assert (header.format, header.width, header.height, header.pixels) == ("JPEG", 96, 64, 6144)
+    assert Image.core.get_stats()["new_count"] == bitmaps  # no bitmap was made
+
+
+def test_the_default_pixel_limit_refuses_a_48_megapixel_file_from_its_header() -> None:
+    big = bomb_png_bytes(8000, 6000)  # a phone's full-resolution 48 MP, as a few kB
+    bitmaps = Image.core.get_stats()["new_count"]
+
+    with pytest.raises(InvalidImage) as refused:
+        read_header(big, ImageSettings())
+
+    assert "too many pixels" in refused.value.user_text
+    assert Image.core.get_stats()["new_count"] == bitmaps
+    # A 24 MP camera photo (6000x4000) still passes, with room over the largest engine
+    # input (1280x704) for any crop.
+    assert read_header(bomb_png_bytes(6000, 4000), ImageSettings()).pixels == 24_000_000
+    assert Image.MAX_IMAGE_PIXELS == 89_478_485  # Pillow's own guard stays
