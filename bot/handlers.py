@@ -293,16 +293,15 @@ async def on_photo(update: Update, context: Context) -> None:
     if len(caption) > MAX_CUSTOM_ELEMENTS_CHARS:
         await message.reply_text(texts.caption_too_long(MAX_CUSTOM_ELEMENTS_CHARS))
         return
+    # Telegram sends an update again if the bot died before confirming it: one card a photo.
+    if await data.store.card_for_photo(message.chat_id, message.message_id) is not None:
+        log.info("user %s: photo %s already has its card", user.id, message.message_id)
+        return
     # What costs nothing to check goes first: nothing is downloaded for a user at a limit
     # or while the data folder is full.
     refusal = await _intake_refusal(data, user.id)
     if refusal is not None:
         await message.reply_text(refusal)
-        return
-
-    # Telegram sends an update again if the bot died before confirming it: one card a photo.
-    if await data.store.card_for_photo(message.chat_id, message.message_id) is not None:
-        log.info("user %s: photo %s already has its card", user.id, message.message_id)
         return
     try:
         file = await attachment.get_file()
@@ -581,23 +580,15 @@ async def on_result_action(update: Update, context: Context) -> None:
         if await data.store.queue.by_dedupe_key(key) is not None:
             await query.answer()
             return
-        # A card on the video message counts the presses, so each press is its own job.
-        existing = await data.store.get_card(chat_id, pressed_id)
-        if existing is not None and (
-            existing.user_id != job.user_id or existing.photo_path != job.photo_path
+        # Result buttons sit on the job's video, never on a card (the press's own id keeps
+        # presses apart, so no card row is written here): a press on someone else's card or
+        # a card of another photo is forged, and touches nothing.
+        pressed_card = await data.store.get_card(chat_id, pressed_id)
+        if pressed_card is not None and (
+            pressed_card.user_id != job.user_id or pressed_card.photo_path != job.photo_path
         ):
-            # A forged press on someone else's card, or on a card of another photo.
             await query.answer(texts.stale_button(), show_alert=True)
             return
-        card = existing or Card(
-            chat_id=chat_id,
-            message_id=pressed_id,
-            user_id=job.user_id,
-            photo_message_id=job.photo_message_id,
-            photo_path=job.photo_path,
-            options=job.options,
-            created_at=data.clock(),
-        )
         try:
             options = result_options(
                 job.options, payload.action, job.used_backend, data.settings.veo.configured
@@ -636,10 +627,6 @@ async def on_result_action(update: Update, context: Context) -> None:
         except Refused as exc:
             await status.edit_text(exc.text)
             return
-        if not await data.store.save_card(
-            dataclasses.replace(card, generation=card.generation + 1)
-        ):
-            log.warning("job %s: card %s of another user left as it was", job.id, pressed_id)
     await _edit(
         status,
         await _queue_text(data, new_job, data.clock(), note),

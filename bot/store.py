@@ -121,6 +121,7 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX cards_created ON cards (created_at);
     CREATE INDEX jobs_photo ON jobs (photo_path);
+    CREATE INDEX cards_photo_message ON cards (chat_id, photo_message_id);
     """,
 )
 
