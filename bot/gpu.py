@@ -387,7 +387,8 @@ class ProcessRunner:
             fresh = self._process is None or not self._process.is_alive()
             if fresh:
                 await self._spawn()
-            assert self._inbox is not None
+            if self._inbox is None:
+                raise RuntimeError("broken invariant: self._inbox is not None")
             inbox = self._inbox
             # Between runs nobody else reads the inbox: what waits there is news of the
             # child (its "ready", its death, or the tail of a run nobody waits for).
@@ -466,7 +467,10 @@ class ProcessRunner:
         budget: VeoBudget | None,
     ) -> Clip:
         await self._ensure_ready()
-        assert self._conn is not None and self._inbox is not None
+        if self._conn is None or self._inbox is None:
+            raise RuntimeError(
+                "broken invariant: self._conn is not None and self._inbox is not None"
+            )
         seq = next(self._seq)
         inbox = self._inbox
         started = False

@@ -90,7 +90,9 @@ class SqliteQueue:
             job = await _one(
                 db, "SELECT * FROM jobs WHERE dedupe_key = :key", {"key": new.dedupe_key}
             )
-        assert job is not None  # inserted, or already there: the key is unique
+        # inserted, or already there: the key is unique
+        if job is None:
+            raise RuntimeError("broken invariant: job is not None")
         if inserted:
             logger.info("enqueued %s", job.info())
         else:
@@ -216,7 +218,8 @@ class SqliteQueue:
                         "worker_id = NULL, crashes = crashes + 1 WHERE id = :id RETURNING *",
                         {"failed": Status.FAILED, "error": GIVE_UP_TEXT, "now": now, "id": job.id},
                     )
-                    assert failed is not None
+                    if failed is None:
+                        raise RuntimeError("broken invariant: failed is not None")
                     changed.append(failed)
         for job in changed:
             logger.info("recovered %s", job.info())
@@ -254,7 +257,8 @@ class SqliteQueue:
                     "WHERE id = :id RETURNING *",
                     {"now": now, "id": job_id},
                 )
-                assert job is not None
+                if job is None:
+                    raise RuntimeError("broken invariant: job is not None")
                 logger.info("cancelled %s", job.info())
                 return job
             if row.status is Status.RUNNING:
@@ -333,7 +337,8 @@ class SqliteQueue:
                 f"UPDATE jobs SET status = :status, {sets} WHERE id = :id RETURNING *",
                 {**params, "status": status.value, "now": now, "id": job_id},
             )
-        assert job is not None
+        if job is None:
+            raise RuntimeError("broken invariant: job is not None")
         logger.info("%s %s", "finished" if finished else "sending", job.info())
         return job
 
@@ -373,7 +378,8 @@ class SqliteQueue:
                 **_CHARGED[charge],
             },
         )
-        assert job is not None
+        if job is None:
+            raise RuntimeError("broken invariant: job is not None")
         if job.status is Status.CANCELLED:
             logger.info("cancelled %s instead of requeueing it", job.info())
         return job

@@ -514,10 +514,19 @@ class Store:
     async def prune_cards(
         self, *, created_before: float | None, photo_paths: Iterable[str] = ()
     ) -> int:
-        """Delete card rows made before ``created_before`` (``None``: no age limit) or whose
-        photo is one of ``photo_paths`` (deleted); how many went."""
+        """Delete card rows made before ``created_before`` (``None``: no age limit), whose
+        photo is one of ``photo_paths`` (deleted), or whose photo's jobs have all ended
+        (the card became a status message long ago); how many went."""
         removed = 0
         async with self.transaction() as db:
+            cursor = await db.execute(
+                "DELETE FROM cards WHERE photo_path IN (SELECT photo_path FROM jobs) "
+                "AND photo_path NOT IN (SELECT photo_path FROM jobs "
+                f"WHERE status IN ({_in(ACTIVE)}))",
+                _in_params(ACTIVE),
+            )
+            removed += max(cursor.rowcount, 0)
+            await cursor.close()
             if created_before is not None:
                 cursor = await db.execute(
                     "DELETE FROM cards WHERE created_at < :before", {"before": created_before}
@@ -551,6 +560,16 @@ class Store:
         )
 
     # -- strangers ----------------------------------------------------------------------
+
+    async def prune_strangers(self, *, told_before: float) -> int:
+        """Forget strangers last told before ``told_before`` (they would be told again anyway)."""
+        async with self.transaction() as db:
+            cursor = await db.execute(
+                "DELETE FROM strangers WHERE told_at < :before", {"before": told_before}
+            )
+            removed = max(cursor.rowcount, 0)
+            await cursor.close()
+        return removed
 
     async def tell_stranger(self, user_id: int, *, now: float, every: float) -> bool:
         """Whether to tell ``user_id`` the bot is private now: at most once per ``every``

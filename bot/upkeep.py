@@ -16,7 +16,8 @@ references):
   nothing refers to at all (an interrupted intake) once an hour old;
 - then, while the folder is over ``max_disk_mb``, the oldest photos no waiting or running
   job needs (their Again buttons say "expired");
-- card rows older than the photo retention or whose photo is gone.
+- card rows older than the photo retention, whose photo is gone, or whose jobs all ended;
+- strangers told more than a day ago (they hear it again next time anyway).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.config import Settings
+from bot.limits import STRANGER_REMINDER_S
 from bot.store import FileRefs, Store
 
 log = logging.getLogger(__name__)
@@ -279,6 +281,7 @@ class Upkeep:
         cards = await self.store.prune_cards(
             created_before=now - keep_s if keep_s > 0 else None, photo_paths=gone_photos
         )
+        await self.store.prune_strangers(told_before=now - STRANGER_REMINDER_S)
         used = max(total - freed, 0)
         self.disk.measured(used)
         if gone or cards:

@@ -144,7 +144,8 @@ class Worker:
 
     @property
     def editor(self) -> StatusEditor:
-        assert self._editor is not None, "call bind(application) first"
+        if self._editor is None:
+            raise RuntimeError("call bind(application) first")
         return self._editor
 
     @property
@@ -153,7 +154,8 @@ class Worker:
 
     async def start(self) -> None:
         """Recover what a previous run left behind, then start the consumer loop."""
-        assert self._bot is not None, "call bind(application) first"
+        if self._bot is None:
+            raise RuntimeError("call bind(application) first")
         self._paused = await self.store.get_flag("paused") is not None
         # Our own running rows were orphaned by the restart (and other consumers' stale
         # ones are fair game): requeue them or give them up.
@@ -472,7 +474,8 @@ class Worker:
         await self._send(sending, thumbnail=video.thumbnail, seconds=clip.seconds)
 
     async def _send(self, job: Job, *, thumbnail: Path | None, seconds: float) -> None:
-        assert job.video_path is not None
+        if job.video_path is None:
+            raise RuntimeError("broken invariant: job.video_path is not None")
         try:
             async with delivery.uploading_video(self._bot, job.chat_id):
                 sent = await delivery.send_video(

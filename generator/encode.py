@@ -280,7 +280,8 @@ def _run_ffmpeg(
         try:
             stdout = b""
             if stdin_frames is not None:
-                assert process.stdin is not None
+                if process.stdin is None:
+                    raise RuntimeError("broken invariant: process.stdin is not None")
                 try:
                     for frame in stdin_frames:  # type: ignore[attr-defined]
                         process.stdin.write(np.ascontiguousarray(frame).tobytes())

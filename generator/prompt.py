@@ -38,7 +38,8 @@ _INTENSITY: dict[str, str] = {
     "active": "The motion is active and lively.",
     "dramatic": "The motion is dramatic and dynamic, with a moving camera.",
 }
-assert set(_INTENSITY) == {band.name for band in MOTION_BANDS}  # a new band needs words
+if set(_INTENSITY) != {band.name for band in MOTION_BANDS}:
+    raise RuntimeError("every motion band needs its words in _INTENSITY")
 
 # Veo's most noticed failure on personal photos is a face that drifts into someone else's.
 _KEEP_IDENTITY = "Keep every person's identity and face unchanged, and keep the original framing."

@@ -339,7 +339,8 @@ class SvdBackend:
             _report(on_progress, Progress("loading", backend=Backend.SVD))
             self.load(model, device)
             log.info("SVD model loaded in %.1f s", self._clock() - started)
-        assert self._device is not None
+        if self._device is None:
+            raise RuntimeError("broken invariant: self._device is not None")
         chosen = choose_profile(profile or s.profile, self._free_vram(), s.low_vram_threshold_gib)
         try:
             self._apply_profile(chosen)
@@ -408,7 +409,8 @@ class SvdBackend:
 
     def _free_vram(self) -> int | None:
         """Bytes this process could use on the CUDA device, or ``None`` off CUDA."""
-        assert self._device is not None
+        if self._device is None:
+            raise RuntimeError("broken invariant: self._device is not None")
         if _device_type(self._device) != "cuda":
             return None
         free, _total = torch.cuda.mem_get_info(self._device)
@@ -430,7 +432,8 @@ class SvdBackend:
             self.unload()
             self.load(model, device)
         pipe, device = self._pipe, self._device
-        assert device is not None
+        if device is None:
+            raise RuntimeError("broken invariant: device is not None")
         applied = svd_speed.apply_profile(
             pipe, profile, device=device, compile=self.settings.compile
         )

@@ -68,6 +68,11 @@ async def test_the_sweep_keeps_what_jobs_need_and_removes_the_rest(
     carded = _file(photos / "card.jpg", 1000, 2 * 3600)  # a card waiting for Animate
     await store.save_card(Card(1, 50, 1, 49, str(carded), JobOptions(), created_at=NOW - 7200))
     await store.save_card(Card(1, 60, 1, 59, str(expired), JobOptions(), created_at=NOW - 31 * DAY))
+    animated = _file(photos / "animated.jpg", 1000, 3 * DAY)  # its card became a status
+    await _job(store, animated, "a", Status.DONE)
+    await store.save_card(Card(1, 70, 1, 69, str(animated), JobOptions(), created_at=NOW - 3 * DAY))
+    await store.tell_stranger(7, now=NOW - 2 * DAY, every=DAY)
+    await store.tell_stranger(8, now=NOW - 3600, every=DAY)
     cancelled_id = await _job(store, recent, "c", Status.CANCELLED)
     late_clip = _file(videos / f"{cancelled_id}.mp4", 5000, 60)  # cancelled after encoding
     late_thumb = _file(videos / f"{cancelled_id}.jpg", 100, 60)
@@ -82,10 +87,14 @@ async def test_the_sweep_keeps_what_jobs_need_and_removes_the_rest(
     report = await Upkeep(store, settings, clock=lambda: NOW).sweep()
 
     assert set(report.removed) == {expired, leftover, late_clip, late_thumb, undelivered, unknown}
-    for kept in (waiting, recent, carded, being_written):
+    for kept in (waiting, recent, carded, animated, being_written):
         assert kept.exists(), kept
     assert await store.get_card(1, 60) is None  # its photo is gone
-    assert await store.get_card(1, 50) is not None
+    assert await store.get_card(1, 70) is None  # its job ended
+    assert await store.get_card(1, 50) is not None  # still waiting for Animate
+    # Strangers are forgotten a day after they were told, and told again next time.
+    assert await store.tell_stranger(7, now=NOW, every=DAY * 10)
+    assert not await store.tell_stranger(8, now=NOW, every=DAY)
 
 
 async def test_a_full_folder_is_swept_under_its_budget(store: Store, tmp_path: Path) -> None:
