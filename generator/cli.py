@@ -215,7 +215,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Cancelled:
         return EXIT_INTERRUPTED
     except GeneratorError as exc:
-        print(f"animate-photo: {type(exc).__name__}: {exc}", file=err)
+        # A sentence for the person; which call failed and how goes to the log line above it.
+        logging.getLogger("generator.cli").warning("%s", exc)
+        print(f"animate-photo: {exc.user_text}", file=err)
         return EXIT_FAILED
     finally:
         if printer:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from generator.cli import EXIT_FAILED
 from generator.encode import probe_video
 from tests.support.images import write_photo
 from tests.support.tiny_svd import tiny_config_toml
@@ -117,3 +118,24 @@ def test_bad_config_key_exits_2_naming_the_key(tmp_path):
     result = run_cli(photo, "--config", cfg)
     assert result.returncode == 2
     assert "svd.stepz" in result.stderr
+
+
+def test_a_failed_veo_clip_is_told_in_a_sentence_not_a_class_name(tmp_path, fake_veo):
+    fake_veo.script(submit_errors=[503])
+    photo = write_photo(tmp_path / "p.jpg")
+    config = tmp_path / "veo.toml"
+    config.write_text(
+        f'[veo]\nbase_url = "{fake_veo.base_url}"\nmax_transient_retries = 0\n'
+        "poll_interval_s = 0.01\n"
+    )
+
+    result = run_cli(
+        photo, "--backend", "veo", "--duration", "4", "--config", config,
+        env_extra={"GEMINI_API_KEY": "test-key"},
+    )  # fmt: skip
+
+    assert result.returncode == EXIT_FAILED, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == "animate-photo: The video service had a temporary problem."
+    assert "Error" not in result.stderr  # no class name, ours or a library's
+    assert "503" in result.stderr  # the detail is in the log line above
