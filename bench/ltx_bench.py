@@ -455,6 +455,99 @@ def encode_study(frames: np.ndarray, args: argparse.Namespace, results: dict[str
     write(results, args.out)
 
 
+def engine_configs(pipe: Any, args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """Clips through ``LtxEngine.generate`` then ``encode_frames``: the bot's and the CLI's path.
+
+    The engine gets the benchmark's pipeline instead of loading weights from disk; everything
+    after loading (profile, prompt, compile, frames) is the engine's own code.
+    """
+    import importlib
+
+    from generator.config import LtxSettings
+    from generator.options import Backend, Intensity, Request
+
+    # By name: the engine module lands separately from this benchmark.
+    LtxEngine = importlib.import_module("generator.engines.ltx").LtxEngine
+
+    def run(engine: Any, request: Request, image: Any, folder: Path) -> dict[str, Any]:
+        clock = Clock(args.device)
+        if args.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        start = clock.now()
+        made = engine.generate(image, request)
+        frames_s = clock.now() - start
+        info = encode_frames(made.frames, made.fps, folder / "clip.mp4", EncodeSettings())
+        return dict(
+            s_to_frames=frames_s,
+            s_to_mp4=time.perf_counter() - start,
+            frames=info.frames,
+            mp4_bytes=info.size_bytes,
+            peak_gib=torch.cuda.max_memory_allocated() / GIB if clock.cuda else None,
+            compiled=bool(
+                getattr(pipe, ltx_speed._COMPILE_ATTR, None)
+                and getattr(pipe, ltx_speed._COMPILE_ATTR).swapped
+            ),
+        )
+
+    cuda = args.device.startswith("cuda")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        image = photo(args.width, args.height)
+        image.save(folder / "photo.png")
+        for profile in args.engine_profiles.split(","):
+            chosen = Profile(profile)
+            seconds = args.frames / args.fps
+            settings = LtxSettings(
+                device=args.device, profile=chosen, min_seconds=min(2.0, seconds)
+            )
+            engine = LtxEngine(settings)
+            # Hand the engine the built pipeline, as load() would have.
+            engine._pipe, engine._model, engine._device = pipe, settings.model, args.device
+            engine._profile = None
+            if chosen is Profile.LOW_VRAM and args.cap_gib and args.device.startswith("cuda"):
+                total = torch.cuda.get_device_properties(0).total_memory
+                torch.cuda.set_per_process_memory_fraction(min(1.0, args.cap_gib * GIB / total))
+            request = Request(
+                image=folder / "photo.png",
+                backend=Backend.LTX,
+                duration=args.frames / args.fps,
+                seed=SEED_CLIP,
+                photo_type=PhotoType.PORTRAIT,
+                intensity=Intensity.SUBTLE,
+                profile=chosen,
+            )
+            log(f"engine {profile}")
+            clips = []
+            start = time.perf_counter()
+            try:
+                # Eager clips until the compiled blocks take over (only CUDA compiles).
+                while len(clips) < 3 or (cuda and not clips[-1]["compiled"]):
+                    clips.append(run(engine, request, image, folder))
+                    if time.perf_counter() - start > args.compile_budget_s:
+                        break
+                clips += [run(engine, request, image, folder) for _ in range(args.repeats)]
+                if chosen is Profile.FAST:  # a portrait photo: same token count, same graph?
+                    tall = photo(args.height, args.width)
+                    tall.save(folder / "photo.png")
+                    portrait = [run(engine, request, tall, folder) for _ in range(2)]
+                    image.save(folder / "photo.png")
+                    for clip in portrait:
+                        clip["portrait"] = True
+                    clips += portrait
+            except Exception as exc:
+                traceback.print_exc()
+                clips.append(dict(error=f"{type(exc).__name__}: {str(exc)[:300]}"))
+            row = dict(config=f"engine {profile}", clips=clips)
+            landscape = [c for c in clips if not c.get("portrait")]
+            timed = [c for c in landscape[-args.repeats :] if "s_to_frames" in c]
+            for key in ("s_to_frames", "s_to_mp4", "peak_gib"):
+                values = [c[key] for c in timed if c.get(key) is not None]
+                row[key] = statistics.median(values) if values else None
+            results["configs"].append(row)
+            log(f"  {row}")
+            write(results, args.out)
+
+
 def write(results: dict[str, Any], out: Path | None) -> None:
     if out is None:
         return
@@ -482,6 +575,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--encode-presets", default="medium,veryfast", help="x264 presets to time; '' skips"
     )
+    parser.add_argument(
+        "--engine-profiles",
+        default="",
+        help="also time LtxEngine.generate in these profiles, e.g. fast,low-vram (last)",
+    )
+    parser.add_argument("--skip-ours", action="store_true", help="stock and engine rows only")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.tiny:
@@ -527,64 +626,75 @@ def main(argv: list[str] | None = None) -> int:
 
     # 1. Stock: everything on the GPU, prompt encoded every clip, float numpy frames.
     time_config("stock", pipe, args, results, ours=False)
-    # 2. Ours, eager: cached prompt embeddings, frames to uint8 on the GPU.
-    time_config(
-        "fast",
-        pipe,
-        args,
-        results,
-        ours=True,
-        setup=lambda: (
-            ltx_speed.apply_profile(pipe, Profile.FAST, device=args.device, compile=False) or {}
-        ),
-    )
-    time_config("fast-uncached", pipe, args, results, ours=True, cached=False)
-    # 3. Ours with the transformer's blocks compiled behind eager clips.
-    job = None
-    if cuda and not args.no_compile:
-        job = background_compile(pipe, args, results)
-        if job.swapped:
-            time_config("fast-compiled", pipe, args, results, ours=True)
-    if args.encode_presets:
-        frames = run_clip(pipe, args, ours=True, mp4=False)["_frames"]
-        encode_study(frames, args, results)
-    # 4. The 12 GiB profile: text encoder streamed from CPU memory, the rest resident.
-    if args.cap_gib:
-
-        def low_vram(tiling: bool) -> dict[str, Any]:
-            ltx_speed.apply_profile(pipe, Profile.LOW_VRAM, device=args.device, vae_tiling=tiling)
-            gc.collect()
-            if cuda:
-                torch.cuda.empty_cache()
-                total = torch.cuda.get_device_properties(0).total_memory
-                torch.cuda.set_per_process_memory_fraction(min(1.0, args.cap_gib * GIB / total))
-            return dict(cap_gib=args.cap_gib, vae_tiling=tiling)
-
-        label = "compiled" if job is not None and job.swapped else "eager"
+    if not args.skip_ours:
+        # 2. Ours, eager: cached prompt embeddings, frames to uint8 on the GPU.
         time_config(
-            f"low-vram-{label}", pipe, args, results, ours=True, setup=lambda: low_vram(False)
+            "fast",
+            pipe,
+            args,
+            results,
+            ours=True,
+            setup=lambda: (
+                ltx_speed.apply_profile(pipe, Profile.FAST, device=args.device, compile=False) or {}
+            ),
         )
-        time_config(f"low-vram-{label}-uncached", pipe, args, results, ours=True, cached=False)
-        time_config(
-            f"low-vram-{label}-tiled", pipe, args, results, ours=True, setup=lambda: low_vram(True)
-        )
-        if job is not None and job.swapped:  # before the compile is ready: eager under the cap
+        time_config("fast-uncached", pipe, args, results, ours=True, cached=False)
+        # 3. Ours with the transformer's blocks compiled behind eager clips.
+        job = None
+        if cuda and not args.no_compile:
+            job = background_compile(pipe, args, results)
+            if job.swapped:
+                time_config("fast-compiled", pipe, args, results, ours=True)
+        if args.encode_presets:
+            frames = run_clip(pipe, args, ours=True, mp4=False)["_frames"]
+            encode_study(frames, args, results)
+        # 4. The 12 GiB profile: text encoder streamed from CPU memory, the rest resident.
+        if args.cap_gib:
 
-            def eager_low_vram() -> dict[str, Any]:
-                delattr(pipe, ltx_speed._COMPILE_ATTR)  # as before the compile is ready
-                job.swap_out()
-                return low_vram(False)
+            def low_vram(tiling: bool) -> dict[str, Any]:
+                ltx_speed.apply_profile(
+                    pipe, Profile.LOW_VRAM, device=args.device, vae_tiling=tiling
+                )
+                gc.collect()
+                if cuda:
+                    torch.cuda.empty_cache()
+                    total = torch.cuda.get_device_properties(0).total_memory
+                    torch.cuda.set_per_process_memory_fraction(min(1.0, args.cap_gib * GIB / total))
+                return dict(cap_gib=args.cap_gib, vae_tiling=tiling)
 
-            time_config("low-vram-eager", pipe, args, results, ours=True, setup=eager_low_vram)
-    # 5. Last, as it may compile for minutes: the VAE decoder compiled too.
-    if cuda and args.compile_vae and time.time() - T_START < args.compile_vae_before_s:
+            label = "compiled" if job is not None and job.swapped else "eager"
+            time_config(
+                f"low-vram-{label}", pipe, args, results, ours=True, setup=lambda: low_vram(False)
+            )
+            time_config(f"low-vram-{label}-uncached", pipe, args, results, ours=True, cached=False)
+            time_config(
+                f"low-vram-{label}-tiled",
+                pipe,
+                args,
+                results,
+                ours=True,
+                setup=lambda: low_vram(True),
+            )
+            if job is not None and job.swapped:  # before the compile is ready: eager under the cap
 
-        def compile_vae() -> dict[str, Any]:
-            pipe.vae.decoder.compile()
-            return dict(note="warm-up clip includes the decoder's compile")
+                def eager_low_vram() -> dict[str, Any]:
+                    delattr(pipe, ltx_speed._COMPILE_ATTR)  # as before the compile is ready
+                    job.swap_out()
+                    return low_vram(False)
 
-        name = "low-vram-compiled-vae" if args.cap_gib else "fast-compiled-vae"
-        time_config(name, pipe, args, results, ours=True, setup=compile_vae)
+                time_config("low-vram-eager", pipe, args, results, ours=True, setup=eager_low_vram)
+        # 5. Last, as it may compile for minutes: the VAE decoder compiled too.
+        if cuda and args.compile_vae and time.time() - T_START < args.compile_vae_before_s:
+
+            def compile_vae() -> dict[str, Any]:
+                pipe.vae.decoder.compile()
+                return dict(note="warm-up clip includes the decoder's compile")
+
+            name = "low-vram-compiled-vae" if args.cap_gib else "fast-compiled-vae"
+            time_config(name, pipe, args, results, ours=True, setup=compile_vae)
+    # 6. Through the engine (generator.engines.ltx), as the bot and the CLI make clips.
+    if args.engine_profiles:
+        engine_configs(pipe, args, results)
     write(results, args.out)
     print(table(results["configs"]))
     return 0

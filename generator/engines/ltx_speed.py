@@ -31,6 +31,7 @@ to frames; fast 0.85 s; low-vram under a 12 GiB cap 0.95 s (1.29 s for a new pro
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -52,6 +53,9 @@ PROMPT_CACHE_SIZE = 32
 #: 5.9 GiB of weights under a 12 GiB cap; tiled, 9.0 and 10.8 (bench/RESULTS.md, run 2).
 #: A real 12 GB card also holds the CUDA context, so it tiles.
 UNTILED_DECODE_GIB = 6.0
+
+#: Python's thread switch interval while a compile runs behind clips (default 5 ms).
+COMPILE_SWITCH_INTERVAL_S = 0.0005
 
 _CACHE_ATTR = "_ltx_prompt_cache"
 _COMPILE_ATTR = "_ltx_background_compile"
@@ -399,6 +403,10 @@ class BackgroundCompile:
     ) -> None:
         start = time.perf_counter()
         mode = torch.inference_mode() if inference else torch.no_grad()
+        # The compiler is Python holding the interpreter lock; a clip served meanwhile waits
+        # for that lock between kernel launches. Shorter turns make those waits shorter.
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(COMPILE_SWITCH_INTERVAL_S)
         try:
             with mode:
                 # The first call compiles the shared graph; the others only check guards.
@@ -410,6 +418,8 @@ class BackgroundCompile:
             self.errors[shape] = f"{type(exc).__name__}: {exc}"
             log.warning("compiling LTX blocks for %s failed; eager (%s)", shape, self.errors[shape])
             return
+        finally:
+            sys.setswitchinterval(interval)
         self.compile_s[shape] = time.perf_counter() - start
         self._ready.add(shape)
         log.info("LTX blocks compiled for %s in %.1f s", shape, self.compile_s[shape])
