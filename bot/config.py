@@ -77,6 +77,11 @@ class AccessSettings:
     admins: frozenset[int] = frozenset()
     public: bool = False
 
+    @property
+    def nobody(self) -> bool:
+        """Whether no one at all may use the bot."""
+        return not (self.public or self.allowed_users or self.admins)
+
 
 @dataclass(frozen=True)
 class LimitSettings:

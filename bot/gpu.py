@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import generator.errors as gen_errors
+from generator import logsafe
 from generator.clip import Clip, Progress
 from generator.config import GeneratorSettings
 from generator.errors import GenerationFailed, GeneratorError, OutOfMemory, TransientError
@@ -227,6 +228,7 @@ def _child_main(
     generation runs; runs themselves happen on this thread, one at a time.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s gpu %(levelname)s %(message)s")
+    logsafe.install()  # HF_TOKEN and Veo keys live here too; the bot token does not
     send_lock = threading.Lock()
     cancel = threading.Event()
     jobs: queue.SimpleQueue[tuple] = queue.SimpleQueue()

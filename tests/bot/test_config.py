@@ -171,7 +171,7 @@ def test_check_config_prints_a_summary_without_secrets(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     monkeypatch.setenv("TELEGRAM_BOT_TOKEN", TOKEN)
-    config = write(tmp_path, f'[data]\ndir = "{tmp_path / "state"}"\n')
+    config = write(tmp_path, f'[access]\nadmins = [1]\n\n[data]\ndir = "{tmp_path / "state"}"\n')
 
     assert main(["--config", str(config), "--check-config"]) == 0
 
