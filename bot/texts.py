@@ -184,6 +184,11 @@ def failed(user_text: str) -> str:
     return f"😞 {user_text}\nYou can try again with other options."
 
 
+def engine_down(user_text: str) -> str:
+    """A clip failed because its engine cannot work at all: other options would not help."""
+    return f"😞 {user_text}"
+
+
 def given_up() -> str:
     return "😞 I tried several times but couldn't make this clip. Please try again later."
 

@@ -34,7 +34,13 @@ from bot.queue import GIVE_UP_TEXT
 from bot.store import Store
 from bot.upkeep import Upkeep
 from generator.clip import Clip, Progress
-from generator.errors import Cancelled, GeneratorError, RateLimited, TransientError
+from generator.errors import (
+    Cancelled,
+    GeneratorError,
+    ModelUnavailable,
+    RateLimited,
+    TransientError,
+)
 from generator.options import Backend, Request
 
 log = logging.getLogger(__name__)
@@ -333,6 +339,10 @@ class Worker:
             await self._cancelled(job, exc)
         except TransientError as exc:
             await self._transient(job, exc)
+        except ModelUnavailable as exc:
+            # Not the photo's fault nor the user's choice: the operator has to act.
+            log.error("! %s: the engine is down: %s", job.info(), exc)
+            await self._fail(job, exc.user_text, told=texts.engine_down(exc.user_text))
         except GeneratorError as exc:
             log.info("! %s: %s: %s", job.info(), type(exc).__name__, exc)
             await self._fail(job, exc.user_text, cost=getattr(exc, "cost_usd", None))

@@ -7,7 +7,9 @@ The tree (catch a branch or a leaf)::
     ├── InvalidImage                 not an image, truncated, too large, decompression bomb
     ├── BackendUnavailable           backend cannot be used now: no credentials, no model,
     │   │                            circuit breaker open, budget refused
-    │   └── BudgetExceeded           the caller's budget check said no to Veo
+    │   ├── BudgetExceeded           the caller's budget check said no to Veo
+    │   └── ModelUnavailable         a local engine's model cannot be loaded (not downloaded,
+    │                                gated, folder missing): the engine is down until fixed
     ├── TransientError               worth retrying later: network, timeouts, 5xx
     │   └── RateLimited              429 / quota exhausted
     ├── GenerationFailed             the backend ran and produced no clip
@@ -57,6 +59,16 @@ class BudgetExceeded(BackendUnavailable):
     """The caller's budget check refused a paid (Veo) generation."""
 
     user_text = "The Veo budget is used up for now."
+
+
+class ModelUnavailable(BackendUnavailable):
+    """A local engine's model cannot be loaded; the message says what is missing and how to
+    fix it (``generator.hub``). Nothing the user chooses helps until the operator acts."""
+
+    user_text = (
+        "The local video engine is down: its model can't be loaded. The bot's operator "
+        "has to fix that first."
+    )
 
 
 class TransientError(GeneratorError):

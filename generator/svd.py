@@ -42,7 +42,7 @@ from typing import Any, NoReturn
 import PIL.Image
 import torch
 
-from generator import svd_speed
+from generator import hub, svd_speed
 from generator.clip import CancelFn, Progress, ProgressFn
 from generator.config import SvdSettings
 from generator.errors import BackendUnavailable, Cancelled, InvalidRequest, OutOfMemory
@@ -243,14 +243,8 @@ class SvdBackend:
     def _from_pretrained(self, model: str, device: str, dtype: torch.dtype) -> Any:
         """``StableVideoDiffusionPipeline.from_pretrained`` with our errors at the edge."""
         from diffusers import StableVideoDiffusionPipeline
-        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
         local = _looks_local(model)
-        if local and not Path(model).expanduser().is_dir():
-            raise BackendUnavailable(
-                f"SVD model folder {model} does not exist",
-                user_text="The local video model is not installed.",
-            )
         # fp16 weight files halve the download; only worth it on CUDA, and only if present.
         variant = self.settings.variant or None
         if _device_type(device) != "cuda":
@@ -258,7 +252,7 @@ class SvdBackend:
         elif variant and local and not _has_variant_files(Path(model).expanduser(), variant):
             variant = None
         kwargs: dict[str, Any] = {"dtype": dtype, "token": self._token}
-        try:
+        with hub.loading(model, key="svd.model"):  # one ModelUnavailable, with the ways out
             try:
                 return StableVideoDiffusionPipeline.from_pretrained(
                     model, variant=variant, **kwargs
@@ -268,23 +262,6 @@ class SvdBackend:
                     raise
                 log.info("No %s weights for %s; loading the default ones", variant, model)
                 return StableVideoDiffusionPipeline.from_pretrained(model, **kwargs)
-        except GatedRepoError as exc:
-            raise BackendUnavailable(
-                f"{model} is gated: accept its licence on huggingface.co and set HF_TOKEN",
-                user_text="The local video model needs a Hugging Face token to download.",
-            ) from exc
-        except RepositoryNotFoundError as exc:
-            hint = "" if self._token else " (set HF_TOKEN if it is gated)"
-            raise BackendUnavailable(
-                f"SVD model {model} not found on the Hugging Face hub{hint}",
-                user_text="The local video model could not be found.",
-            ) from exc
-        except (OSError, ValueError) as exc:
-            hint = "" if self._token else "; the default model is gated and needs HF_TOKEN"
-            raise BackendUnavailable(
-                f"cannot load SVD model {model}: {exc}{hint}",
-                user_text="The local video model could not be loaded.",
-            ) from exc
 
     def generate(
         self,
