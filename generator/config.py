@@ -1,8 +1,11 @@
 """Typed generator settings and a strict loader that names the key it rejects.
 
 Each TOML table maps onto one frozen dataclass; unknown keys and values of the wrong type or
-outside their range raise ``ConfigError`` naming the key (``svd.steps: expected int, got 'x'``).
-The bot's own sections reuse :func:`load_section`.
+outside their range raise ``ConfigError`` naming the key (``svd.steps: must be 1-200, got 0``).
+Limits are declared next to each field: ``number(25, 1, 200)`` (a range), ``choice("crop",
+"crop", "pad")`` (a set), ``path(None, "file")`` (what a path must be), ``url("")``;
+:func:`load_section` checks them, and the bot's own sections reuse it. Rules between fields
+(sizes, guidance min <= max) stay in ``validate`` functions.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,77 +30,173 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class Range:
+    """Inclusive bounds of a number; ``above`` is an exclusive lower bound (``> 0``)."""
+
+    lo: float | None = None
+    hi: float | None = None
+    above: float | None = None
+
+    def problem(self, value: float) -> str | None:
+        if self.above is not None and not value > self.above:
+            return f"must be more than {self.above:g}, got {value!r}"
+        if self.lo is not None and self.hi is not None and not self.lo <= value <= self.hi:
+            return f"must be {self.lo:g}-{self.hi:g}, got {value!r}"
+        if self.lo is not None and value < self.lo:
+            return f"must be at least {self.lo:g}, got {value!r}"
+        if self.hi is not None and value > self.hi:
+            return f"must be at most {self.hi:g}, got {value!r}"
+        return None
+
+
+def number(default: Any, lo: float | None = None, hi: float | None = None, *, above=None) -> Any:
+    """A numeric setting with its range (``lo``..``hi`` inclusive, or more than ``above``)."""
+    return field(default=default, metadata={"range": Range(lo, hi, above)})
+
+
+def numbers(lo: float | None = None, hi: float | None = None) -> Any:
+    """A set of numbers (ids), each within ``lo``..``hi``; empty by default."""
+    return field(default_factory=frozenset, metadata={"range": Range(lo, hi)})
+
+
+def choice(default: str, *choices: str) -> Any:
+    """A string setting that must be one of ``choices``."""
+    return field(default=default, metadata={"choices": choices})
+
+
+def path(default: Path | None, kind: str) -> Any:
+    """A path setting: ``kind`` "dir" (a folder or not there yet) or "file" (not a folder)."""
+    return field(default=default, metadata={"path": kind})
+
+
+def url(default: str = "") -> Any:
+    """A URL setting: "" (the default service) or an http(s):// address."""
+    return field(default=default, metadata={"url": True})
+
+
+def text(default: str) -> Any:
+    """A string setting that may be anything but empty."""
+    return field(default=default, metadata={"nonempty": True})
+
+
+def _limit_problem(value: Any, meta: typing.Mapping[str, Any]) -> str | None:
+    """What is wrong with ``value`` under a field's declared limits, if anything."""
+    if "range" in meta:
+        for item in value if isinstance(value, frozenset) else (value,):
+            problem = meta["range"].problem(item)
+            if problem is not None:
+                return problem
+    if "choices" in meta and value not in meta["choices"]:
+        return f"must be one of {', '.join(meta['choices'])}, got {value!r}"
+    if meta.get("nonempty") and not value.strip():
+        return "must not be empty"
+    if meta.get("url") and value and not value.startswith(("http://", "https://")):
+        return f"must be an http:// or https:// address, got {value!r}"
+    kind = meta.get("path")
+    if kind == "dir" and value is not None and value.exists() and not value.is_dir():
+        return f"{value} is a file, not a folder"
+    if kind == "file" and value is not None and value.is_dir():
+        return f"{value} is a folder, not a file"
+    return None
+
+
+def check_limits(settings: Any, name: str) -> None:
+    """Check every field of dataclass ``settings`` against its declared limits."""
+    for f in dataclasses.fields(settings):
+        problem = _limit_problem(getattr(settings, f.name), f.metadata)
+        if problem is not None:
+            raise ConfigError(f"{name}.{f.name}: {problem}")
+
+
+@dataclass(frozen=True)
 class ImageSettings:
     """How photos are prepared. Sizes are (width, height) and must be multiples of 8."""
 
     landscape_size: tuple[int, int] = (1024, 576)
     portrait_size: tuple[int, int] = (576, 1024)
-    square: str = "crop"  # "crop" (centre, to the landscape size) or "pad" (blurred fill)
-    max_file_bytes: int = 20 * 1024 * 1024
+    # "crop" (centre, to the landscape size) or "pad" (blurred fill)
+    square: str = choice("crop", "crop", "pad")
+    max_file_bytes: int = number(20 * 1024 * 1024, 1)
     # Larger is refused from the header, before decoding. 24 MP takes a 6000x4000 camera
     # photo whole (the engines use at most 1280x704, so crops have plenty of room) and keeps
     # one decode near 24M x 3 bytes x 3 copies = 216 MB; 48-200 MP phone files are refused.
-    max_pixels: int = 24_000_000
+    max_pixels: int = number(24_000_000, 1)
 
 
 @dataclass(frozen=True)
 class SvdSettings:
     """Local Stable Video Diffusion settings."""
 
-    model: str = "stabilityai/stable-video-diffusion-img2vid-xt"
+    model: str = text("stabilityai/stable-video-diffusion-img2vid-xt")  # hub id or folder
     variant: str = "fp16"  # weights variant on CUDA; "" for none
-    device: str = "auto"  # auto | cuda | mps | cpu
-    dtype: str = "auto"  # auto (fp16 on GPU, fp32 on CPU) | float16 | bfloat16 | float32
+    device: str = "auto"  # auto | cuda | cuda:N | mps | cpu (checked in validate_generator)
+    # auto (fp16 on GPU, fp32 on CPU) | float16 | bfloat16 | float32
+    dtype: str = choice("auto", "auto", "float16", "bfloat16", "float32")
     profile: Profile = Profile.AUTO
-    frames: int = 25
-    steps: int = 25
-    fps: int = 7
-    noise_aug_strength: float = 0.02
-    min_guidance_scale: float = 1.0
-    max_guidance_scale: float = 3.0
-    decode_chunk_size: int = 8  # fast profile; low-vram uses 2
+    frames: int = number(25, 2, 200)
+    steps: int = number(25, 1, 200)
+    fps: int = number(7, 1, 60)
+    noise_aug_strength: float = number(0.02, 0.0, 10.0)
+    min_guidance_scale: float = number(1.0, 0.0, 50.0)
+    max_guidance_scale: float = number(3.0, 0.0, 50.0)
+    decode_chunk_size: int = number(8, 1, 200)  # fast profile; low-vram uses 2
     compile: bool = True  # torch.compile UNet and VAE decoder (CUDA with Triton only)
     cache_dir: str = ""  # inductor cache folder; "" = $TORCHINDUCTOR_CACHE_DIR or torch's
     fp8: bool = False  # opt-in float8 UNet linears (Ada/Hopper + torchao); less exact
-    low_vram_threshold_gib: float = 14.0  # auto picks low-vram below this much free VRAM
+    # auto picks low-vram below this much free VRAM
+    low_vram_threshold_gib: float = number(14.0, 0.0, 1024.0)
 
 
 @dataclass(frozen=True)
 class VeoSettings:
     """Google Veo through google-genai: API key (Gemini Developer API) or Vertex AI."""
 
-    model: str = "veo-3.1-generate-preview"
-    fast_model: str = "veo-3.1-fast-generate-preview"
+    model: str = text("veo-3.1-generate-preview")
+    fast_model: str = text("veo-3.1-fast-generate-preview")
     use_vertex: bool = False
     project: str = ""
     location: str = "us-central1"
-    resolution: str = "720p"
+    resolution: str = choice("720p", "720p", "1080p")
     negative_prompt: str = "blurry, distorted faces, extra limbs, text, watermark, low quality"
-    person_generation: str = "allow_adult"
-    poll_interval_s: float = 10.0
-    timeout_s: float = 600.0
-    max_transient_retries: int = 3
-    price_per_second_usd: float = 0.40
-    fast_price_per_second_usd: float = 0.15
-    base_url: str = ""  # override the API endpoint (tests, proxies)
+    person_generation: str = choice("allow_adult", "allow_adult", "allow_all", "dont_allow")
+    poll_interval_s: float = number(10.0, 0.0, 3600.0, above=0.0)
+    timeout_s: float = number(600.0, 0.0, 86400.0, above=0.0)
+    max_transient_retries: int = number(3, 0, 100)
+    price_per_second_usd: float = number(0.40, 0.0, 100.0)
+    fast_price_per_second_usd: float = number(0.15, 0.0, 100.0)
+    base_url: str = url()  # override the API endpoint (tests, proxies)
 
 
 @dataclass(frozen=True)
 class AutoSettings:
     """The auto backend's circuit breaker around Veo."""
 
-    breaker_failures: int = 3  # consecutive transient failures that open it
-    breaker_cooldown_s: float = 300.0  # then one probe is let through
+    breaker_failures: int = number(3, 1, 1000)  # consecutive transient failures that open it
+    breaker_cooldown_s: float = number(300.0, 0.0, 86400.0)  # then one probe is let through
+
+
+X264_PRESETS = (
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+    "placebo",
+)
 
 
 @dataclass(frozen=True)
 class EncodeSettings:
     """MP4 encoding."""
 
-    crf: int = 18
-    preset: str = "medium"
-    max_bytes: int = 50 * 1024 * 1024  # Telegram's bot upload limit
-    thumbnail_px: int = 320
+    crf: int = number(18, 0, 51)
+    preset: str = choice("medium", *X264_PRESETS)
+    max_bytes: int = number(50 * 1024 * 1024, 100_000)  # Telegram's bot upload limit
+    thumbnail_px: int = number(320, 16, 320)  # Telegram shows thumbnails up to 320 px
 
 
 @dataclass(frozen=True)
@@ -214,6 +314,7 @@ def load_section(cls: type[T], data: Any, name: str) -> T:
         else:
             values[key] = _coerce(value, annotation, f"{name}.{key}")
     result = cls(**values)
+    check_limits(result, name)
     validate = getattr(result, "validate", None)
     if validate is not None:
         validate(name)
@@ -226,7 +327,7 @@ def _check(cond: bool, key: str, message: str) -> None:
 
 
 def validate_generator(settings: GeneratorSettings) -> None:
-    """Range checks that a type alone cannot express."""
+    """Rules that a field's own limits cannot express."""
     for key in ("landscape_size", "portrait_size"):
         w, h = getattr(settings.image, key)
         _check(
@@ -234,29 +335,17 @@ def validate_generator(settings: GeneratorSettings) -> None:
             f"image.{key}",
             f"width and height must be positive multiples of 8, got {w}x{h}",
         )
-    _check(settings.image.square in ("crop", "pad"), "image.square", "must be crop or pad")
-    _check(settings.svd.frames >= 2, "svd.frames", "must be at least 2")
-    _check(1 <= settings.svd.steps <= 200, "svd.steps", "must be 1-200")
-    _check(1 <= settings.svd.fps <= 60, "svd.fps", "must be 1-60")
     _check(
         settings.svd.device in ("auto", "cuda", "mps", "cpu")
-        or settings.svd.device.startswith("cuda:"),
+        or re.fullmatch(r"cuda:\d+", settings.svd.device) is not None,
         "svd.device",
-        "must be auto, cuda, mps or cpu",
+        f"must be auto, cuda, cuda:N, mps or cpu, got {settings.svd.device!r}",
     )
     _check(
-        settings.svd.dtype in ("auto", "float16", "bfloat16", "float32"),
-        "svd.dtype",
-        "must be auto, float16, bfloat16 or float32",
+        settings.svd.min_guidance_scale <= settings.svd.max_guidance_scale,
+        "svd.max_guidance_scale",
+        "must be at least min_guidance_scale",
     )
-    _check(settings.svd.decode_chunk_size >= 1, "svd.decode_chunk_size", "must be at least 1")
-    _check(settings.veo.resolution in ("720p", "1080p"), "veo.resolution", "must be 720p or 1080p")
-    _check(settings.veo.poll_interval_s > 0, "veo.poll_interval_s", "must be positive")
-    _check(settings.veo.timeout_s > 0, "veo.timeout_s", "must be positive")
-    _check(settings.veo.price_per_second_usd >= 0, "veo.price_per_second_usd", "must be >= 0")
-    _check(settings.auto.breaker_failures >= 1, "auto.breaker_failures", "must be at least 1")
-    _check(0 <= settings.encode.crf <= 51, "encode.crf", "must be 0-51")
-    _check(settings.encode.max_bytes >= 100_000, "encode.max_bytes", "must be at least 100000")
 
 
 def load_generator_settings(tables: dict[str, Any]) -> GeneratorSettings:
