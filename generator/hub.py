@@ -57,12 +57,14 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 
 def _problem(exc: BaseException, model: str) -> str:
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
     chain = _chain(exc)
     names = {cls.__name__ for e in chain for cls in type(e).__mro__}
     text = " ".join(str(e) for e in chain)
-    if "GatedRepoError" in names:
+    if any(isinstance(e, GatedRepoError) for e in chain):
         return f"{model} is gated on Hugging Face and this machine may not download it"
-    if "RepositoryNotFoundError" in names:
+    if any(isinstance(e, RepositoryNotFoundError) for e in chain):
         return f"{model} is not on Hugging Face, or is private or gated and needs HF_TOKEN"
     if names & _OFFLINE or "not fully cached locally" in text:
         return f"{model} is not downloaded and Hugging Face cannot be reached"
