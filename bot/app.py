@@ -3,7 +3,7 @@
 Example::
 
     app = build_app(settings, store, worker)
-    app.run_polling(allowed_updates=Update.ALL_TYPES)
+    bot.intake.run(app, settings.telegram)
 
 Services come in as arguments (``async with app`` in tests skips ``post_init``); handler
 bodies live in ``bot.handlers``. ``post_init`` registers the command list and starts the
@@ -24,6 +24,7 @@ from telegram.ext import (
     AIORateLimiter,
     Application,
     ApplicationBuilder,
+    BaseRateLimiter,
     CallbackQueryHandler,
     CommandHandler,
     ContextTypes,
@@ -35,6 +36,7 @@ from telegram.request import BaseRequest
 
 from bot import delivery
 from bot import handlers as h
+from bot.cardedit import CardEditor
 from bot.config import Settings
 from bot.keyboards import Animate, CancelCard, CardOption, HistoryResend, JobCancel, ResultAction
 from bot.store import Store
@@ -63,6 +65,8 @@ class BotData:
     store: Store
     worker: Worker
     clock: Callable[[], float] = time.time
+    # Card edits wait for Telegram's rate limit here, not in a handler's update slot.
+    editor: CardEditor = field(default_factory=CardEditor)
     # Serialises "check limits, then enqueue" so a double tap cannot slip past a limit.
     enqueue_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # Photos decoded at once at intake (``limits.max_concurrent_decodes``).
@@ -136,6 +140,32 @@ async def _post_init(app: Application) -> None:
 
 async def _post_stop(app: Application) -> None:
     await app.bot_data.worker.stop()
+    await app.bot_data.editor.stop()
+
+
+class ReplyFirstRateLimiter(AIORateLimiter):
+    """PTB's ``AIORateLimiter`` for Telegram's send limits, except for answering button taps.
+
+    ``answerCallbackQuery`` is a reply to the user's own tap, not a message, so Telegram's
+    30-a-second and per-chat limits do not count it; the client shows a spinner until it
+    comes. ``AIORateLimiter`` already leaves it out of the overall limit (it has no
+    ``chat_id``) but would still hold it behind a pause after a 429; here it never waits.
+    """
+
+    async def process_request(
+        self,
+        callback: Callable[..., Any],
+        args: Any,
+        kwargs: dict[str, Any],
+        endpoint: str,
+        data: dict[str, Any],
+        rate_limit_args: int | None,
+    ) -> Any:
+        if endpoint == "answerCallbackQuery":
+            return await callback(*args, **kwargs)
+        return await super().process_request(
+            callback, args, kwargs, endpoint, data, rate_limit_args
+        )
 
 
 async def _post_shutdown(app: Application) -> None:
@@ -149,12 +179,13 @@ def build_app(
     *,
     clock: Callable[[], float] = time.time,
     request: BaseRequest | None = None,
-    rate_limiter: bool = True,
+    rate_limiter: bool | BaseRateLimiter = True,
 ) -> Application:
-    """The bot, ready for ``run_polling``/``run_webhook`` or ``async with app`` in tests.
+    """The bot, ready for ``bot.intake.run`` or ``async with app`` in tests.
 
     ``request`` replaces the HTTP transport (tests); ``rate_limiter`` keeps Telegram's flood
-    limits with PTB's ``AIORateLimiter`` (edits of progress messages add up).
+    limits with ``ReplyFirstRateLimiter`` (edits of progress messages add up); tests may pass
+    their own limiter, or False for none.
     """
     quiet_loggers()
     telegram = settings.telegram
@@ -170,8 +201,10 @@ def build_app(
         builder = builder.base_url(telegram.base_url)
     if telegram.base_file_url:
         builder = builder.base_file_url(telegram.base_file_url)
-    if rate_limiter:
-        builder = builder.rate_limiter(AIORateLimiter())
+    if isinstance(rate_limiter, BaseRateLimiter):
+        builder = builder.rate_limiter(rate_limiter)
+    elif rate_limiter:
+        builder = builder.rate_limiter(ReplyFirstRateLimiter())
     if request is not None:
         builder = builder.request(request).get_updates_request(request)
     data = BotData(
@@ -184,5 +217,6 @@ def build_app(
     # ContextTypes calls bot_data() once to make application.bot_data; hand it our instance.
     app = builder.context_types(ContextTypes(bot_data=lambda: data)).build()
     add_handlers(app)
+    data.editor.bind(app.bot)
     worker.bind(app)
     return app

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from telegram import Message, Update
+from telegram import CallbackQuery, Message, Update
 from telegram.error import BadRequest, NetworkError, RetryAfter, TelegramError
 from telegram.ext import ApplicationHandlerStop, CallbackContext, ExtBot
 
@@ -146,15 +146,11 @@ def _usable_options(settings: Settings, options: JobOptions) -> JobOptions:
     return options
 
 
-async def _edit(message: Message | None, text: str, **kwargs: Any) -> None:
-    """Edit a card; a double tap's second edit is "not modified", which is fine."""
-    if message is None:
-        return
-    try:
-        await message.edit_text(text, **kwargs)
-    except BadRequest as exc:
-        if "not modified" not in str(exc):
-            raise
+def _show(data: BotData, query: CallbackQuery, text: str, reply_markup: Any = None) -> None:
+    """Redraw the pressed card in the background: the tap's handler does not wait behind
+    Telegram's rate limit (``bot.cardedit``)."""
+    if query.message is not None:
+        data.editor.edit(query.message.chat.id, query.message.message_id, text, reply_markup)
 
 
 async def _usage(data: BotData, user_id: int, now: float) -> Usage:
@@ -434,8 +430,9 @@ async def on_card_option(update: Update, context: Context) -> None:
     if options == card.options:
         return
     await data.store.save_card(dataclasses.replace(card, options=options))
-    await _edit(
-        query.message,  # type: ignore[arg-type]
+    _show(
+        data,
+        query,
         _card_text(data.settings, options),
         reply_markup=settings_keyboard(options, veo_cost_usd=veo_cost(data.settings, options)),
     )
@@ -475,11 +472,7 @@ async def on_animate(update: Update, context: Context) -> None:
         if not new:
             return  # the first tap already turned the card into the status message
         await data.store.save_user_options(card.user_id, card.options)
-    await _edit(
-        query.message,  # type: ignore[arg-type]
-        await _queue_text(data, job, data.clock(), note),
-        reply_markup=status_keyboard(job.id),
-    )
+    _show(data, query, await _queue_text(data, job, data.clock(), note), status_keyboard(job.id))
     data.worker.wake()
 
 
@@ -503,7 +496,7 @@ async def on_card_cancel(update: Update, context: Context) -> None:
         await data.store.delete_card(card.chat_id, card.message_id, card.user_id)
         await asyncio.to_thread(Path(card.photo_path).unlink, missing_ok=True)
     await query.answer()
-    await _edit(query.message, texts.card_dismissed())  # type: ignore[arg-type]
+    _show(data, query, texts.card_dismissed())
 
 
 # --- job buttons ------------------------------------------------------------------------
@@ -627,10 +620,11 @@ async def on_result_action(update: Update, context: Context) -> None:
         except Refused as exc:
             await status.edit_text(exc.text)
             return
-    await _edit(
-        status,
+    data.editor.edit(
+        status.chat_id,
+        status.message_id,
         await _queue_text(data, new_job, data.clock(), note),
-        reply_markup=status_keyboard(new_job.id),
+        status_keyboard(new_job.id),
     )
     data.worker.wake()
 

@@ -23,6 +23,7 @@ import json
 import logging
 import signal
 import time
+import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from http import HTTPStatus
 from typing import Any
@@ -30,10 +31,13 @@ from typing import Any
 from telegram import Update
 from telegram.error import Conflict, InvalidToken, NetworkError, RetryAfter, TimedOut
 from telegram.ext import Application
+from telegram.warnings import PTBUserWarning
 
 from bot.config import TelegramSettings
 
 log = logging.getLogger(__name__)
+# getUpdates goes through do_api_request to get raw JSON; PTB would point at get_updates.
+warnings.filterwarnings("ignore", "Please use 'Bot.getUpdates'", PTBUserWarning)
 
 #: Long-poll length of one ``getUpdates`` while nothing is being handled.
 POLL_TIMEOUT_S = 30
@@ -46,6 +50,8 @@ STUCK_AFTER_S = 120.0
 #: How long a stop waits for running handlers before cancelling them; a cancelled update is
 #: not confirmed, so the next start handles it again.
 HANDLER_GRACE_S = 10.0
+#: Read timeout of a poll beyond its long-poll length.
+READ_MARGIN_S = 10.0
 #: Longest pause between polls after network errors (doubling from one second).
 MAX_BACKOFF_S = 30.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGABRT)
@@ -83,7 +89,7 @@ class Intake:
         # Finished at or above the offset (a lower one still runs): Telegram sends them again.
         self._finished: set[int] = set()
         self._next_new = 0
-        self.changed = asyncio.Event()
+        self.offset_moved = asyncio.Event()
 
     @property
     def offset(self) -> int:
@@ -125,13 +131,17 @@ class Intake:
             log.exception("update %s could not be processed", update.update_id)
 
     def _done(self, uid: int, task: asyncio.Task[None]) -> None:
+        before = self.offset
         del self._running[uid]
         del self._started[uid]
         if not task.cancelled():
             self._finished.add(uid)
         offset = self.offset
         self._finished = {u for u in self._finished if u >= offset}
-        self.changed.set()
+        # Only a moved offset is news for Telegram; waking on every finish would poll (and
+        # parse the whole unconfirmed window) once per update under load.
+        if offset != before:
+            self.offset_moved.set()
 
     async def drain(self, grace: float) -> None:
         """Wait up to ``grace`` seconds for running handlers, then cancel the rest."""
@@ -162,10 +172,10 @@ async def _until(awaitable: Awaitable[Any], stop: asyncio.Event) -> tuple[bool, 
     return False, None
 
 
-async def _changed(intake: Intake, within: float) -> None:
+async def _offset_moved(intake: Intake, within: float) -> None:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(within):
-            await intake.changed.wait()
+            await intake.offset_moved.wait()
 
 
 async def poll(intake: Intake, stop: asyncio.Event, *, long_poll_s: int = POLL_TIMEOUT_S) -> None:
@@ -174,15 +184,21 @@ async def poll(intake: Intake, stop: asyncio.Event, *, long_poll_s: int = POLL_T
     await bot.delete_webhook(drop_pending_updates=False)
     backoff = 0.0
     while not stop.is_set():
-        intake.changed.clear()
+        intake.offset_moved.clear()
         offset = intake.offset
         try:
-            finished, updates = await _until(
-                bot.get_updates(
-                    offset=offset,
-                    # Telegram answers at once anyway while an update is unconfirmed.
-                    timeout=0 if intake.busy else long_poll_s,
-                    allowed_updates=Update.ALL_TYPES,
+            wait = 0 if intake.busy else long_poll_s  # Telegram answers at once while busy
+            finished, raw = await _until(
+                # Raw JSON: Telegram sends every unconfirmed update again, and parsing the
+                # whole window on each poll cost more than handling it (bench/taps.py).
+                bot.do_api_request(
+                    "getUpdates",
+                    api_kwargs={
+                        "offset": offset,
+                        "timeout": wait,
+                        "allowed_updates": list(Update.ALL_TYPES),
+                    },
+                    read_timeout=wait + READ_MARGIN_S,
                 ),
                 stop,
             )
@@ -201,14 +217,14 @@ async def poll(intake: Intake, stop: asyncio.Event, *, long_poll_s: int = POLL_T
             if not finished:
                 break
             backoff = 0.0
-            fresh = [u for u in updates if intake.is_new(u.update_id)]
-            for update in fresh:
-                intake.submit(update)
+            fresh = [u for u in raw or [] if intake.is_new(u["update_id"])]
+            for data in fresh:
+                intake.submit(Update.de_json(data, bot))
             if fresh or not intake.busy:
                 continue
-            # Only updates we already handle came back: wait for one to finish (its offset
-            # moves) or a moment for new ones, instead of asking Telegram in a tight loop.
-            await _until(_changed(intake, BUSY_POLL_S), stop)
+            # Only updates we already handle came back: wait for the offset to move or a
+            # moment for new ones, instead of asking Telegram in a tight loop.
+            await _until(_offset_moved(intake, BUSY_POLL_S), stop)
             continue
         await _until(asyncio.sleep(backoff), stop)
 

@@ -4,6 +4,7 @@ wait for Telegram's rate limit."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -15,16 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from telegram import Update
+from telegram import Bot, Update
 from telegram.ext import Application
 
-from bot.app import build_app
-from bot.intake import confirm_offset
-from bot.jobs import Outcome, Status
-from bot.keyboards import result_keyboard
-from bot.store import Store
+from bot.app import ReplyFirstRateLimiter, build_app
+from bot.config import AccessSettings
+from bot.intake import confirm_offset, serve
+from bot.jobs import JobOptions, Outcome, Status
+from bot.keyboards import CardOption, result_keyboard, settings_keyboard
+from bot.store import Card, Store
 from generator.config import VeoCredentials
-from generator.options import Backend
+from generator.options import Backend, Intensity
 from tests.bot.test_handlers import ANN as ANN_IN_PROCESS
 from tests.bot.test_handlers import RecordingWorker, make_settings
 from tests.support.fake_botapi import TOKEN, FakeBotApi, FakeUser
@@ -225,3 +227,54 @@ async def test_a_result_press_handled_twice_queues_one_job(app, fake_botapi):
     await twice(app, fake, again.update_id)
 
     assert len(await store.history(ANN_IN_PROCESS.id)) == 2  # the clip and one new job
+
+
+# --- taps under load ----------------------------------------------------------------------
+
+
+async def test_taps_are_answered_while_card_edits_wait_for_telegrams_rate_limit(
+    fake_botapi, tmp_path
+):
+    fake = fake_botapi
+    users = [FakeUser(5000 + i, f"User{i}") for i in range(20)]
+    settings = make_settings(
+        fake, tmp_path, access=AccessSettings(allowed_users=frozenset(u.id for u in users))
+    )
+    # More tappers than update slots, and a sending budget spent after one edit.
+    assert settings.telegram.concurrent_updates < len(users)
+    store = await Store.open(settings.db_path)
+    limiter = ReplyFirstRateLimiter(overall_max_rate=1, overall_time_period=3600)
+    app = build_app(settings, store, RecordingWorker(), rate_limiter=limiter)  # type: ignore[arg-type]
+    app.bot_data.editor.flush_grace_s = 0.0  # the budget never comes back in this test
+    cards: dict[int, int] = {}
+    async with Bot(TOKEN, base_url=fake.base_url) as plain:
+        for user in users:
+            card = await plain.send_message(
+                user.id, "card", reply_markup=settings_keyboard(JobOptions())
+            )
+            await store.save_card(
+                Card(user.id, card.message_id, user.id, 1, "/gone.jpg", JobOptions(), 0.0)
+            )
+            cards[user.id] = card.message_id
+    stop = asyncio.Event()
+    running = asyncio.create_task(serve(app, settings.telegram, stop))
+    try:
+        await fake.wait_for(lambda: fake.polling, what="the bot polling")
+        for user in users:
+            fake.press(user, cards[user.id], CardOption("i", Intensity.DRAMATIC.value).pack())
+
+        answered = await fake.wait_for(
+            lambda: len(fake.alerts) == len(users) and fake.alerts, what="every tap answered"
+        )
+        assert {a.user_id for a in answered} == {u.id for u in users}
+        assert len(fake.calls("editMessageText")) <= 1  # the rest wait for the limit
+        # Every tap's handling finished (so Telegram got its confirmation) with the edits
+        # still waiting, and what each user chose is recorded, whatever the card shows.
+        await fake.wait_for(lambda: fake.pending_updates == 0, what="every tap confirmed")
+        assert len(fake.calls("editMessageText")) <= 1
+        for user in users:
+            card = await store.get_card(user.id, cards[user.id])
+            assert card is not None and card.options.intensity is Intensity.DRAMATIC
+    finally:
+        stop.set()
+        await running
