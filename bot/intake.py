@@ -121,10 +121,12 @@ class Intake:
 
     async def _handle(self, update: Update) -> None:
         app = self.app
+        handling = app.process_update(update)
         try:
             # process_update sends handler errors to the error handler and returns normally.
-            await app.update_processor.process_update(update, app.process_update(update))
+            await app.update_processor.process_update(update, handling)
         except asyncio.CancelledError:
+            handling.close()  # cancelled while waiting for a slot: it never started
             raise
         except Exception:
             # Not retried: an update that breaks PTB itself would break it again on every start.

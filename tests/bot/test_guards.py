@@ -49,6 +49,7 @@ class World:
         for update in updates:
             self.offset = update.update_id + 1
             await self.app.process_update(update)
+        await self.app.bot_data.editor.idle()  # card redraws run in the background
 
     def texts(self, chat_id: int) -> list[str]:
         return [m.content for m in self.fake.messages(chat_id).values()]
