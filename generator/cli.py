@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
+import os
+import shlex
+import signal
 import sys
+import threading
 import time
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
-from generator.clip import Progress
+from tqdm import tqdm
+
+from generator.clip import Progress, ProgressFn
 from generator.config import ConfigError, GeneratorSettings, load_generator_settings
 from generator.errors import (
     BackendUnavailable,
@@ -24,8 +32,13 @@ from generator.errors import (
     GeneratorError,
     InvalidImage,
     InvalidRequest,
+    TransientError,
 )
 from generator.options import Backend, Intensity, PhotoType, Profile, Request
+
+if TYPE_CHECKING:
+    from generator.clip import Clip
+    from generator.router import Generator
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
@@ -33,14 +46,31 @@ EXIT_UNAVAILABLE = 3
 EXIT_FAILED = 4
 EXIT_INTERRUPTED = 130
 
+#: Seconds an engine gets after Ctrl-C to stop at its next step before the process leaves
+#: anyway (a model still loading, or a GPU slower per step than this, cannot be waited for).
+STOP_GRACE_S = 2.0
+
+#: Tables of a shared config file that only the bot reads; the CLI accepts and ignores them.
+#: ``bot.config.BOT_TABLES`` is the source (a test keeps the two equal; generator/ may not
+#: import bot/).
+BOT_TABLES = ("telegram", "access", "limits", "worker", "data")
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="animate-photo",
+        usage="%(prog)s IMAGE [options]",
         description="Turn a photo into a short animated clip (Veo 3.1 in the cloud or "
         "Stable Video Diffusion on this machine's GPU).",
     )
-    p.add_argument("image", type=Path, help="the photo (JPEG, PNG, WebP, ...)")
+    # Optional here only so that `--custom-elements a b photo.jpg` works: see parse_args.
+    p.add_argument(
+        "image",
+        type=Path,
+        nargs="?",
+        metavar="IMAGE",
+        help="the photo (JPEG, PNG, WebP, ...); may also come last, after --custom-elements",
+    )
     p.add_argument(
         "--backend",
         choices=[b.value for b in Backend],
@@ -75,9 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--custom-elements",
         nargs="+",
+        action="extend",
         default=[],
         metavar="TEXT",
-        help="extra things to show or animate, for Veo's prompt",
+        help="extra things to show or animate, for Veo's prompt (one or more; the flag may repeat)",
     )
     p.add_argument("--fps", type=int, default=None, help="SVD frame rate (default 7)")
     p.add_argument(
@@ -107,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="Veo resolution (1080p needs --duration 8)",
     )
     p.add_argument(
+        "--resume",
+        default=None,
+        metavar="OPERATION",
+        help="wait for a Veo operation submitted earlier (its name is printed when a Veo run "
+        "is interrupted or times out) and write its clip, without paying again",
+    )
+    p.add_argument(
         "--config",
         type=Path,
         default=None,
@@ -116,21 +154,57 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse ``argv``; the photo may come first or last (``--custom-elements a b photo.jpg``).
+
+    ``--custom-elements`` takes one or more words, so in the documented order it also takes
+    the photo; the rule is simple: without a photo before the options, the last of those
+    words is the photo.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.image is None:
+        if not args.custom_elements:
+            parser.error("the photo (IMAGE) is missing")
+        args.image = Path(args.custom_elements.pop())
+    if args.resume is not None and args.backend not in (Backend.AUTO.value, Backend.VEO.value):
+        parser.error("--resume picks up a Veo operation: leave out --backend or say veo")
+    return args
+
+
 def load_settings(path: Path | None) -> GeneratorSettings:
-    """Generator settings from a TOML file's generator tables (others are the bot's)."""
+    """Generator settings from a TOML file's generator tables (the bot's tables are skipped).
+
+    Raises ``ConfigError`` starting with the file's name: for a file that cannot be read, a
+    TOML syntax error (with its line and column), a table or key nobody reads, a bad value.
+    """
     if path is None:
         return GeneratorSettings()
-    with path.open("rb") as f:
-        data = tomllib.load(f)
-    return load_generator_settings(data)
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    tables = [f.name for f in dataclasses.fields(GeneratorSettings)]
+    unknown = sorted(set(data) - set(tables) - set(BOT_TABLES))
+    if unknown:
+        name = unknown[0]
+        what = "unknown table" if isinstance(data[name], dict) else "unknown key outside a table"
+        known = ", ".join(tables + list(BOT_TABLES))
+        raise ConfigError(f"{path}: {name}: {what} (known tables: {known})")
+    try:
+        return load_generator_settings({k: v for k, v in data.items() if k in tables})
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 class ProgressPrinter:
-    """A one-line progress bar on a terminal; plain lines otherwise."""
+    """Plain progress lines, one per change, for logs and pipes (when stderr is no terminal)."""
 
-    def __init__(self, stream, *, tty: bool) -> None:
+    def __init__(self, stream: TextIO) -> None:
         self.stream = stream
-        self.tty = tty
         self.last = ""
 
     def __call__(self, p: Progress) -> None:
@@ -142,22 +216,50 @@ class ProgressPrinter:
         if text == self.last:
             return
         self.last = text
-        if self.tty:
-            self.stream.write("\r" + text.ljust(50))
-        else:
-            self.stream.write(text + "\n")
+        self.stream.write(text + "\n")
         self.stream.flush()
 
     def close(self) -> None:
-        if self.tty and self.last:
-            self.stream.write("\n")
-            self.stream.flush()
+        pass
+
+
+class ProgressBar:
+    """A tqdm bar per stage on a terminal: steps with their rate and the time left; stages
+    without steps (loading, Veo polling) show the time spent."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.bar: tqdm | None = None
+        self.key: tuple[str, int] | None = None
+
+    def __call__(self, p: Progress) -> None:
+        key = (p.stage, p.total)
+        if key != self.key:
+            self.close()
+            self.key = key
+            if p.total:
+                self.bar = tqdm(total=p.total, desc=p.stage, unit="step", file=self.stream)
+            else:
+                self.bar = tqdm(desc=p.stage, bar_format="{desc}: {elapsed}", file=self.stream)
+        if self.bar is None:
+            return
+        if p.total:
+            self.bar.update(p.step - self.bar.n)
+        else:
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+            self.key = None
 
 
 def request_from_args(args: argparse.Namespace) -> Request:
     return Request(
         image=args.image,
-        backend=Backend(args.backend),
+        # A resumed operation is Veo's, whatever --backend said: its rules apply.
+        backend=Backend.VEO if args.resume else Backend(args.backend),
         photo_type=PhotoType(args.photo_type),
         intensity=Intensity(args.intensity),
         duration=args.duration,
@@ -173,8 +275,111 @@ def request_from_args(args: argparse.Namespace) -> Request:
     )
 
 
+def resume_command(argv: Sequence[str], operation: str, output: Path | None = None) -> str:
+    """The command line that resumes ``operation``: this run's, with ``--resume`` (and
+    ``--output``, when given) set, ready to paste into a shell."""
+    prog = ["python", "-m", "generator"] if Path(sys.argv[0]).name == "__main__.py" else []
+    kept: list[str] = []
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word == "--resume":
+            skip = True
+        elif not word.startswith("--resume="):
+            kept.append(word)
+    extra = ["--resume", operation] + (["--output", str(output)] if output else [])
+    # Options after a bare "--" would be read as the photo: put ours before it.
+    at = kept.index("--") if "--" in kept else len(kept)
+    words = (prog or ["animate-photo"]) + kept[:at] + extra + kept[at:]
+    return shlex.join(words)
+
+
+class _Interrupted(Exception):
+    """Ctrl-C stopped the run."""
+
+
+class Run:
+    """One generation driven from the terminal: Ctrl-C, and the Veo operation it submitted.
+
+    The first Ctrl-C asks the engine to stop at its next step (the generator's cancel
+    callback) and stops waiting for Veo; if the engine has not stopped within
+    ``STOP_GRACE_S`` the process leaves anyway. A second Ctrl-C leaves at once.
+    """
+
+    def __init__(self, argv: Sequence[str], err: TextIO, *, operation: str | None) -> None:
+        self.argv = list(argv)
+        self.err = err
+        self.stop = threading.Event()
+        self._timer: threading.Timer | None = None
+        #: The Veo operation this run waits on: the one resumed, or the one it submitted.
+        self.operation = operation
+
+    async def generate(
+        self,
+        generator: Generator,
+        request: Request,
+        output: Path,
+        printer: ProgressFn | None,
+        resume: str | None,
+    ) -> Clip:
+        task = asyncio.current_task()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, self._interrupt, task)
+
+        async def remember(name: str) -> None:
+            self.operation = name
+
+        try:
+            return await generator.generate(
+                request,
+                output,
+                on_progress=printer,
+                should_cancel=self.stop.is_set,
+                on_veo_operation=remember,
+                resume_veo_operation=resume,
+            )
+        except asyncio.CancelledError:
+            if self.stop.is_set():
+                raise _Interrupted from None
+            raise
+
+    def _interrupt(self, task: asyncio.Task) -> None:
+        if self.stop.is_set():
+            self._leave()
+        self.stop.set()
+        # Stop waiting now: a Veo poll sleeps for seconds; the engine thread sees ``stop``
+        # at its next step and asyncio.run waits for it before returning.
+        task.cancel()
+        self._timer = threading.Timer(STOP_GRACE_S, self._give_up)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _give_up(self) -> None:
+        self.err.write(f"\nanimate-photo: the engine did not stop within {STOP_GRACE_S:g} s")
+        self._leave()
+
+    def _leave(self) -> None:
+        self.report_interrupted()
+        os._exit(EXIT_INTERRUPTED)
+
+    def finished(self) -> None:
+        """The run has ended (the engine's thread too): no forced exit any more."""
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def report_interrupted(self) -> None:
+        self.err.write("\nanimate-photo: interrupted\n")
+        if self.operation:
+            self.err.write(
+                f"animate-photo: Veo operation {self.operation} is still running and is "
+                f"billed; get its clip with:\n  {resume_command(self.argv, self.operation)}\n"
+            )
+        self.err.flush()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
@@ -191,20 +396,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         generator.check(request)
         if not args.image.is_file():
             raise InvalidImage(f"{args.image}: no such file")
-    except (ConfigError, OSError, tomllib.TOMLDecodeError) as exc:
+    except (ConfigError, InvalidRequest, InvalidImage) as exc:
         print(f"animate-photo: {exc}", file=err)
         return EXIT_BAD_INPUT
-    except (InvalidRequest, InvalidImage) as exc:
-        print(f"animate-photo: {exc}", file=err)
-        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
 
     output = args.output or default_output_path(args.image)
-    printer = ProgressPrinter(err, tty=err.isatty()) if not args.quiet else None
+    printer: ProgressPrinter | ProgressBar | None = None
+    if not args.quiet:
+        printer = ProgressBar(err) if err.isatty() else ProgressPrinter(err)
+    run = Run(argv, err, operation=args.resume)
     started = time.monotonic()
     try:
-        clip = asyncio.run(generator.generate(request, output, on_progress=printer))
-    except KeyboardInterrupt:
-        print("\nanimate-photo: interrupted", file=err)
+        try:
+            clip = asyncio.run(run.generate(generator, request, output, printer, args.resume))
+        finally:
+            run.finished()
+            if printer:
+                printer.close()
+    except (_Interrupted, Cancelled, KeyboardInterrupt):
+        run.report_interrupted()
         return EXIT_INTERRUPTED
     except (InvalidRequest, InvalidImage) as exc:
         print(f"animate-photo: {exc}", file=err)
@@ -212,16 +424,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BackendUnavailable as exc:
         print(f"animate-photo: {exc}", file=err)
         return EXIT_UNAVAILABLE
-    except Cancelled:
-        return EXIT_INTERRUPTED
     except GeneratorError as exc:
         # A sentence for the person; which call failed and how goes to the log line above it.
         logging.getLogger("generator.cli").warning("%s", exc)
         print(f"animate-photo: {exc.user_text}", file=err)
+        if run.operation and isinstance(exc, TransientError):
+            # Veo may still finish it, and it is paid for: say how to fetch it.
+            print(
+                f"animate-photo: Veo operation {run.operation} may still finish and is "
+                f"billed; try again later with:\n  {resume_command(argv, run.operation)}",
+                file=err,
+            )
         return EXIT_FAILED
-    finally:
-        if printer:
-            printer.close()
     v = clip.video
     summary = (
         f"{clip.backend} made {v.width}x{v.height}, {v.frames} frames at {v.fps:g} fps "
@@ -235,5 +449,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary += f"; seed {clip.seed}"
     if not args.quiet:
         print(summary, file=err)
+    if run.operation and clip.backend is not Backend.VEO:
+        # auto fell back after submitting: that Veo clip is paid for and may still arrive.
+        veo_output = output.with_name(output.stem + "-veo.mp4")
+        print(
+            f"animate-photo: Veo operation {run.operation} was submitted (and is billed) but "
+            f"did not deliver; if it was only slow, get its clip with:\n"
+            f"  {resume_command(argv, run.operation, veo_output)}",
+            file=err,
+        )
     print(clip.path)
     return EXIT_OK

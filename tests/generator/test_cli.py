@@ -17,13 +17,20 @@ from tests.support.tiny_svd import tiny_config_toml
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_cli(*args: str | Path, env_extra: dict[str, str] | None = None):
+def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment a user would have, without our Veo credentials unless ``extra`` adds
+    them; torch on one thread, as in-process tests run it (tiny models on busy cores)."""
     env = {k: v for k, v in os.environ.items() if "API_KEY" not in k and "GOOGLE" not in k}
-    env.update(env_extra or {})
+    env["OMP_NUM_THREADS"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def run_cli(*args: str | Path, env_extra: dict[str, str] | None = None):
     return subprocess.run(
         [sys.executable, "-m", "generator", *map(str, args)],
         cwd=ROOT,
-        env=env,
+        env=cli_env(env_extra),
         capture_output=True,
         text=True,
         timeout=300,
@@ -139,3 +146,70 @@ def test_a_failed_veo_clip_is_told_in_a_sentence_not_a_class_name(tmp_path, fake
     assert last == "animate-photo: The video service had a temporary problem."
     assert "Error" not in result.stderr  # no class name, ours or a library's
     assert "503" in result.stderr  # the detail is in the log line above
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        ("--custom-elements", "snow falling", "a red kite", "{photo}"),
+        ("{photo}", "--custom-elements", "snow falling", "a red kite"),
+        ("--custom-elements", "snow falling", "--custom-elements", "a red kite", "{photo}"),
+    ],
+)
+def test_custom_elements_before_or_after_the_photo_reach_veos_prompt(tmp_path, fake_veo, order):
+    fake_veo.script(outcome="inline")
+    photo = write_photo(tmp_path / "park.jpg", size=(120, 80))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[veo]\nbase_url = "{fake_veo.base_url}"\npoll_interval_s = 0.05\n')
+    args = [str(photo) if a == "{photo}" else a for a in order]
+    result = run_cli(
+        *args, "--backend", "veo", "--config", cfg, env_extra={"GEMINI_API_KEY": "test-key"}
+    )
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()) == tmp_path / "park.mp4"
+    (submit,) = fake_veo.submits
+    prompt = submit.body["instances"][0]["prompt"]
+    assert "snow falling" in prompt and "a red kite" in prompt
+    assert "park.jpg" not in prompt
+
+
+def test_unknown_table_exits_2_naming_it_and_the_file(tmp_path):
+    photo = write_photo(tmp_path / "p.jpg")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[svdd]\nsteps = 3\n")
+    # --backend veo without credentials would exit 3 at once if the table were ignored.
+    result = run_cli(photo, "--backend", "veo", "--config", cfg)
+    assert result.returncode == 2, result.stderr
+    assert f"{cfg}: svdd: unknown table" in result.stderr
+
+
+def test_a_key_outside_any_table_exits_2_naming_it(tmp_path):
+    photo = write_photo(tmp_path / "p.jpg")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("steps = 3\n")
+    result = run_cli(photo, "--backend", "veo", "--config", cfg)
+    assert result.returncode == 2, result.stderr
+    assert f"{cfg}: steps: unknown key outside a table" in result.stderr
+
+
+def test_toml_syntax_error_names_the_file_and_line(tmp_path):
+    photo = write_photo(tmp_path / "p.jpg")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[svd]\nsteps = 3\nmodel = "unclosed\n')
+    result = run_cli(photo, "--config", cfg)
+    assert result.returncode == 2
+    assert str(cfg) in result.stderr and "line 3" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_bots_tables_in_a_shared_config_are_accepted(tmp_path, config):
+    from bot.config import BOT_TABLES
+    from generator.cli import BOT_TABLES as CLI_BOT_TABLES
+    from generator.cli import load_settings
+
+    assert set(CLI_BOT_TABLES) == set(BOT_TABLES)
+    shared = tmp_path / "shared.toml"
+    shared.write_text(
+        '[telegram]\nmode = "polling"\n[access]\npublic = true\n' + config.read_text()
+    )
+    assert load_settings(shared).svd.steps == 2
