@@ -176,3 +176,31 @@ def test_on_a_terminal_progress_is_a_bar_with_rate_and_time_left(tmp_path, tiny_
     # tqdm's bar: steps done, time spent < time left, and the rate.
     assert re.search(r"denoising.*\| ?4/4 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+(s/step|step/s)\]", text)
     assert "####" not in text  # not the plain lines meant for logs
+
+
+def test_when_auto_falls_back_after_paying_the_veo_clip_can_still_be_fetched(
+    tmp_path, fake_veo, tiny_svd_dir
+):
+    fake_veo.script(outcome="never")  # Veo is slow today
+    config = tmp_path / "config.toml"
+    config.write_text(
+        tiny_config_toml(tiny_svd_dir, frames=3, steps=2, fps=6)
+        + veo_config(tmp_path / "veo.toml", fake_veo.base_url, timeout_s=0.3).read_text()
+    )
+    photo = write_photo(tmp_path / "beach.jpg", size=(120, 80))
+    out = tmp_path / "beach.mp4"
+    result = run_cli(photo, "-o", out, "--config", config, env_extra=VEO_ENV)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == str(out)  # the local engine's clip
+    command = next(line for line in result.stderr.splitlines() if "--resume" in line)
+    words = shlex.split(command)
+    assert words[words.index("--output") + 1] == str(tmp_path / "beach-veo.mp4")
+
+    fake_veo.script(outcome="file")
+    resumed = run_cli(*words[3:], env_extra=VEO_ENV)
+
+    assert resumed.returncode == 0, resumed.stderr
+    assert probe_video(tmp_path / "beach-veo.mp4").frames > 0
+    assert probe_video(out).frames == 3  # the local clip is left as it was
+    assert len(fake_veo.submits) == 1
