@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import gc
 import logging
 import os
 import shlex
@@ -303,7 +304,7 @@ class Run:
     """One generation driven from the terminal: Ctrl-C, and the Veo operation it submitted.
 
     The first Ctrl-C asks the engine to stop at its next step (the generator's cancel
-    callback) and stops waiting for Veo; if the engine has not stopped within
+    callback) and stops waiting for Veo; if the engine has not reached a step within
     ``STOP_GRACE_S`` the process leaves anyway. A second Ctrl-C leaves at once.
     """
 
@@ -334,7 +335,7 @@ class Run:
                 request,
                 output,
                 on_progress=printer,
-                should_cancel=self.stop.is_set,
+                should_cancel=self._should_cancel,
                 on_veo_operation=remember,
                 resume_veo_operation=resume,
             )
@@ -343,16 +344,25 @@ class Run:
                 raise _Interrupted from None
             raise
 
+    def _should_cancel(self) -> bool:
+        """The engine's cancel callback, polled at each step (from the engine's thread)."""
+        if not self.stop.is_set():
+            return False
+        # The engine has seen the stop and unwinds now: no forced exit from here on.
+        self.finished()
+        return True
+
     def _interrupt(self, task: asyncio.Task) -> None:
         if self.stop.is_set():
             self._leave()
+        # Armed before the stop is visible, so the engine's acknowledgement always disarms it.
+        self._timer = threading.Timer(STOP_GRACE_S, self._give_up)
+        self._timer.daemon = True
+        self._timer.start()
         self.stop.set()
         # Stop waiting now: a Veo poll sleeps for seconds; the engine thread sees ``stop``
         # at its next step and asyncio.run waits for it before returning.
         task.cancel()
-        self._timer = threading.Timer(STOP_GRACE_S, self._give_up)
-        self._timer.daemon = True
-        self._timer.start()
 
     def _give_up(self) -> None:
         self.err.write(f"\nanimate-photo: the engine did not stop within {STOP_GRACE_S:g} s")
@@ -363,7 +373,7 @@ class Run:
         os._exit(EXIT_INTERRUPTED)
 
     def finished(self) -> None:
-        """The run has ended (the engine's thread too): no forced exit any more."""
+        """The engine has stopped (or is stopping by itself): no forced exit any more."""
         if self._timer is not None:
             self._timer.cancel()
 
@@ -378,7 +388,19 @@ class Run:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); return the exit code.
+
+    Meant to be the last thing the process does: it freezes the garbage collector on the
+    way out, because the interpreter's final collections walk every object torch and
+    diffusers made (seconds on a busy machine, after the clip is already written).
+    """
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    finally:
+        gc.freeze()
+
+
+def _main(argv: list[str]) -> int:
     args = parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
