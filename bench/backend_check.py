@@ -1,4 +1,4 @@
-"""Run ``generator.svd.SvdBackend`` itself on a CUDA GPU: the profiles, out-of-memory, cancel.
+"""Run ``generator.engines.svd.SvdBackend`` on a CUDA GPU: the profiles, out-of-memory, cancel.
 
 The unit tests cover the backend on CPU; this covers what only a GPU shows (fp16 placement,
 the auto profile reading free VRAM, a real CUDA out-of-memory and recovery after it, memory
@@ -30,9 +30,9 @@ from PIL import Image
 
 from bench.svd_bench import build_full, log, run_clip
 from generator.config import SvdSettings
+from generator.engines.svd import SvdBackend
 from generator.errors import Cancelled, OutOfMemory
 from generator.options import Profile
-from generator.svd import SvdBackend
 
 GIB = 1024**3
 

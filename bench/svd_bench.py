@@ -2,8 +2,8 @@
 
 Every configuration gets a pipeline with the same random weights (same seed), so clips can
 be compared frame by frame; the full-size run builds SVD-XT's architecture directly on the
-GPU in fp16 (no weights needed). Each profile is applied with ``generator.svd_speed``'s
-``apply_*`` functions on the pipeline object, the code path ``generator.svd`` calls.
+GPU in fp16 (no weights needed). Each profile is applied with ``generator.engines.svd_speed``'s
+``apply_*`` functions on the pipeline object, the code path ``generator.engines.svd`` calls.
 
     python bench/svd_bench.py --profiles stock,fast,low-vram,fp8 --out results.json
     python bench/svd_bench.py --cpu-smoke --out /tmp/smoke.json      # seconds, on CPU
@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 import torch  # noqa: E402
 
-from generator import svd_speed  # noqa: E402
+from generator.engines import svd_speed  # noqa: E402
 from tests.support.tiny_svd import build_tiny_svd, svd_xt_scheduler  # noqa: E402
 
 GIB = 1024**3

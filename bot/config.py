@@ -165,7 +165,7 @@ class Settings:
 
 
 BOT_TABLES = ("telegram", "access", "limits", "worker", "data")
-GENERATOR_TABLES = ("image", "svd", "veo", "auto", "encode")
+GENERATOR_TABLES = ("image", "svd", "ltx", "engines", "veo", "auto", "encode")
 
 
 # The name systemd's LoadCredential= gives the token in $CREDENTIALS_DIRECTORY (see the unit).

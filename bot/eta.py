@@ -51,13 +51,20 @@ def running_remaining(
     return max(typical - (now - started_at), 0.0)
 
 
+async def typical_wait(store: Store, backend: Backend) -> float | None:
+    """The median run time of recent done jobs on ``backend``; ``None`` without history."""
+    durations = [d for d in await store.recent_durations(backend) if d >= 0]
+    return statistics.median(durations) if durations else None
+
+
 async def queue_wait(
     store: Store, position: int | None, *, now: float, running_job_id: int | None
 ) -> float | None:
     """``estimate_wait`` for the job at ``position``, reading recent run times from ``store``."""
     if position is None:
         return None
-    durations = {b: await store.recent_durations(b) for b in (Backend.SVD, Backend.VEO)}
+    engines = [b for b in Backend if b is not Backend.AUTO]
+    durations = {b: await store.recent_durations(b) for b in engines}
     remaining = None
     if running_job_id is not None:
         running = await store.queue.get(running_job_id)

@@ -13,10 +13,11 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from telegram import CallbackQuery, Message, Update
+from telegram import CallbackQuery, InlineKeyboardMarkup, Message, Update
 from telegram.error import BadRequest, NetworkError, RetryAfter, TelegramError
 from telegram.ext import ApplicationHandlerStop, CallbackContext, ExtBot
 
@@ -25,6 +26,7 @@ from bot.config import Settings
 from bot.jobs import ACTIVE, Job, JobOptions, NewJob, Status
 from bot.keyboards import (
     CardOption,
+    EngineButton,
     HistoryResend,
     JobCancel,
     ResultAction,
@@ -44,7 +46,14 @@ from bot.limits import (
     veo_cost,
 )
 from bot.store import Card
-from generator.errors import InvalidImage
+from generator.engines.catalog import (
+    LOCAL_BACKENDS,
+    auto_local,
+    card_vram_bytes,
+    enabled,
+    engine_specs,
+)
+from generator.errors import BackendUnavailable, InvalidImage
 from generator.files import write_atomic
 from generator.image import load_image, read_header, sniff_image
 from generator.options import (
@@ -54,7 +63,6 @@ from generator.options import (
     Backend,
     motion_band,
     step_intensity,
-    svd_duration,
 )
 
 if TYPE_CHECKING:
@@ -96,12 +104,17 @@ def shift_motion(options: JobOptions, delta: int) -> JobOptions:
 
 
 def result_options(
-    options: JobOptions, action: str, used: Backend | None, veo_available: bool
+    options: JobOptions,
+    action: str,
+    used: Backend | None,
+    veo_available: bool,
+    local_engines: Sequence[Backend] = (Backend.SVD,),
 ) -> JobOptions:
     """The options for a result button: ``again``, ``more``, ``less`` or ``other`` (engine).
 
-    ``other`` swaps the engine that made the clip (SVD <-> Veo; auto becomes SVD); it raises
-    ``Refused`` when that would be Veo and Veo is not configured.
+    ``other`` swaps the engine that made the clip: a local clip is remade by Veo when it is
+    configured, else by the next offered local engine (``local_engines``, in card order); a
+    Veo clip by the first local engine. It raises ``Refused`` when there is no other engine.
     """
     if action == "again":
         return options
@@ -110,12 +123,16 @@ def result_options(
     if action != "other":
         raise ValueError(f"unknown result action {action!r}")
     made_with = used or options.backend
-    if made_with is Backend.SVD:
-        if not veo_available:
+    if made_with.local:
+        others = [b for b in local_engines if b is not made_with]
+        if veo_available:
+            return dataclasses.replace(options, backend=Backend.VEO)
+        if not others:
             raise Refused(texts.veo_budget_refused(texts.VEO_NOT_CONFIGURED))
-        return dataclasses.replace(options, backend=Backend.VEO)
-    # SVD decides its own length (frames / fps); a Veo duration would be refused.
-    return dataclasses.replace(options, backend=Backend.SVD, duration=None)
+        return dataclasses.replace(options, backend=others[0], duration=None)
+    # Local engines decide their own length; a Veo duration would be refused.
+    first = local_engines[0] if local_engines else Backend.SVD
+    return dataclasses.replace(options, backend=first, duration=None)
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -125,16 +142,55 @@ def _data(context: Context) -> BotData:
     return context.bot_data
 
 
-def _svd_seconds(settings: Settings) -> float:
-    return svd_duration(settings.generator.svd.frames, settings.generator.svd.fps)
+def _local_engine(settings: Settings, options: JobOptions) -> Backend:
+    """The local engine that makes this card's clip: the chosen one, or the one Auto uses on
+    this machine's card."""
+    if options.backend.local:
+        return options.backend
+    try:
+        return auto_local(settings.generator, card_vram_bytes())
+    except BackendUnavailable:
+        return Backend.SVD
 
 
 def _card_text(settings: Settings, options: JobOptions, note: str | None = None) -> str:
+    local = _local_engine(settings, options)
     return texts.settings_card(
         options,
         veo_available=settings.veo.configured,
-        svd_seconds=_svd_seconds(settings),
+        svd_seconds=engine_specs(settings.generator)[local].plan(None).seconds,
         note=note,
+        local=local,
+    )
+
+
+async def _engine_buttons(data: BotData) -> list[EngineButton]:
+    """The local engines this bot offers (enabled, model present), each labelled with what it
+    makes and its typical wait from recent jobs."""
+    specs = engine_specs(data.settings.generator)
+    buttons = []
+    for backend in LOCAL_BACKENDS:
+        if not enabled(backend, data.settings.generator):
+            continue
+        spec = specs[backend]
+        wait = await eta.typical_wait(data.store, backend)
+        label = texts.engine_button(backend, spec.plan(None).seconds, spec.fps, wait)
+        buttons.append(EngineButton(backend, label))
+    return buttons
+
+
+def _offered(settings: Settings, backend: Backend) -> bool:
+    """Whether the settings card offers ``backend`` on this bot."""
+    if backend is Backend.VEO:
+        return settings.veo.configured
+    return not backend.local or enabled(backend, settings.generator)
+
+
+async def _settings_keyboard(data: BotData, options: JobOptions) -> InlineKeyboardMarkup:
+    return settings_keyboard(
+        options,
+        veo_cost_usd=veo_cost(data.settings, options),
+        engines=await _engine_buttons(data),
     )
 
 
@@ -351,9 +407,7 @@ async def on_photo(update: Update, context: Context) -> None:
             created_at=now,
         )
     )
-    await card.edit_reply_markup(
-        settings_keyboard(options, veo_cost_usd=veo_cost(data.settings, options))
-    )
+    await card.edit_reply_markup(await _settings_keyboard(data, options))
     log.info("user %s: card %s for %s", user.id, card.message_id, path.name)
 
 
@@ -420,7 +474,7 @@ async def on_card_option(update: Update, context: Context) -> None:
     if card is None:
         return
     if (
-        choice.field == "b" and choice.value == Backend.VEO and not data.settings.veo.configured
+        choice.field == "b" and not _offered(data.settings, Backend(choice.value))
     ) or await data.store.photo_in_use(card.photo_path):
         # A card whose photo has a job is a status message or a video now, not a card.
         await query.answer(texts.stale_button(), show_alert=True)
@@ -434,7 +488,7 @@ async def on_card_option(update: Update, context: Context) -> None:
         data,
         query,
         _card_text(data.settings, options),
-        reply_markup=settings_keyboard(options, veo_cost_usd=veo_cost(data.settings, options)),
+        reply_markup=await _settings_keyboard(data, options),
     )
 
 
@@ -584,7 +638,11 @@ async def on_result_action(update: Update, context: Context) -> None:
             return
         try:
             options = result_options(
-                job.options, payload.action, job.used_backend, data.settings.veo.configured
+                job.options,
+                payload.action,
+                job.used_backend,
+                data.settings.veo.configured,
+                [b for b in LOCAL_BACKENDS if enabled(b, data.settings.generator)],
             )
             # Checked before the status message exists, so a refusal leaves no trace.
             check_limits(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
@@ -98,7 +99,8 @@ class Payload:
 class CardOption(Payload):
     """A choice on a settings card: ``field`` is one of ``CARD_FIELDS``; ``value`` its value."""
 
-    PREFIX: ClassVar[str] = "c1"
+    # c2: the engine row lists every offered engine (c1 knew only Auto, SVD and Veo).
+    PREFIX: ClassVar[str] = "c2"
     field: str
     value: str
 
@@ -198,27 +200,52 @@ def _button(text: str, payload: Payload, chosen: bool = False) -> InlineKeyboard
     return InlineKeyboardButton(texts.ticked(text, chosen), callback_data=payload.pack())
 
 
+@dataclass(frozen=True)
+class EngineButton:
+    """A local engine offered on the settings card, and its label (what it makes, the wait)."""
+
+    backend: Backend
+    label: str
+
+
 def settings_keyboard(
-    options: JobOptions, *, veo_cost_usd: float | None = None
+    options: JobOptions,
+    *,
+    veo_cost_usd: float | None = None,
+    engines: Sequence[EngineButton] = (EngineButton(Backend.SVD, "SVD"),),
 ) -> InlineKeyboardMarkup:
     """The settings card's buttons, the current choices ticked.
 
     ``veo_cost_usd`` is Veo's estimate for these options; ``None`` means Veo is not
     configured, so neither the Veo button nor the duration row (Veo-only) appears.
+    ``engines`` are the local engines this bot offers (configured and loadable), in order.
     """
     veo = veo_cost_usd is not None
+    engine_row = [
+        _button(
+            texts.backend_label(Backend.AUTO),
+            CardOption("b", Backend.AUTO.value),
+            options.backend is Backend.AUTO,
+        )
+    ]
+    engine_row += [
+        _button(e.label, CardOption("b", e.backend.value), options.backend is e.backend)
+        for e in engines
+    ]
+    if veo:
+        engine_row.append(
+            _button(
+                texts.backend_label(Backend.VEO, veo_cost_usd),
+                CardOption("b", Backend.VEO.value),
+                options.backend is Backend.VEO,
+            )
+        )
     rows = [
         [
             _button(texts.INTENSITY_LABELS[i], CardOption("i", i.value), options.intensity is i)
             for i in Intensity
         ],
-        [
-            _button(
-                texts.backend_label(b, veo_cost_usd), CardOption("b", b.value), options.backend is b
-            )
-            for b in Backend
-            if veo or b is not Backend.VEO
-        ],
+        engine_row,
     ]
     types_ = list(PhotoType)
     type_buttons = [
@@ -226,8 +253,8 @@ def settings_keyboard(
         for t in types_
     ]
     rows += [type_buttons[:3], type_buttons[3:]]
-    # SVD's length is frames / fps, so the row only appears where Veo may make the clip.
-    if veo and options.backend is not Backend.SVD:
+    # Local engines make their own length, so the row only appears where Veo may make it.
+    if veo and not options.backend.local:
         chosen = options.duration or 8
         rows.append(
             [

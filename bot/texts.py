@@ -54,7 +54,14 @@ PHOTO_TYPE_LABELS = {
     PhotoType.PET: "Pet",
     PhotoType.FORMAL: "Formal",
 }
-BACKEND_NAMES = {Backend.AUTO: "Auto", Backend.VEO: "Veo", Backend.SVD: "Local (SVD)"}
+BACKEND_NAMES = {
+    Backend.AUTO: "Auto",
+    Backend.VEO: "Veo",
+    Backend.SVD: "Local (SVD)",
+    Backend.LTX: "Local (LTX-Video)",
+}
+#: Short engine names for buttons.
+ENGINE_SHORT = {Backend.SVD: "SVD", Backend.LTX: "LTX"}
 RESULT_LABELS = {
     "again": "🔁 Again",
     "more": "➕ More motion",
@@ -77,7 +84,16 @@ def backend_label(backend: Backend, veo_cost_usd: float | None = None) -> str:
     """Backend button label; Veo shows what it would cost ("Veo ~$3.20")."""
     if backend is Backend.VEO and veo_cost_usd is not None:
         return f"Veo ~{money(veo_cost_usd)}"
-    return "SVD" if backend is Backend.SVD else BACKEND_NAMES[backend]
+    return ENGINE_SHORT.get(backend) or BACKEND_NAMES[backend]
+
+
+def engine_button(backend: Backend, seconds: float, fps: int, wait_s: float | None) -> str:
+    """A local engine's button: what it makes and the typical wait ("LTX 5s 24fps ~40 s").
+
+    The frame rate says how smooth the clip is (24 fps plays smoothly, 7 fps visibly steps).
+    """
+    label = f"{ENGINE_SHORT[backend]} {seconds:.1f}s {fps}fps".replace(".0s", "s")
+    return f"{label} ~{human_seconds(wait_s)}" if wait_s is not None else label
 
 
 def duration_label(seconds: int) -> str:
@@ -100,14 +116,24 @@ def human_seconds(seconds: float) -> str:
 
 
 def settings_card(
-    options: JobOptions, *, veo_available: bool, svd_seconds: float, note: str | None = None
+    options: JobOptions,
+    *,
+    veo_available: bool,
+    svd_seconds: float,
+    note: str | None = None,
+    local: Backend = Backend.SVD,
 ) -> str:
-    """The text above the settings card's buttons."""
+    """The text above the settings card's buttons.
+
+    ``local`` is the local engine that will make the clip (the chosen one, or the one Auto
+    uses on this machine) and ``svd_seconds`` the length it makes.
+    """
     lines = ["How should I animate this photo?", ""]
     lines.append(f"Motion: {INTENSITY_LABELS[options.intensity]}")
     lines.append(f"Photo: {PHOTO_TYPE_LABELS[options.photo_type]}")
-    if options.backend is Backend.SVD or not veo_available:
-        lines.append(f"Engine: local (SVD), a clip of about {svd_seconds:.1f} s")
+    if options.backend.local or not veo_available:
+        name = ENGINE_SHORT.get(local, "SVD").replace("LTX", "LTX-Video")
+        lines.append(f"Engine: local ({name}), a clip of about {svd_seconds:.1f} s")
     else:
         seconds = options.duration or 8
         engine = "Veo" if options.backend is Backend.VEO else "Auto (Veo, else local)"

@@ -41,7 +41,7 @@ from generator.errors import (
     RateLimited,
     TransientError,
 )
-from generator.options import Backend, Request
+from generator.options import Request
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,8 @@ def request_for(job: Job) -> Request:
         backend=options.backend,
         photo_type=options.photo_type,
         intensity=options.intensity,
-        # The duration choice is Veo's (4/6/8 s); SVD's length comes from its frames and fps.
-        duration=None if options.backend is Backend.SVD else options.duration,
+        # The duration choice is Veo's (4/6/8 s); local engines make their own length.
+        duration=None if options.backend.local else options.duration,
         motion=options.motion,
         custom_elements=options.custom_elements,
     )

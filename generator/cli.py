@@ -61,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="animate-photo",
         usage="%(prog)s IMAGE [options]",
-        description="Turn a photo into a short animated clip (Veo 3.1 in the cloud or "
-        "Stable Video Diffusion on this machine's GPU).",
+        description="Turn a photo into a short animated clip (Veo 3.1 in the cloud, or "
+        "LTX-Video or Stable Video Diffusion on this machine's GPU).",
     )
     # Optional here only so that `--custom-elements a b photo.jpg` works: see parse_args.
     p.add_argument(
@@ -76,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend",
         choices=[b.value for b in Backend],
         default="auto",
-        help="auto tries Veo, then falls back to local SVD (default: auto)",
+        help="auto follows [auto] chain: Veo when configured, else the best local engine "
+        "that fits the card (LTX-Video, then SVD); ltx and svd run on this machine "
+        "(default: auto)",
     )
     p.add_argument(
         "--photo-type",
@@ -94,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--duration",
         type=float,
         default=None,
-        help="seconds; Veo: 4, 6 or 8 (default 8). SVD makes frames/fps seconds",
+        help="seconds; Veo: 4, 6 or 8 (default 8); LTX-Video: about 2 to 10 (default 5, "
+        "8k+1 frames at 24 fps); SVD makes frames/fps seconds. The exact length is "
+        "printed before any work",
     )
     p.add_argument(
         "--output",
@@ -415,12 +419,17 @@ def _main(argv: list[str]) -> int:
         from generator.router import Generator, default_output_path
 
         generator = Generator(settings)
-        generator.check(request)
+        plan = generator.check(request)
         if not args.image.is_file():
             raise InvalidImage(f"{args.image}: no such file")
+        if not args.quiet:
+            print(f"animate-photo: {plan.text}", file=sys.stderr)
     except (ConfigError, InvalidRequest, InvalidImage) as exc:
         print(f"animate-photo: {exc}", file=err)
         return EXIT_BAD_INPUT
+    except BackendUnavailable as exc:
+        print(f"animate-photo: {exc}", file=err)
+        return EXIT_UNAVAILABLE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
 

@@ -147,6 +147,63 @@ class SvdSettings:
     low_vram_threshold_gib: float = number(14.0, 0.0, 1024.0)
 
 
+#: What LTX-Video is told not to show, unless ``ltx.negative_prompt`` says otherwise.
+LTX_NEGATIVE_PROMPT = (
+    "worst quality, inconsistent motion, blurry, jittery, distorted, watermark, text"
+)
+
+#: LTX-Video 0.9.8 distilled's timesteps (diffusers' LTX docs for the distilled checkpoints).
+LTX_DISTILLED_TIMESTEPS: tuple[float, ...] = (
+    1000.0,
+    993.0,
+    987.0,
+    981.0,
+    975.0,
+    909.0,
+    725.0,
+    0.03,
+)
+
+
+@dataclass(frozen=True)
+class LtxSettings:
+    """Local LTX-Video settings (``LTXConditionPipeline``, a distilled checkpoint)."""
+
+    enabled: bool = True  # offer it in chat and in auto's chain
+    model: str = "Lightricks/LTX-Video-0.9.8-13B-distilled"  # hub id or local folder
+    # A single-file transformer that replaces the folder's (the 2B distilled one by default,
+    # which fits 12 GB cards); "" uses the folder's own transformer (the 13B).
+    transformer: str = (
+        "https://huggingface.co/Lightricks/LTX-Video/blob/main/ltxv-2b-0.9.8-distilled.safetensors"
+    )
+    device: str = "auto"  # auto | cuda | mps | cpu
+    dtype: str = "auto"  # auto (bfloat16 on GPU, float32 on CPU) | float16 | bfloat16 | float32
+    profile: Profile = Profile.AUTO
+    width: int = 768  # with height: the pixel area a clip gets; the photo's aspect is kept
+    height: int = 512
+    fps: int = 24
+    default_seconds: float = 5.0
+    min_seconds: float = 2.0
+    max_seconds: float = 10.0
+    steps: int = 8  # used when timesteps is empty, or --steps differs from len(timesteps)
+    timesteps: tuple[float, ...] = LTX_DISTILLED_TIMESTEPS
+    guidance_scale: float = 1.0  # distilled checkpoints: 1 (no classifier-free guidance)
+    decode_timestep: float = 0.05
+    decode_noise_scale: float = 0.025
+    image_cond_noise_scale: float = 0.0
+    negative_prompt: str = LTX_NEGATIVE_PROMPT
+    low_vram_threshold_gib: float = 20.0  # auto picks low-vram below this much free VRAM
+    min_vram_gib: float = 6.0  # auto's chain skips LTX on cards smaller than this
+
+
+@dataclass(frozen=True)
+class EnginesSettings:
+    """How many local engines one GPU keeps loaded."""
+
+    residency: str = "auto"  # auto | one | all
+    keep_warm_gib: float = 40.0  # auto keeps several engines loaded on cards this large
+
+
 @dataclass(frozen=True)
 class VeoSettings:
     """Google Veo through google-genai: API key (Gemini Developer API) or Vertex AI."""
@@ -169,8 +226,11 @@ class VeoSettings:
 
 @dataclass(frozen=True)
 class AutoSettings:
-    """The auto backend's circuit breaker around Veo."""
+    """The auto backend: which engines it tries, and its circuit breaker around Veo."""
 
+    # Tried in order; Veo only when configured, a local engine only when enabled and the
+    # card is large enough for it. The last local engine is the fallback when none fits.
+    chain: tuple[str, ...] = ("veo", "ltx", "svd")
     breaker_failures: int = number(3, 1, 1000)  # consecutive transient failures that open it
     breaker_cooldown_s: float = number(300.0, 0.0, 86400.0)  # then one probe is let through
 
@@ -205,6 +265,8 @@ class GeneratorSettings:
 
     image: ImageSettings = field(default_factory=ImageSettings)
     svd: SvdSettings = field(default_factory=SvdSettings)
+    ltx: LtxSettings = field(default_factory=LtxSettings)
+    engines: EnginesSettings = field(default_factory=EnginesSettings)
     veo: VeoSettings = field(default_factory=VeoSettings)
     auto: AutoSettings = field(default_factory=AutoSettings)
     encode: EncodeSettings = field(default_factory=EncodeSettings)
@@ -261,6 +323,10 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             raise ConfigError(f"{key}: must be one of {allowed}, got {value!r}") from None
     if origin is tuple:
         args = typing.get_args(annotation)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[float, ...]: any length
+            if not isinstance(value, list | tuple):
+                raise ConfigError(f"{key}: expected a list, got {value!r}")
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
         if not isinstance(value, list | tuple) or len(value) != len(args):
             raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
         return tuple(
@@ -346,6 +412,42 @@ def validate_generator(settings: GeneratorSettings) -> None:
         "svd.max_guidance_scale",
         "must be at least min_guidance_scale",
     )
+    ltx = settings.ltx
+    for key in ("width", "height"):
+        _check(getattr(ltx, key) >= 32, f"ltx.{key}", "must be at least 32")
+    _check(1 <= ltx.fps <= 60, "ltx.fps", "must be 1-60")
+    _check(1 <= ltx.steps <= 200, "ltx.steps", "must be 1-200")
+    _check(
+        0 < ltx.min_seconds <= ltx.default_seconds <= ltx.max_seconds,
+        "ltx.default_seconds",
+        "must lie between ltx.min_seconds and ltx.max_seconds, all positive",
+    )
+    _check(
+        ltx.device in ("auto", "cuda", "mps", "cpu") or ltx.device.startswith("cuda:"),
+        "ltx.device",
+        "must be auto, cuda, mps or cpu",
+    )
+    _check(
+        ltx.dtype in ("auto", "float16", "bfloat16", "float32"),
+        "ltx.dtype",
+        "must be auto, float16, bfloat16 or float32",
+    )
+    _check(ltx.guidance_scale >= 1.0, "ltx.guidance_scale", "must be at least 1")
+    _check(0 <= ltx.decode_timestep <= 1, "ltx.decode_timestep", "must be 0-1")
+    _check(0 <= ltx.decode_noise_scale <= 1, "ltx.decode_noise_scale", "must be 0-1")
+    _check(0 <= ltx.image_cond_noise_scale <= 1, "ltx.image_cond_noise_scale", "must be 0-1")
+    _check(all(0 <= t <= 1000 for t in ltx.timesteps), "ltx.timesteps", "each must be 0-1000")
+    _check(
+        settings.engines.residency in ("auto", "one", "all"),
+        "engines.residency",
+        "must be auto, one or all",
+    )
+    known = {"veo", "svd", "ltx"}
+    _check(
+        bool(settings.auto.chain) and set(settings.auto.chain) <= known,
+        "auto.chain",
+        "must list some of veo, ltx, svd",
+    )
 
 
 def load_generator_settings(tables: dict[str, Any]) -> GeneratorSettings:
@@ -353,6 +455,8 @@ def load_generator_settings(tables: dict[str, Any]) -> GeneratorSettings:
     settings = GeneratorSettings(
         image=load_section(ImageSettings, tables.get("image"), "image"),
         svd=load_section(SvdSettings, tables.get("svd"), "svd"),
+        ltx=load_section(LtxSettings, tables.get("ltx"), "ltx"),
+        engines=load_section(EnginesSettings, tables.get("engines"), "engines"),
         veo=load_section(VeoSettings, tables.get("veo"), "veo"),
         auto=load_section(AutoSettings, tables.get("auto"), "auto"),
         encode=load_section(EncodeSettings, tables.get("encode"), "encode"),

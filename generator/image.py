@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import io
 import logging
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,7 +174,12 @@ def load_image(source: Path | bytes, settings: ImageSettings) -> Image.Image:
     return _to_rgb(image)
 
 
-def prepare_image(source: Path | bytes, settings: ImageSettings) -> PreparedImage:
+def prepare_image(
+    source: Path | bytes,
+    settings: ImageSettings,
+    *,
+    size: Callable[[int, int], tuple[int, int]] | None = None,
+) -> PreparedImage:
     """Load a photo and fit it to the target size for its orientation.
 
     Args:
@@ -180,6 +187,8 @@ def prepare_image(source: Path | bytes, settings: ImageSettings) -> PreparedImag
         settings: ``landscape_size`` / ``portrait_size`` are the outputs; ``square`` says what
             a square photo becomes: ``"crop"`` (centre crop to the landscape size) or
             ``"pad"`` (the whole photo, inside the landscape size, over a blurred copy).
+        size: the engine's own choice of output size for an upright ``(width, height)``
+            photo (LTX-Video keeps the photo's aspect); overrides the two settings sizes.
 
     Landscape and portrait photos are scaled to cover the target and centre-cropped, so the
     subject stays in the middle.
@@ -197,7 +206,11 @@ def prepare_image(source: Path | bytes, settings: ImageSettings) -> PreparedImag
         orientation = "portrait"
 
     # 3. Fit to the target
-    if orientation == "portrait":
+    if size is not None:
+        target = size(width, height)
+        divisor = math.gcd(*target)
+        aspect = f"{target[0] // divisor}:{target[1] // divisor}"
+    elif orientation == "portrait":
         target, aspect = settings.portrait_size, "9:16"
     else:
         target, aspect = settings.landscape_size, "16:9"

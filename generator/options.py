@@ -18,11 +18,17 @@ from generator.errors import InvalidRequest
 
 
 class Backend(enum.StrEnum):
-    """Which engine makes the clip. ``AUTO`` tries Veo and falls back to SVD."""
+    """Which engine makes the clip. ``AUTO`` follows ``[auto] chain`` (Veo, else a local engine)."""
 
     AUTO = "auto"
     VEO = "veo"
     SVD = "svd"
+    LTX = "ltx"
+
+    @property
+    def local(self) -> bool:
+        """Whether this engine runs on this machine (SVD, LTX-Video)."""
+        return self in (Backend.SVD, Backend.LTX)
 
 
 class PhotoType(enum.StrEnum):

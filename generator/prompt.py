@@ -1,9 +1,17 @@
-"""The text prompt Veo gets: what moves for this kind of photo, how much, and the user's extras.
+"""The text prompts Veo and LTX-Video get: what moves for this kind of photo, how much, and the
+user's extras.
+
+Both engines share the scene and motion sentences and the sanitised extras; they differ in
+framing. Veo is told to animate "this photo" and to keep faces; LTX-Video follows prompts
+written as a description of the footage itself (its model card), so its prompt describes the
+video, and it gets a negative prompt from ``[ltx] negative_prompt``.
 
 Example::
 
     >>> build_prompt(PhotoType.PET, "gentle", ["a red ball"])  # doctest: +ELLIPSIS
     'Animate this photo as a realistic, smoothly moving video. ... Also show: a red ball.'
+    >>> build_ltx_prompt(PhotoType.PET, "gentle", ["a red ball"])  # doctest: +ELLIPSIS
+    "The animal's fur and ears stir, ... A red ball is in the scene. ..."
 """
 
 from __future__ import annotations
@@ -53,6 +61,16 @@ def sanitize_element(text: str) -> str:
     return " ".join(kept.split())
 
 
+def _extras(custom_elements: Sequence[str]) -> list[str]:
+    return [clean for clean in map(sanitize_element, custom_elements) if clean]
+
+
+def _check_band(motion_band_name: str) -> None:
+    if motion_band_name not in _INTENSITY:
+        known = ", ".join(_INTENSITY)
+        raise ValueError(f"unknown motion band {motion_band_name!r} (known: {known})")
+
+
 def build_prompt(
     photo_type: PhotoType, motion_band_name: str, custom_elements: Sequence[str] = ()
 ) -> str:
@@ -68,11 +86,39 @@ def build_prompt(
     Raises:
         ValueError: ``motion_band_name`` is not a known band.
     """
-    if motion_band_name not in _INTENSITY:
-        known = ", ".join(_INTENSITY)
-        raise ValueError(f"unknown motion band {motion_band_name!r} (known: {known})")
+    _check_band(motion_band_name)
     sentences = [_OPENING, _SCENE[photo_type], _INTENSITY[motion_band_name], _KEEP_IDENTITY]
-    extras = [clean for clean in map(sanitize_element, custom_elements) if clean]
+    extras = _extras(custom_elements)
     if extras:
         sentences.append("Also show: " + ", ".join(extras).rstrip(".") + ".")
+    return " ".join(sentences)
+
+
+# LTX-Video's closing sentence: what the footage looks like, in the model card's style.
+_LTX_FOOTAGE = (
+    "The footage is realistic and smooth, with natural lighting and the same framing as "
+    "the first frame."
+)
+
+
+def build_ltx_prompt(
+    photo_type: PhotoType, motion_band_name: str, custom_elements: Sequence[str] = ()
+) -> str:
+    """Build LTX-Video's prompt; the same arguments always give the same text.
+
+    Same arguments as :func:`build_prompt`; the extras become one sentence about what is
+    in the scene, and the prompt ends by describing the footage.
+    """
+    _check_band(motion_band_name)
+    sentences = [_SCENE[photo_type], _INTENSITY[motion_band_name]]
+    extras = _extras(custom_elements)
+    if extras:
+        joined = ", ".join(extras).rstrip(".")
+        sentences.append(
+            joined[0].upper()
+            + joined[1:]
+            + (" are" if len(extras) > 1 else " is")
+            + " in the scene."
+        )
+    sentences.append(_LTX_FOOTAGE)
     return " ".join(sentences)

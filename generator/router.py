@@ -1,16 +1,25 @@
-"""Turn one request into one clip: pick the backend, run it, fall back, encode.
+"""Turn one request into one clip: pick the engine, run it, fall back, encode.
 
-``auto`` tries Veo and falls back to SVD. Veo is skipped when it has no credentials, when
+``auto`` follows ``[auto] chain`` (default Veo, then LTX-Video, then SVD): Veo when it is
+configured, else the first enabled local engine that fits the card
+(``generator.engines.catalog.choose_local``). Veo is skipped when it has no credentials, when
 the caller's budget check says no, or while the circuit breaker is open (after
 ``breaker_failures`` consecutive transient failures Veo is skipped for ``breaker_cooldown_s``,
-then one probe is let through). Every fallback comes with a sentence a user can read.
+then one probe is let through).
+Every fallback comes with a sentence a user can read. Length rules are those of the engine
+``auto`` will actually use, checked before any work.
+
+Local engines are driven only through ``generator.engines.Engine``. One GPU holds what fits:
+with ``[engines] residency = "auto"`` a card of at least ``keep_warm_gib`` keeps every engine
+it has used loaded; a smaller one keeps one, and a job for another engine swaps it (the swap
+is logged with its cost in seconds).
 
 Example::
 
     >>> gen = Generator(GeneratorSettings())
     >>> clip = asyncio.run(gen.generate(Request(image=Path("cat.jpg")), Path("cat.mp4")))
     >>> clip.backend, clip.fallback_reason
-    (<Backend.SVD: 'svd'>, 'Veo is not configured, so the local engine made this clip.')
+    (<Backend.LTX: 'ltx'>, 'Veo is not configured, so the local engine made this clip.')
 """
 
 from __future__ import annotations
@@ -20,18 +29,27 @@ import dataclasses
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from generator.clip import CancelFn, Clip, Progress, ProgressFn
 from generator.config import GeneratorSettings, VeoCredentials, veo_credentials
+from generator.engines import Engine, EngineSpec, Residency, keeps_several, plan_for
+from generator.engines.catalog import (
+    auto_local,
+    build_engine,
+    card_vram_bytes,
+    enabled,
+    engine_specs,
+)
 from generator.errors import (
     BackendUnavailable,
     BudgetExceeded,
     Cancelled,
     GeneratorError,
+    InvalidRequest,
     OutOfMemory,
     TransientError,
 )
@@ -39,8 +57,8 @@ from generator.options import Backend, Profile, Request, check_request
 
 if TYPE_CHECKING:
     from generator.image import PreparedImage
-    from generator.svd import SvdBackend
     from generator.veo import VeoBackend
+
 
 log = logging.getLogger(__name__)
 
@@ -106,16 +124,18 @@ class CircuitBreaker:
 
 @dataclass(frozen=True)
 class Health:
-    """What ``choose_backend`` needs to know about Veo right now."""
+    """What ``choose_backend`` needs to know about Veo right now, and which local engine
+    ``auto`` would use instead (``catalog.auto_local``)."""
 
     veo_configured: bool
     breaker_allows: bool
     budget_ok: bool
+    local: Backend = Backend.SVD
 
 
 @dataclass(frozen=True)
 class Choice:
-    """The backend to run first, and why SVD was chosen instead of Veo (if it was)."""
+    """The backend to run first, and why a local engine was chosen instead of Veo (if it was)."""
 
     backend: Backend
     reason: str | None = None
@@ -123,8 +143,8 @@ class Choice:
 
 def choose_backend(request: Request, health: Health) -> Choice:
     """Pick the backend for ``request``. Raises for an explicit Veo request Veo cannot serve."""
-    if request.backend is Backend.SVD:
-        return Choice(Backend.SVD)
+    if request.backend.local:
+        return Choice(request.backend)
     if request.backend is Backend.VEO:
         if not health.veo_configured:
             raise BackendUnavailable(
@@ -139,19 +159,26 @@ def choose_backend(request: Request, health: Health) -> Choice:
                 user_text="Veo is having trouble right now. Try again later or use SVD.",
             )
         return Choice(Backend.VEO)
+    local = health.local
     if not health.veo_configured:
-        return Choice(Backend.SVD, "Veo is not configured, so the local engine made this clip.")
+        return Choice(local, "Veo is not configured, so the local engine made this clip.")
     if not health.budget_ok:
-        return Choice(Backend.SVD, "The Veo budget is used up, so the local engine made this clip.")
+        return Choice(local, "The Veo budget is used up, so the local engine made this clip.")
     if not health.breaker_allows:
-        return Choice(
-            Backend.SVD, "Veo has been failing, so the local engine made this clip meanwhile."
-        )
+        return Choice(local, "Veo has been failing, so the local engine made this clip meanwhile.")
     return Choice(Backend.VEO)
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What a request will make, said before any work: the engine and the clip's length."""
+
+    backend: Backend
+    text: str
+
+
 def fallback_reason(exc: GeneratorError) -> str:
-    """The sentence shown when ``auto`` fell back to SVD after Veo raised ``exc``."""
+    """The sentence shown when ``auto`` fell back to a local engine after Veo raised ``exc``."""
     from generator.errors import ContentFiltered, RateLimited
 
     if isinstance(exc, ContentFiltered):
@@ -164,13 +191,15 @@ def fallback_reason(exc: GeneratorError) -> str:
 
 
 class Generator:
-    """Makes clips. Holds the warm SVD pipeline, the Veo client and the circuit breaker.
+    """Makes clips. Holds the warm local engines, the Veo client and the circuit breaker.
 
     Args:
         settings: generator settings (``config.example.toml``'s generator tables).
         credentials: how to reach Veo; read from the environment when omitted.
-        clock: monotonic seconds, injectable for the circuit breaker.
-        svd, veo: prebuilt backends (tests); built from ``settings`` when omitted.
+        clock: monotonic seconds, injectable for the circuit breaker and swap timing.
+        veo: a prebuilt Veo backend (tests); built from ``settings`` when omitted.
+        engines: prebuilt local engines by backend (tests); built on first use otherwise.
+        total_vram: bytes of VRAM on the card, ``None`` without CUDA; measured when omitted.
     """
 
     def __init__(
@@ -179,8 +208,9 @@ class Generator:
         *,
         credentials: VeoCredentials | None = None,
         clock: Callable[[], float] = time.monotonic,
-        svd: SvdBackend | None = None,
         veo: VeoBackend | None = None,
+        engines: Mapping[Backend, Engine] | None = None,
+        total_vram: Callable[[], int | None] | None = None,
     ) -> None:
         self.settings = settings
         self.credentials = credentials if credentials is not None else veo_credentials(settings.veo)
@@ -188,17 +218,18 @@ class Generator:
         self.breaker = CircuitBreaker(
             settings.auto.breaker_failures, settings.auto.breaker_cooldown_s, clock
         )
-        self._svd = svd
+        self.specs = engine_specs(settings)
+        self._engines: dict[Backend, Engine] = dict(engines or {})
         self._veo = veo
+        self._total_vram_fn = total_vram or card_vram_bytes
+        self._total_vram: tuple[int | None] | None = None  # measured once
 
-    # Backends are built on first use: importing torch and diffusers takes seconds.
-    @property
-    def svd(self) -> SvdBackend:
-        if self._svd is None:
-            from generator.svd import SvdBackend
-
-            self._svd = SvdBackend(self.settings.svd)
-        return self._svd
+    # Engines are built on first use: importing torch and diffusers takes seconds.
+    def engine(self, backend: Backend) -> Engine:
+        """The engine for a local ``backend`` (built, not loaded)."""
+        if backend not in self._engines:
+            self._engines[backend] = build_engine(backend, self.settings)
+        return self._engines[backend]
 
     @property
     def veo(self) -> VeoBackend:
@@ -208,6 +239,12 @@ class Generator:
             self._veo = VeoBackend(self.settings.veo, self.credentials)
         return self._veo
 
+    def total_vram(self) -> int | None:
+        """Bytes of VRAM on the card (``None`` without CUDA), measured once."""
+        if self._total_vram is None:
+            self._total_vram = (self._total_vram_fn(),)
+        return self._total_vram[0]
+
     def veo_configured(self) -> bool:
         """Whether Veo has credentials (API key or Vertex project)."""
         return self.credentials.configured
@@ -216,9 +253,12 @@ class Generator:
         model = request.model
         return model if model and model.startswith("veo") else self.settings.veo.model
 
-    def svd_model(self, request: Request) -> str | None:
+    def local_request(self, request: Request) -> Request:
+        """``request`` with a Veo model name dropped: local engines load their own."""
         model = request.model
-        return model if model and not model.startswith("veo") else None
+        if model and model.startswith("veo"):
+            return dataclasses.replace(request, model=None)
+        return request
 
     def estimate_cost(self, request: Request) -> float:
         """What Veo would charge for ``request``, in US dollars."""
@@ -226,13 +266,54 @@ class Generator:
 
         return veo_cost(request.veo_duration(), self.veo_model(request), self.settings.veo)
 
-    def check(self, request: Request) -> None:
-        """Raise ``InvalidRequest`` before any work if the options cannot work together."""
-        check_request(request, frames=self.settings.svd.frames, default_fps=self.settings.svd.fps)
+    def usable(self, backend: Backend) -> bool:
+        """Whether a local engine is enabled and its model is a hub id or an existing folder."""
+        return enabled(backend, self.settings)
+
+    def auto_local(self) -> Backend:
+        """The local engine ``auto`` uses on this machine (``catalog.auto_local``)."""
+        return auto_local(self.settings, self.total_vram())
+
+    def _auto_uses_veo(self) -> bool:
+        return self.veo_configured() and "veo" in self.settings.auto.chain
+
+    def check(self, request: Request) -> Plan:
+        """Raise ``InvalidRequest`` before any work if the options cannot work together, under
+        the rules of the engine that will make the clip (``auto``: the one it will use)."""
+        backend = request.backend
+        if backend is Backend.AUTO and not self._auto_uses_veo():
+            backend = self.auto_local()
+        if backend.local:
+            spec = self.specs[backend]
+            check_request(
+                dataclasses.replace(request, backend=backend, duration=None),
+                frames=spec.default_frames,
+                default_fps=spec.fps,
+            )
+            plan = plan_for(spec, request)
+            return Plan(backend, f"{spec.title} makes {plan.describe()}")
+        check_request(request)
+        text = f"Veo makes {request.veo_duration()} s at 24 fps"
+        if request.backend is Backend.AUTO:
+            spec = self.specs[self.auto_local()]
+            fallback = plan_for(spec, self.fallback_request(spec, request))
+            text += f" (if it cannot, {spec.title} makes {fallback.describe()})"
+        return Plan(Backend.VEO, text)
+
+    @staticmethod
+    def fallback_request(spec: EngineSpec, request: Request) -> Request:
+        """``request`` for a local engine ``auto`` fell back to: a length Veo's rules allowed
+        but this engine cannot make becomes the engine's own default length."""
+        try:
+            plan_for(spec, request)
+        except InvalidRequest:
+            return dataclasses.replace(request, duration=None)
+        return request
 
     def warm_up(self) -> None:
-        """Load the SVD pipeline now (blocking), so the first clip does not wait for it."""
-        self.svd.load()
+        """Load the local engine ``auto`` would use now (blocking), so the first clip does not
+        wait for it."""
+        self.engine(self.auto_local()).load()
 
     async def generate(
         self,
@@ -250,7 +331,7 @@ class Generator:
         Args:
             request: the photo and options.
             out_path: where the MP4 goes (its JPEG thumbnail lands beside it).
-            on_progress: called with ``Progress`` events (SVD step k of n, Veo elapsed time).
+            on_progress: called with ``Progress`` events (local step k of n, Veo elapsed time).
             should_cancel: polled between steps; True stops with ``Cancelled``.
             veo_budget_ok: called with the estimated Veo cost; False skips (auto) or refuses
                 (veo) Veo.
@@ -266,30 +347,49 @@ class Generator:
             GeneratorError subclasses (see ``generator.errors``).
         """
         started = self.clock()
-        # 1. Check inputs before any GPU or network work.
+        # 1. Check inputs before any GPU or network work (the photo too: a broken file is
+        #    refused before Veo is paid or a model loads).
         self.check(request)
-        from generator.image import prepare_image
+        from generator.image import load_image
 
-        prepared = await asyncio.to_thread(prepare_image, request.image, self.settings.image)
+        await asyncio.to_thread(load_image, request.image, self.settings.image)
 
         # 2. Choose, unless a stored Veo operation resumes: it was paid for already.
         if not resume_veo_operation:
             cost = self.estimate_cost(request)
-            wants_veo = request.backend is not Backend.SVD and self.veo_configured()
+            wants_veo = request.backend in (Backend.AUTO, Backend.VEO) and self._auto_uses_veo()
             health = Health(
-                veo_configured=self.veo_configured(),
+                veo_configured=(
+                    self.veo_configured()
+                    if request.backend is Backend.VEO
+                    else self._auto_uses_veo()
+                ),
                 budget_ok=(veo_budget_ok(cost) if (wants_veo and veo_budget_ok) else True),
                 breaker_allows=self.breaker.allow() if wants_veo else True,
+                local=(
+                    self.auto_local()
+                    if request.backend is Backend.AUTO
+                    else (request.backend if request.backend.local else Backend.SVD)
+                ),
             )
             choice = choose_backend(request, health)
-            if choice.backend is Backend.SVD:
+            if choice.backend.local:
                 if choice.reason:
-                    log.info("auto uses SVD: %s", choice.reason)
-                return await self._run_svd(
-                    prepared, request, out_path, started, on_progress, should_cancel, choice.reason
+                    log.info("auto uses %s: %s", choice.backend, choice.reason)
+                return await self._run_local(
+                    choice.backend,
+                    request,
+                    out_path,
+                    started,
+                    on_progress,
+                    should_cancel,
+                    choice.reason,
                 )
 
         # 3. Veo, with auto's fallback (not for a resumed operation: it answers for itself).
+        from generator.image import prepare_image
+
+        prepared = await asyncio.to_thread(prepare_image, request.image, self.settings.image)
         try:
             return await self._run_veo(
                 prepared,
@@ -307,9 +407,10 @@ class Generator:
             if request.backend is not Backend.AUTO or resume_veo_operation:
                 raise
             reason = fallback_reason(exc)
-            log.warning("auto falls back to SVD after Veo failed: %s", type(exc).__name__)
-            return await self._run_svd(
-                prepared, request, out_path, started, on_progress, should_cancel, reason
+            local = self.auto_local()
+            log.warning("auto falls back to %s after Veo failed: %s", local, type(exc).__name__)
+            return await self._run_local(
+                local, request, out_path, started, on_progress, should_cancel, reason
             )
 
     async def _run_veo(
@@ -375,9 +476,31 @@ class Generator:
             veo_operation=result.operation,
         )
 
-    async def _run_svd(
+    def _make_resident(self, backend: Backend, request: Request) -> None:
+        """Unload the other engines first when this card keeps only one, logging the swap."""
+        engine = self.engine(backend)
+        several = keeps_several(
+            Residency(self.settings.engines.residency),
+            self.total_vram(),
+            self.settings.engines.keep_warm_gib,
+        )
+        others = [e for b, e in self._engines.items() if b is not backend and e.loaded]
+        if several or not others:
+            return
+        started = self.clock()
+        for other in others:
+            other.unload()
+        engine.load(request.model, request.device)
+        log.info(
+            "swapped %s for %s on the GPU in %.1f s",
+            ", ".join(str(o.backend) for o in others),
+            backend,
+            self.clock() - started,
+        )
+
+    async def _run_local(
         self,
-        prepared: PreparedImage,
+        backend: Backend,
         request: Request,
         out_path: Path,
         started: float,
@@ -386,38 +509,39 @@ class Generator:
         reason: str | None,
     ) -> Clip:
         from generator.encode import encode_frames
+        from generator.image import prepare_image
+
+        engine = self.engine(backend)
+        spec = self.specs[backend]
+        local = self.local_request(request)
+        if request.backend is Backend.AUTO:
+            local = self.fallback_request(spec, local)
+        size = spec.size_for if spec.keep_aspect else None
+        prepared = await asyncio.to_thread(
+            prepare_image, request.image, self.settings.image, size=size
+        )
 
         def run(profile: Profile | None):
-            return self.svd.generate(
-                prepared.image,
-                motion_bucket=request.motion_bucket(),
-                fps=request.fps or self.settings.svd.fps,
-                steps=request.steps,
-                seed=request.seed,
-                profile=profile,
-                model=self.svd_model(request),
-                device=request.device,
-                on_progress=on_progress,
-                should_cancel=should_cancel,
-            )
+            self._make_resident(backend, local)
+            req = local if profile is None else dataclasses.replace(local, profile=profile)
+            return engine.generate(prepared.image, req, on_progress, should_cancel)
 
-        profile = request.profile
         try:
-            frames = await asyncio.to_thread(run, profile)
+            frames = await asyncio.to_thread(run, None)
         except OutOfMemory:
-            if profile is Profile.LOW_VRAM:
+            if request.profile is Profile.LOW_VRAM:
                 raise
             # One retry with the low-VRAM profile: slower, but the user gets a clip.
-            log.warning("SVD ran out of GPU memory; retrying once with the low-vram profile")
+            log.warning("%s ran out of GPU memory; retrying once in low-vram", backend)
             frames = await asyncio.to_thread(run, Profile.LOW_VRAM)
         if on_progress:
-            on_progress(Progress("encoding", backend=Backend.SVD))
+            on_progress(Progress("encoding", backend=backend))
         video = await asyncio.to_thread(
             encode_frames, frames.frames, frames.fps, out_path, self.settings.encode
         )
         return Clip(
             video=video,
-            backend=Backend.SVD,
+            backend=backend,
             seed=frames.seed,
             fallback_reason=reason,
             cost_usd=0.0,

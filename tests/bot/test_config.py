@@ -24,7 +24,9 @@ from generator.config import (
     AutoSettings,
     ConfigError,
     EncodeSettings,
+    EnginesSettings,
     ImageSettings,
+    LtxSettings,
     SvdSettings,
     VeoSettings,
 )
@@ -40,6 +42,8 @@ SECTIONS = {
     "data": DataSettings,
     "image": ImageSettings,
     "svd": SvdSettings,
+    "ltx": LtxSettings,
+    "engines": EnginesSettings,
     "veo": VeoSettings,
     "auto": AutoSettings,
     "encode": EncodeSettings,

@@ -167,7 +167,8 @@ async def test_photo_gets_a_settings_card_and_is_saved(bot: Bot) -> None:
 
     card = bot.fake.message(ANN.id, card_id)
     shown = labels(card.buttons)
-    for label in ("Subtle", "✓ Moderate", "Dramatic", "✓ Auto", "Veo ~$3.20", "SVD"):
+    engines = ("✓ Auto", "LTX 5s 24fps", "SVD 3.6s 7fps", "Veo ~$3.20")  # what each makes
+    for label in ("Subtle", "✓ Moderate", "Dramatic", *engines):
         assert label in shown
     for label in ("✓ Portrait", "Group", "Landscape", "Pet", "Formal", "4 s", "6 s", "✓ 8 s"):
         assert label in shown
@@ -188,7 +189,7 @@ async def test_without_veo_credentials_the_card_offers_no_veo(bot: Bot) -> None:
     shown = labels(card.buttons)
     assert not any("Veo" in label for label in shown)
     assert not any(label.endswith(" s") for label in shown)  # no Veo durations
-    assert "SVD" in shown
+    assert "SVD 3.6s 7fps" in shown and "LTX 5s 24fps" in shown
 
 
 async def test_tapping_an_option_ticks_it_in_place(bot: Bot) -> None:
@@ -226,7 +227,7 @@ async def test_someone_elses_card_gets_an_alert(bot: Bot) -> None:
         Card(BOB.id, reply.message_id, ANN.id, 1, str(photo), JobOptions(), created_at=NOW)
     )
 
-    bot.fake.press(BOB, reply.message_id, "c1:i:subtle", strict=False)
+    bot.fake.press(BOB, reply.message_id, "c2:i:subtle", strict=False)
     (alert,) = await bot.answers(1)
 
     assert alert.show_alert and "someone else's" in (alert.text or "")
@@ -239,7 +240,7 @@ async def test_stale_or_unknown_buttons_get_an_alert(bot: Bot) -> None:
     reply = await bot.fake.wait_for_text(ANN.id, "/queue")
 
     bot.fake.press(ANN, reply.message_id, "c0:i:subtle", strict=False)  # an old layout
-    bot.fake.press(ANN, reply.message_id, "c1:i:subtle", strict=False)  # not a card
+    bot.fake.press(ANN, reply.message_id, "c2:i:subtle", strict=False)  # not a card
     bot.fake.press(ANN, reply.message_id, "j1:99999", strict=False)  # no such job
     alerts = await bot.answers(3)
 
@@ -580,6 +581,16 @@ def test_other_engine_swaps_what_made_the_clip() -> None:
     with pytest.raises(Refused):
         result_options(JobOptions(), "other", Backend.SVD, False)
     assert result_options(veo, "again", Backend.VEO, True) == veo
+
+
+def test_other_engine_moves_between_local_engines_when_veo_is_not_set_up() -> None:
+    offered = [Backend.LTX, Backend.SVD]
+    ltx = JobOptions(backend=Backend.LTX)
+    assert result_options(ltx, "other", Backend.LTX, False, offered).backend is Backend.SVD
+    assert result_options(JobOptions(), "other", Backend.SVD, False, offered).backend is Backend.LTX
+    assert result_options(ltx, "other", Backend.LTX, True, offered).backend is Backend.VEO
+    veo = JobOptions(backend=Backend.VEO, duration=6)
+    assert result_options(veo, "other", Backend.VEO, True, offered).backend is Backend.LTX
 
 
 def test_bot_data_is_typed() -> None:

@@ -1,8 +1,9 @@
-"""Whole journeys: the real bot polls the loopback Bot API and makes clips with the tiny SVD.
+"""Whole journeys: the real bot polls the loopback Bot API and makes clips with the tiny models.
 
 Everything is real except Telegram (tests/support/fake_botapi.py) and the model weights
-(tests/support/tiny_svd.py: 2 frames, 2 steps on CPU): ``build_app`` with its handlers,
-the SQLite store, ``bot.worker.Worker`` with an ``InlineRunner`` over ``Generator``.
+(tests/support/tiny_svd.py: 2 frames, 2 steps on CPU; tests/support/tiny_ltx.py: 9 frames,
+2 steps): ``build_app`` with its handlers, the SQLite store, ``bot.worker.Worker`` with an
+``InlineRunner`` over ``Generator``.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from bot.gpu import InlineRunner
 from bot.jobs import Job, Status
 from bot.store import Store
 from bot.worker import Worker
-from generator.config import GeneratorSettings, ImageSettings, VeoCredentials
+from generator.config import AutoSettings, GeneratorSettings, ImageSettings, VeoCredentials
 from generator.encode import probe_video
+from generator.options import Backend
 from generator.router import Generator
 from tests.support.fake_botapi import TOKEN, FakeBotApi, FakeUser
 from tests.support.images import photo_bytes
+from tests.support.tiny_ltx import tiny_ltx_settings
 from tests.support.tiny_svd import tiny_settings
 
 ANN = FakeUser(101, "Ann")
@@ -75,10 +78,12 @@ class Journey:
 
 
 @pytest.fixture(scope="module")
-def generator_settings(tiny_svd_dir: Path) -> GeneratorSettings:
+def generator_settings(tiny_svd_dir: Path, tiny_ltx_dir: Path) -> GeneratorSettings:
     return GeneratorSettings(
         svd=tiny_settings(tiny_svd_dir),
+        ltx=tiny_ltx_settings(tiny_ltx_dir),
         image=ImageSettings(landscape_size=(32, 32), portrait_size=(32, 32)),
+        auto=AutoSettings(chain=("veo", "svd", "ltx")),  # Auto means the tiny SVD here
     )
 
 
@@ -192,3 +197,33 @@ async def test_cancel_a_queued_job(journey: Journey) -> None:
     video = await fake.wait_for_video(ANN.id, timeout=CLIP_TIMEOUT)
     assert video.reply_to_message_id == second.message_id
     assert len(fake.videos(ANN.id)) == 1
+
+
+async def test_pick_ltx_on_the_card_and_a_smooth_clip_in_the_photos_aspect_arrives(
+    journey: Journey,
+) -> None:
+    fake = journey.fake
+    pushed = fake.send_photo(ANN, photo_bytes((96, 64)))  # 3:2 landscape
+    card_id = await journey.card_for(pushed.message_id)
+    card = fake.message(ANN.id, card_id)
+    assert "LTX 1.1s 8fps" in str(card.buttons)  # what it makes, before any history
+    assert "SVD 0.3s 7fps" in str(card.buttons)
+
+    await journey.tick(card_id, "LTX")
+    assert "local (LTX-Video), a clip of about 1.1 s" in fake.message(ANN.id, card_id).content
+    fake.press_button(ANN, card_id, "Animate")
+    video = await fake.wait_for_video(ANN.id, timeout=CLIP_TIMEOUT)
+
+    path = journey.tmp_path / "ltx.mp4"
+    path.write_bytes(video.data)
+    probe = probe_video(path)
+    assert probe.codec == "h264" and probe.frames == 9  # 8k+1 frames
+    assert (probe.width, probe.height) == (64, 32)  # the photo's landscape aspect, /32 sides
+    (queued,) = await journey.store.history(ANN.id)
+    job = await journey.finished(queued.id)
+    assert job.status is Status.DONE and job.used_backend is Backend.LTX
+
+    # The next card shows LTX's typical wait, from this job.
+    second = fake.send_photo(ANN, photo_bytes((96, 64)))
+    next_card = fake.message(ANN.id, await journey.card_for(second.message_id))
+    assert "LTX 1.1s 8fps ~" in str(next_card.buttons)

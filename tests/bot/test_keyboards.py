@@ -7,6 +7,7 @@ from typing import ClassVar
 
 import pytest
 
+from bot import texts
 from bot.jobs import JobOptions
 from bot.keyboards import (
     ALL_PAYLOADS,
@@ -14,6 +15,7 @@ from bot.keyboards import (
     Animate,
     CancelCard,
     CardOption,
+    EngineButton,
     HistoryResend,
     JobCancel,
     Payload,
@@ -56,10 +58,10 @@ def test_prefixes_are_unique() -> None:
     "data",
     [
         "c0:i:subtle",  # an older layout of the card
-        "c1:i:wild",  # not an intensity
-        "c1:z:subtle",  # no such field
-        "c1:d:5",  # Veo makes 4, 6 or 8 s
-        "c1:i",  # too few values
+        "c2:i:wild",  # not an intensity
+        "c2:z:subtle",  # no such field
+        "c2:d:5",  # Veo makes 4, 6 or 8 s
+        "c2:i",  # too few values
         "j1:abc",  # not a job id
         "j1:1:2",  # too many values
         "r1:1:explode",  # no such result action
@@ -145,7 +147,7 @@ def test_status_and_result_keyboards_carry_the_job() -> None:
         "j1:5_0",
         "j1:\u0665",  # an Arabic-Indic five: int() takes it
         "r1:" + "1" * 60 + ":more",  # over 64 bytes
-        "c1:d:\uff18",  # a full-width 8
+        "c2:d:\uff18",  # a full-width 8
     ],
 )
 def test_forged_numbers_are_refused(data: str) -> None:
@@ -154,3 +156,21 @@ def test_forged_numbers_are_refused(data: str) -> None:
 
 def test_the_largest_id_still_unpacks() -> None:
     assert JobCancel.unpack(f"j1:{2**63 - 1}") == JobCancel(2**63 - 1)
+
+
+def test_card_buttons_from_before_the_engine_row_read_as_expired() -> None:
+    assert not is_known("c1:b:svd")  # an old card: the "expired" path, not a wrong choice
+    assert CardOption.unpack("c2:b:ltx") == CardOption("b", "ltx")
+
+
+def test_the_engine_row_offers_the_given_engines_with_what_they_make() -> None:
+    engines = [
+        EngineButton(Backend.LTX, texts.engine_button(Backend.LTX, 5.04, 24, 42.0)),
+        EngineButton(Backend.SVD, texts.engine_button(Backend.SVD, 3.57, 7, None)),
+    ]
+    labels = _labels(
+        settings_keyboard(JobOptions(backend=Backend.LTX), veo_cost_usd=None, engines=engines)
+    )
+
+    assert labels[3:6] == ["Auto", "✓ LTX 5s 24fps ~42 s", "SVD 3.6s 7fps"]
+    assert not any(label.endswith(" s") and "fps" not in label for label in labels)

@@ -12,6 +12,7 @@ import pytest
 from generator.cli import EXIT_FAILED
 from generator.encode import probe_video
 from tests.support.images import write_photo
+from tests.support.tiny_ltx import tiny_ltx_toml
 from tests.support.tiny_svd import tiny_config_toml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -213,3 +214,53 @@ def test_the_bots_tables_in_a_shared_config_are_accepted(tmp_path, config):
         '[telegram]\nmode = "polling"\n[access]\npublic = true\n' + config.read_text()
     )
     assert load_settings(shared).svd.steps == 2
+@pytest.fixture
+def both_engines(tmp_path: Path, tiny_svd_dir: Path, tiny_ltx_dir: Path) -> Path:
+    """A config with the tiny SVD (3 frames at 6 fps) and the tiny LTX-Video (8 fps, 1-2 s)."""
+    path = tmp_path / "engines.toml"
+    path.write_text(
+        tiny_config_toml(tiny_svd_dir, frames=3, steps=2, fps=6) + tiny_ltx_toml(tiny_ltx_dir)
+    )
+    return path
+
+
+def test_ltx_clip_says_its_exact_length_first_and_keeps_the_photo_aspect(tmp_path, both_engines):
+    photo = write_photo(tmp_path / "tall.jpg", size=(80, 120))
+    out = tmp_path / "ltx.mp4"
+
+    result = run_cli(
+        photo,
+        "--backend",
+        "ltx",
+        "--duration",
+        "2",
+        "--seed",
+        "3",
+        "-o",
+        out,
+        "--config",
+        both_engines,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "LTX-Video makes 17 frames at 8 fps = 2.12 s" in result.stderr
+    assert result.stdout.strip().splitlines()[-1] == str(out)
+    probe = probe_video(out)
+    assert (probe.width, probe.height, probe.frames) == (32, 64, 17)  # upright, 8k+1 frames
+    assert probe.fps == pytest.approx(8)
+
+
+def test_auto_without_veo_uses_the_local_engines_length_rules(tmp_path, both_engines):
+    photo = write_photo(tmp_path / "p.jpg", size=(96, 64))
+
+    # Veo's rule (4, 6 or 8 s) no longer refuses a length the local engine can make ...
+    short = run_cli(photo, "--duration", "1", "-o", tmp_path / "a.mp4", "--config", both_engines)
+    # ... and a length it cannot make is refused before any work, saying what it makes.
+    long = run_cli(photo, "--duration", "4", "-o", tmp_path / "b.mp4", "--config", both_engines)
+
+    assert short.returncode == 0, short.stderr
+    assert "LTX-Video makes 9 frames at 8 fps = 1.12 s" in short.stderr
+    assert probe_video(tmp_path / "a.mp4").frames == 9
+    assert long.returncode == 2
+    assert "LTX-Video makes clips of 1.1 to 2.1 s at 8 fps, not 4 s" in long.stderr
+    assert not (tmp_path / "b.mp4").exists()

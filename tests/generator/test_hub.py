@@ -7,12 +7,12 @@ from pathlib import Path
 
 import httpx2
 import pytest
+from generator.svd import SvdBackend
 from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
 from generator.config import SvdSettings
 from generator.errors import BackendUnavailable, ModelUnavailable
 from generator.hub import loading
-from generator.svd import SvdBackend
 
 MODEL = "animate-bot-tests/no-such-model"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from generator.options import MOTION_BANDS, Intensity, PhotoType, Request
-from generator.prompt import NEGATIVE_PROMPT, build_prompt, sanitize_element
+from generator.prompt import NEGATIVE_PROMPT, build_ltx_prompt, build_prompt, sanitize_element
 
 
 def test_portrait_prompt_is_exactly_the_documented_text() -> None:
@@ -81,3 +81,17 @@ def test_unknown_motion_band_is_refused() -> None:
 
 def test_negative_prompt_default_comes_from_settings() -> None:
     assert "distorted faces" in NEGATIVE_PROMPT
+
+
+def test_ltx_prompt_describes_the_footage_and_shares_the_scene_with_veo():
+    ltx = build_ltx_prompt(PhotoType.PET, "gentle", ["a red ball\x07", "  snow  falling "])
+    veo = build_prompt(PhotoType.PET, "gentle", [])
+
+    assert ltx == build_ltx_prompt(PhotoType.PET, "gentle", ["a red ball\x07", "  snow  falling "])
+    assert ltx.startswith("The animal's fur and ears stir")  # the footage, not "animate this"
+    assert ltx.split(". ")[0] in veo  # the same scene sentence as Veo's
+    assert "A red ball, snow falling are in the scene." in ltx  # extras sanitised
+    assert "\x07" not in ltx and "Animate this photo" not in ltx
+    assert build_ltx_prompt(PhotoType.PET, "dramatic") != build_ltx_prompt(PhotoType.PET, "gentle")
+    with pytest.raises(ValueError, match="unknown motion band"):
+        build_ltx_prompt(PhotoType.PET, "wild")

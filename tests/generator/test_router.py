@@ -10,6 +10,7 @@ import pytest
 from generator.clip import Progress
 from generator.config import (
     AutoSettings,
+    EnginesSettings,
     GeneratorSettings,
     ImageSettings,
     VeoCredentials,
@@ -205,3 +206,29 @@ async def test_cancelling_a_submitted_veo_clip_still_reports_its_cost(
         )
     assert len(fake_veo.submits) == 1
     assert info.value.cost_usd == pytest.approx(4 * 0.40)  # Veo bills the abandoned clip
+
+
+@pytest.mark.parametrize(("residency", "svd_stays"), [("one", False), ("all", True)])
+async def test_a_job_for_another_engine_swaps_it_in_unless_several_stay_warm(
+    tiny_svd_settings, tiny_ltx, photo, tmp_path, caplog, residency, svd_stays
+):
+    settings = GeneratorSettings(
+        image=ImageSettings(landscape_size=(64, 32), portrait_size=(32, 64)),
+        svd=tiny_svd_settings,
+        ltx=tiny_ltx,
+        engines=EnginesSettings(residency=residency),
+    )
+    gen = Generator(settings, credentials=VeoCredentials(), total_vram=lambda: 12 * 1024**3)
+
+    await gen.generate(Request(image=photo, backend=Backend.SVD), tmp_path / "svd.mp4")
+    with caplog.at_level("INFO", logger="generator.router"):
+        clip = await gen.generate(Request(image=photo, backend=Backend.LTX), tmp_path / "ltx.mp4")
+
+    assert clip.backend is Backend.LTX
+    assert probe_video(clip.path).frames == 9
+    assert gen.engine(Backend.LTX).loaded
+    assert gen.engine(Backend.SVD).loaded is svd_stays
+    swaps = [r.getMessage() for r in caplog.records if "swapped" in r.getMessage()]
+    assert bool(swaps) is not svd_stays
+    if swaps:
+        assert swaps[0].startswith("swapped svd for ltx on the GPU in ")

@@ -104,3 +104,35 @@ def test_success_resets_the_failure_count():
     breaker.record_success()
     breaker.record_failure()
     assert breaker.state is BreakerState.CLOSED
+
+
+# --- which local engine auto uses, and how many stay loaded ---
+
+GIB = 1024**3
+
+
+def test_auto_uses_the_first_engine_in_the_chain_that_fits_the_card(tmp_path):
+    from generator.config import AutoSettings, GeneratorSettings, LtxSettings
+    from generator.engines.catalog import auto_local
+
+    default = GeneratorSettings()
+    svd_first = GeneratorSettings(auto=AutoSettings(chain=("veo", "svd", "ltx")))
+    ltx_off = GeneratorSettings(ltx=LtxSettings(enabled=False))
+    ltx_missing = GeneratorSettings(ltx=LtxSettings(model=str(tmp_path / "nowhere")))
+
+    assert auto_local(default, 12 * GIB) is Backend.LTX  # a 12 GB card: LTX-Video
+    assert auto_local(default, 4 * GIB) is Backend.SVD  # nothing fits: the last in the chain
+    assert auto_local(default, None) is Backend.SVD  # no CUDA card
+    assert auto_local(svd_first, 80 * GIB) is Backend.SVD
+    assert auto_local(ltx_off, 80 * GIB) is Backend.SVD
+    assert auto_local(ltx_missing, 80 * GIB) is Backend.SVD
+
+
+def test_a_large_card_keeps_several_engines_warm_and_a_small_one_swaps():
+    from generator.engines import Residency, keeps_several
+
+    assert keeps_several(Residency.AUTO, 141 * GIB, 40.0)
+    assert not keeps_several(Residency.AUTO, 12 * GIB, 40.0)
+    assert not keeps_several(Residency.AUTO, None, 40.0)
+    assert not keeps_several(Residency.ONE, 141 * GIB, 40.0)
+    assert keeps_several(Residency.ALL, 12 * GIB, 40.0)

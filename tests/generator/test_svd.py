@@ -11,12 +11,12 @@ import PIL.Image
 import pytest
 import torch
 
-from generator import svd_speed
 from generator.clip import Progress
 from generator.config import SvdSettings
+from generator.engines import svd_speed
+from generator.engines.svd import SvdBackend, choose_profile, resolve_device, resolve_dtype
 from generator.errors import BackendUnavailable, Cancelled, InvalidRequest, OutOfMemory
 from generator.options import Backend, Profile
-from generator.svd import SvdBackend, choose_profile, resolve_device, resolve_dtype
 from tests.support.tiny_svd import tiny_settings
 
 GIB = 1024**3
@@ -176,7 +176,7 @@ def test_resolve_dtype(setting: str, device: str, expected: torch.dtype) -> None
 
 
 def test_cpu_device_works_but_warns(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="generator.svd"):
+    with caplog.at_level(logging.WARNING, logger="generator.engines.svd"):
         assert resolve_device("cpu") == "cpu"
         assert resolve_device("cuda:1") == "cuda:1"
     assert [r.levelno for r in caplog.records] == [logging.WARNING]
@@ -297,7 +297,7 @@ def test_compile_failure_falls_back_to_eager(
     eager = SvdBackend(tiny_settings(tiny_svd_dir, compile=False))
     backend = SvdBackend(tiny_settings(tiny_svd_dir, compile=True))
 
-    with caplog.at_level(logging.WARNING, logger="generator.svd_speed"):
+    with caplog.at_level(logging.WARNING, logger="generator.engines.svd_speed"):
         first = backend.generate(photo(), motion_bucket=127, fps=7, seed=4)
         backend.generate(photo(), motion_bucket=127, fps=7, seed=4)
     expected = eager.generate(photo(), motion_bucket=127, fps=7, seed=4)
@@ -335,7 +335,7 @@ def test_fp8_without_an_fp8_gpu_warns_and_runs_fp16(
     tiny_svd_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     backend = SvdBackend(tiny_settings(tiny_svd_dir, fp8=True))
-    with caplog.at_level(logging.WARNING, logger="generator.svd"):
+    with caplog.at_level(logging.WARNING, logger="generator.engines.svd"):
         result = backend.generate(photo(), motion_bucket=127, fps=7, seed=1)
     assert len(result.frames) == 2
     assert any("fp8" in r.getMessage() for r in caplog.records)

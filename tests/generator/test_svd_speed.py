@@ -14,10 +14,8 @@ import torch
 from diffusers import StableVideoDiffusionPipeline
 from PIL import Image
 
-from generator import svd_speed
-from generator.errors import BackendUnavailable
-from generator.options import Profile
-from generator.svd_speed import (
+from generator.engines import svd_speed
+from generator.engines.svd_speed import (
     CfgSplitUNet,
     apply_fast,
     apply_fp8,
@@ -31,6 +29,8 @@ from generator.svd_speed import (
     uncompile_module,
     unfuse_qkv,
 )
+from generator.errors import BackendUnavailable
+from generator.options import Profile
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -147,7 +147,7 @@ def test_compile_failure_at_first_call_falls_back_to_eager(
     expected = module(x)
     compile_module(module, label="toy", backend=_broken_backend)
     assert is_compiled(module)
-    with caplog.at_level(logging.WARNING, logger="generator.svd_speed"):
+    with caplog.at_level(logging.WARNING, logger="generator.engines.svd_speed"):
         torch.testing.assert_close(module(x), expected)
         torch.testing.assert_close(module(x), expected)  # stays eager, no second try
     assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1

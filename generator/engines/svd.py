@@ -9,10 +9,12 @@ Example::
     (25, 42)
 
 Every SVD-specific knob lives here (motion bucket, fps conditioning, noise augmentation,
-decode chunking, guidance range, memory profiles), so later backends (Wan, LTX-Video) can
-sit beside this file without sharing its assumptions.
+decode chunking, guidance range, memory profiles). :class:`SvdEngine` puts it behind the
+engine interface (``generator.engines.Engine``): the router hands it a ``Request`` and this
+module alone turns intensity into a motion bucket.
 
-Memory profiles (what each does is in ``generator.svd_speed``, measured in bench/RESULTS.md):
+Memory profiles (what each does is in ``generator.engines.svd_speed``, measured in
+bench/RESULTS.md):
 
 * ``FAST``: the whole pipeline on the device, fused QKV projections, cuDNN attention first,
   UNet and VAE decoder ``torch.compile``-d when ``settings.compile`` (CUDA with Triton only;
@@ -35,18 +37,18 @@ import os
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 import PIL.Image
 import torch
 
-from generator import hub, svd_speed
+from generator import hub
 from generator.clip import CancelFn, Progress, ProgressFn
 from generator.config import SvdSettings
+from generator.engines import Engine, EngineSpec, Frames, choose_profile, svd_speed
 from generator.errors import BackendUnavailable, Cancelled, InvalidRequest, OutOfMemory
-from generator.options import Backend, Profile
+from generator.options import Backend, Profile, Request
 
 log = logging.getLogger(__name__)
 
@@ -83,30 +85,8 @@ def resolve_dtype(setting: str, device: str) -> torch.dtype:
         raise InvalidRequest(f"unknown dtype {setting!r}; use auto, {', '.join(_DTYPES)}") from None
 
 
-def choose_profile(
-    requested: Profile, free_vram_bytes: int | None, threshold_gib: float
-) -> Profile:
-    """Pick the profile: ``AUTO`` is ``LOW_VRAM`` below ``threshold_gib`` GiB free, else ``FAST``.
-
-    ``free_vram_bytes`` is ``None`` where it cannot be measured (CPU, MPS): ``FAST`` then.
-    An explicit ``FAST`` or ``LOW_VRAM`` is returned as asked.
-    """
-    if requested is not Profile.AUTO:
-        return requested
-    if free_vram_bytes is None:
-        return Profile.FAST
-    return Profile.LOW_VRAM if free_vram_bytes < threshold_gib * _GIB else Profile.FAST
-
-
-@dataclass(frozen=True)
-class SvdFrames:
-    """What one SVD run made: the frames in order, and how (to reproduce it)."""
-
-    frames: list[PIL.Image.Image]
-    fps: int
-    seed: int
-    profile: Profile
-    steps: int
+#: What one SVD run made (the engine interface's ``Frames``; the name is kept for callers).
+SvdFrames = Frames
 
 
 def _device_type(device: str) -> str:
@@ -509,3 +489,67 @@ def _report(on_progress: ProgressFn | None, progress: Progress) -> None:
         on_progress(progress)
     except Exception:  # a broken progress display must not kill the clip
         log.exception("progress callback failed")
+
+
+class SvdEngine(Engine):
+    """SVD-XT behind the engine interface: a ``Request`` in, ``Frames`` out.
+
+    Args:
+        settings: the ``[svd]`` settings.
+        spec: what it makes (``generator.engines.catalog.svd_spec``).
+        backend_kwargs: passed to :class:`SvdBackend` (``hf_token``, ``clock``).
+    """
+
+    backend = Backend.SVD
+
+    def __init__(self, settings: SvdSettings, *, spec: EngineSpec, **backend_kwargs: Any) -> None:
+        self.settings = settings
+        self.spec = spec
+        self.svd = SvdBackend(settings, **backend_kwargs)
+
+    def __repr__(self) -> str:
+        return f"SvdEngine({self.svd!r})"
+
+    @property
+    def loaded(self) -> bool:
+        return self.svd.loaded
+
+    def load(self, model: str | None = None, device: str | None = None) -> None:
+        self.svd.load(model, device)
+
+    def unload(self) -> None:
+        self.svd.unload()
+
+    def generate(
+        self,
+        photo: PIL.Image.Image,
+        request: Request,
+        progress: ProgressFn | None = None,
+        cancel: CancelFn | None = None,
+    ) -> Frames:
+        """Animate ``photo`` with the motion bucket ``request``'s intensity (or motion) picks."""
+        plan = self.check(request)  # a length SVD cannot make is refused before loading
+        return self.svd.generate(
+            photo,
+            frames=plan.frames,
+            motion_bucket=request.motion_bucket(),
+            fps=request.fps or self.settings.fps,
+            steps=request.steps,
+            seed=request.seed,
+            profile=request.profile,
+            model=request.model,
+            device=request.device,
+            on_progress=progress,
+            should_cancel=cancel,
+        )
+
+    def resident_bytes(self) -> int:
+        pipe = self.svd.pipeline
+        if pipe is None:
+            return 0
+        return sum(
+            p.numel() * p.element_size()
+            for module in (pipe.unet, pipe.vae, pipe.image_encoder)
+            for p in module.parameters()
+            if p.device.type == "cuda"
+        )

@@ -1,6 +1,6 @@
 """Speed and memory settings applied to a loaded SVD pipeline: the fast and low-vram profiles, fp8.
 
-``generator.svd`` loads one ``StableVideoDiffusionPipeline`` per process and calls one of
+``generator.engines.svd`` loads one ``StableVideoDiffusionPipeline`` per process and calls one of
 these when it places it for a profile. Every function changes the pipeline in place and
 leaves its ``__call__`` stock; :func:`restore_stock` undoes all of them, so the caller can
 switch profiles on the same object.

@@ -1,0 +1,456 @@
+"""Local image-to-video with LTX-Video (a distilled checkpoint) via diffusers' LTXConditionPipeline.
+
+Example::
+
+    >>> engine = build_engine(Backend.LTX, settings)  # generator.engines.catalog
+    >>> frames = engine.generate(photo, Request(image=path, duration=4, seed=1))
+    >>> len(frames.frames), frames.fps
+    (97, 24)
+
+Every LTX-specific knob lives here: the frame rule (``8k + 1`` frames: the VAE packs 8 frames
+into one latent after the first), the size rule (sides divisible by 32, the photo's aspect
+within ``[ltx] width x height`` pixels), the distilled timesteps, guidance 1, the decode
+timestep and noise, the frame-rate conditioning, and the prompt. The photo conditions frame 0
+(``LTXVideoCondition``). Weights are placed by ``generator.engines.ltx_speed.apply_profile``.
+
+torch and diffusers are imported when a model loads, not with this module, so
+:func:`ltx_spec` can describe the engine to the bot without them.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from generator.clip import CancelFn, Progress, ProgressFn
+from generator.config import LtxSettings
+from generator.engines import Engine, EngineSpec, Frames, choose_profile
+from generator.errors import BackendUnavailable, Cancelled, InvalidRequest, OutOfMemory
+from generator.options import Backend, Profile, Request
+from generator.prompt import build_ltx_prompt
+
+if TYPE_CHECKING:
+    import PIL.Image
+
+log = logging.getLogger(__name__)
+
+#: Frame counts are ``FRAME_STEP * k + 1``: the VAE's temporal compression.
+FRAME_STEP = 8
+#: Width and height are multiples of this: the VAE's spatial compression (32 for LTX-Video).
+SIZE_MULTIPLE = 32
+#: The title people see.
+TITLE = "LTX-Video"
+
+_GIB = 1024**3
+
+
+def _frames(seconds: float, fps: int) -> int:
+    return FRAME_STEP * max(1, round((seconds * fps - 1) / FRAME_STEP)) + 1
+
+
+def ltx_spec(settings: LtxSettings) -> EngineSpec:
+    """What LTX-Video makes under ``settings``: ``8k+1`` frames at ``fps``, about
+    ``min_seconds`` to ``max_seconds`` long, ``width x height`` pixels in the photo's aspect."""
+    steps = len(settings.timesteps) or settings.steps
+    return EngineSpec(
+        backend=Backend.LTX,
+        title=TITLE,
+        fps=settings.fps,
+        frame_step=FRAME_STEP,
+        default_frames=_frames(settings.default_seconds, settings.fps),
+        min_frames=_frames(settings.min_seconds, settings.fps),
+        max_frames=_frames(settings.max_seconds, settings.fps),
+        size=(settings.width, settings.height),
+        min_vram_gib=settings.min_vram_gib,
+        steps=steps,
+        keep_aspect=True,
+        size_multiple=SIZE_MULTIPLE,
+    )
+
+
+def _device_type(device: str) -> str:
+    return device.split(":")[0]
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    # MPS and older CUDA builds raise a plain RuntimeError with this phrase.
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
+
+
+def _free_device_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _looks_local(model: str) -> bool:
+    """True for folder paths; hub ids look like ``org/name``."""
+    return (
+        os.path.isabs(model)
+        or model.startswith((".", "~"))
+        or model.count("/") != 1
+        or Path(model).expanduser().exists()
+    )
+
+
+class LtxEngine(Engine):
+    """One LTX-Video pipeline per process, loaded once and reused across clips.
+
+    Args:
+        settings: the ``[ltx]`` settings (model, device, profile, size, steps, prompts).
+        spec: what it makes (:func:`ltx_spec`).
+        hf_token: Hugging Face token; defaults to ``HF_TOKEN``. Never logged.
+        clock: seconds, monotonic; progress ``elapsed`` is measured with it.
+    """
+
+    backend = Backend.LTX
+
+    def __init__(
+        self,
+        settings: LtxSettings,
+        *,
+        spec: EngineSpec | None = None,
+        hf_token: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.spec = spec or ltx_spec(settings)
+        self._token = (hf_token if hf_token is not None else os.environ.get("HF_TOKEN")) or None
+        self._clock = clock
+        self._pipe: Any = None
+        self._model: str | None = None
+        self._device: str | None = None
+        self._profile: Profile | None = None
+
+    def __repr__(self) -> str:  # the token stays out of logs and tracebacks
+        return f"LtxEngine(model={self._model!r}, device={self._device!r}, loaded={self.loaded})"
+
+    @property
+    def loaded(self) -> bool:
+        return self._pipe is not None
+
+    @property
+    def pipeline(self) -> Any:
+        """The loaded diffusers ``LTXConditionPipeline`` (``None`` before ``load``)."""
+        return self._pipe
+
+    # --- loading ---
+
+    def _resolve_device(self, setting: str) -> str:
+        import torch
+
+        if setting != "auto":
+            return setting
+        if torch.cuda.is_available():
+            return "cuda"
+        if torch.backends.mps.is_available():
+            return "mps"
+        log.warning("LTX-Video is running on the CPU: expect minutes per clip")
+        return "cpu"
+
+    def _dtype(self, device: str) -> Any:
+        import torch
+
+        names = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+        if self.settings.dtype != "auto":
+            return names[self.settings.dtype]
+        # bf16 is what LTX-Video was trained in; CPU kernels for it are slow or missing.
+        return torch.float32 if _device_type(device) == "cpu" else torch.bfloat16
+
+    def _is_loaded_for(self, model: str | None, device: str | None) -> bool:
+        if self._pipe is None:
+            return False
+        wanted_device = device or self.settings.device
+        return (model or self.settings.model) == self._model and wanted_device in (
+            "auto",
+            self._device,
+        )
+
+    def load(self, model: str | None = None, device: str | None = None) -> None:
+        """Load the pipeline unless the same model is already loaded for the same device.
+
+        Raises:
+            BackendUnavailable: the device or folder is missing, the hub cannot be reached,
+                or the checkpoint is gated and no ``HF_TOKEN`` is set.
+        """
+        import torch
+
+        if self._is_loaded_for(model, device):
+            return
+        model = model or self.settings.model
+        device = self._resolve_device(device or self.settings.device)
+        kind = _device_type(device)
+        if (kind == "cuda" and not torch.cuda.is_available()) or (
+            kind == "mps" and not torch.backends.mps.is_available()
+        ):
+            raise BackendUnavailable(
+                f"LTX-Video device {device} is not available in this torch build or machine",
+                user_text="The LTX-Video engine's GPU is not available.",
+            )
+        self.unload()
+        dtype = self._dtype(device)
+        log.info("Loading LTX-Video model %s on %s (%s)", model, device, dtype)
+        pipe = self._from_pretrained(model, dtype, own_transformer=model != self.settings.model)
+        pipe.set_progress_bar_config(disable=True)  # we report progress ourselves
+        self._pipe, self._model, self._device, self._profile = pipe, model, device, None
+
+    def _from_pretrained(self, model: str, dtype: Any, *, own_transformer: bool) -> Any:
+        """``LTXConditionPipeline.from_pretrained`` with our errors at the edge.
+
+        ``[ltx] transformer`` (a single file) replaces the folder's transformer, unless a
+        request named another model: that folder is used whole.
+        """
+        from diffusers import LTXConditionPipeline, LTXVideoTransformer3DModel
+        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+        if _looks_local(model) and not Path(model).expanduser().is_dir():
+            raise BackendUnavailable(
+                f"LTX-Video model folder {model} does not exist (set [ltx] model)",
+                user_text="The LTX-Video model is not installed.",
+            )
+        kwargs: dict[str, Any] = {"dtype": dtype, "token": self._token}
+        try:
+            single = self.settings.transformer
+            if single and not own_transformer:
+                kwargs["transformer"] = LTXVideoTransformer3DModel.from_single_file(
+                    single, dtype=dtype, token=self._token
+                )
+            source = str(Path(model).expanduser()) if _looks_local(model) else model
+            return LTXConditionPipeline.from_pretrained(source, **kwargs)
+        except GatedRepoError as exc:
+            raise BackendUnavailable(
+                f"{model} is gated: accept its licence on huggingface.co and set HF_TOKEN, "
+                "or point [ltx] model at a local folder",
+                user_text="The LTX-Video engine is not set up on this bot.",
+            ) from exc
+        except RepositoryNotFoundError as exc:
+            raise BackendUnavailable(
+                f"LTX-Video model {model} not found on the Hugging Face hub "
+                "(check [ltx] model, or point it at a local folder)",
+                user_text="The LTX-Video engine is not set up on this bot.",
+            ) from exc
+        except (OSError, ValueError) as exc:
+            raise BackendUnavailable(
+                f"cannot load LTX-Video model {model}: {exc} "
+                "(no internet? download it once and point [ltx] model at the folder)",
+                user_text="The LTX-Video engine could not be loaded.",
+            ) from exc
+
+    def unload(self) -> None:
+        if self._pipe is None:
+            return
+        self._pipe = None
+        self._model = self._device = self._profile = None
+        _free_device_memory()
+
+    def resident_bytes(self) -> int:
+        if self._pipe is None:
+            return 0
+        pipe = self._pipe
+        return sum(
+            p.numel() * p.element_size()
+            for module in (pipe.transformer, pipe.vae, pipe.text_encoder)
+            for p in module.parameters()
+            if p.device.type == "cuda"
+        )
+
+    # --- generating ---
+
+    def generate(
+        self,
+        photo: PIL.Image.Image,
+        request: Request,
+        progress: ProgressFn | None = None,
+        cancel: CancelFn | None = None,
+    ) -> Frames:
+        """Animate ``photo`` (frame 0 of the clip) into the frames ``request`` asks for.
+
+        Args:
+            photo: the prepared photo, sides multiples of 32 (``spec.size_for`` chose them).
+            request: duration (maps to ``8k+1`` frames at ``[ltx] fps``), photo type,
+                intensity and custom elements (the prompt), seed, steps, model, device, profile.
+            progress: told "loading", then "denoising" step 1..n of n, then "decoding".
+            cancel: polled after each step; ``True`` stops with ``Cancelled``.
+
+        Returns:
+            ``Frames``: the frames, the fps, the seed used, the profile and the step count.
+
+        Raises:
+            InvalidRequest: the length or size cannot be made (nothing was run).
+            BackendUnavailable: the model cannot be loaded.
+            OutOfMemory: the GPU ran out; the low-vram profile may work.
+            Cancelled: ``cancel`` said so; the pipeline stays usable.
+        """
+        import torch
+
+        s = self.settings
+        # 1. Check inputs before any loading or GPU work.
+        plan = self.check(request)
+        width, height = photo.size
+        if width % SIZE_MULTIPLE or height % SIZE_MULTIPLE:
+            raise InvalidRequest(
+                f"LTX-Video needs sides divisible by {SIZE_MULTIPLE}, not {width}x{height}"
+            )
+        timesteps: list[float] | None = list(s.timesteps) or None
+        steps = request.steps or (len(timesteps) if timesteps else s.steps)
+        if timesteps and steps != len(timesteps):
+            timesteps = None  # another step count: the pipeline's own schedule for it
+
+        # 2. Load (once per process) and place the weights for the chosen profile.
+        if not self._is_loaded_for(request.model, request.device):
+            started = self._clock()
+            _report(progress, Progress("loading", backend=Backend.LTX))
+            self.load(request.model, request.device)
+            log.info("LTX-Video model loaded in %.1f s", self._clock() - started)
+        chosen = choose_profile(
+            request.profile or s.profile, self._free_vram(), s.low_vram_threshold_gib
+        )
+        try:
+            self._apply_profile(chosen)
+        except Exception as exc:
+            self._profile = None
+            self._raise_failed(exc, chosen)
+
+        # 3. Prompt and seed: a CPU generator gives the same noise for a seed on every device.
+        prompt = build_ltx_prompt(
+            request.photo_type, request.motion_words(), request.custom_elements
+        )
+        seed = secrets.randbits(63) if request.seed is None else request.seed
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        log.info(
+            "LTX-Video: %dx%d, %s, %d steps, seed %d, profile %s",
+            width,
+            height,
+            plan.describe(),
+            steps,
+            seed,
+            chosen,
+        )
+
+        # 4. Denoise and decode; progress and cancel ride on callback_on_step_end.
+        frames = self._run(
+            photo.convert("RGB"),
+            prompt=prompt,
+            frames=plan.frames,
+            fps=plan.fps,
+            steps=steps,
+            timesteps=timesteps,
+            generator=generator,
+            progress=progress,
+            cancel=cancel,
+        )
+        return Frames(frames=frames, fps=plan.fps, seed=seed, profile=chosen, steps=steps)
+
+    def _free_vram(self) -> int | None:
+        import torch
+
+        assert self._device is not None
+        if _device_type(self._device) != "cuda":
+            return None
+        free, _total = torch.cuda.mem_get_info(self._device)
+        # Memory our own pipeline already holds is ours to use, not "taken".
+        return free + torch.cuda.memory_reserved(self._device)
+
+    def _apply_profile(self, profile: Profile) -> None:
+        """Place the weights for ``profile``; leaving a placed profile reloads the files
+        (offload hooks are not undone in place)."""
+        from generator.engines import ltx_speed
+
+        if profile is self._profile:
+            return
+        if self._profile is not None:
+            model, device = self._model, self._device
+            self.unload()
+            self.load(model, device)
+        assert self._device is not None
+        ltx_speed.apply_profile(self._pipe, profile, device=self._device)
+        log.info("LTX-Video profile %s on %s", profile, self._device)
+        self._profile = profile
+
+    def _run(
+        self,
+        photo: PIL.Image.Image,
+        *,
+        prompt: str,
+        frames: int,
+        fps: int,
+        steps: int,
+        timesteps: list[float] | None,
+        generator: Any,
+        progress: ProgressFn | None,
+        cancel: CancelFn | None,
+    ) -> list[PIL.Image.Image]:
+        """Call the pipeline once, translating out-of-memory at this edge."""
+        import torch
+        from diffusers.pipelines.ltx.pipeline_ltx_condition import LTXVideoCondition
+
+        pipe, s = self._pipe, self.settings
+        started = self._clock()
+
+        def on_step_end(_pipe: Any, step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            _report(
+                progress,
+                Progress("denoising", step + 1, steps, self._clock() - started, Backend.LTX),
+            )
+            if cancel is not None and cancel():
+                # Raising skips the remaining steps and the decode; we clean up below.
+                raise Cancelled(f"cancelled after step {step + 1} of {steps}")
+            if step + 1 == steps:
+                _report(progress, Progress("decoding", backend=Backend.LTX))
+            return kwargs
+
+        call: dict[str, Any] = dict(
+            conditions=[LTXVideoCondition(image=photo, frame_index=0)],
+            prompt=prompt,
+            negative_prompt=s.negative_prompt,
+            width=photo.width,
+            height=photo.height,
+            num_frames=frames,
+            frame_rate=fps,
+            guidance_scale=s.guidance_scale,
+            decode_timestep=s.decode_timestep,
+            decode_noise_scale=s.decode_noise_scale,
+            image_cond_noise_scale=s.image_cond_noise_scale,
+            generator=generator,
+            callback_on_step_end=on_step_end,
+            output_type="pil",
+        )
+        if timesteps:
+            call["timesteps"] = timesteps
+        else:
+            call["num_inference_steps"] = steps
+        try:
+            with torch.inference_mode():
+                return pipe(**call).frames[0]
+        except Exception as exc:
+            self._raise_failed(exc, self._profile)
+
+    def _raise_failed(self, exc: Exception, profile: Profile | None) -> NoReturn:
+        """Leave the pipeline ready for the next call, then raise: out-of-memory as ours."""
+        if self._pipe is not None:
+            self._pipe.maybe_free_model_hooks()
+        _free_device_memory()
+        if _is_oom(exc):
+            raise OutOfMemory(f"{self._device} ran out of memory in profile {profile}") from exc
+        raise exc
+
+
+def _report(progress: ProgressFn | None, event: Progress) -> None:
+    if progress is None:
+        return
+    try:
+        progress(event)
+    except Exception:  # a broken progress display must not kill the clip
+        log.exception("progress callback failed")
