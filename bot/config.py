@@ -302,6 +302,9 @@ def summary(settings: Settings) -> str:
         f"{w.max_attempts} attempts",
         f"data: {settings.data_dir}",
         f"svd: {g.svd.model} ({g.svd.frames} frames, {g.svd.steps} steps, {g.svd.fps} fps)",
+        f"ltx: {g.ltx.model if g.ltx.enabled else 'disabled'}"
+        + (f" + {g.ltx.transformer}" if g.ltx.enabled and g.ltx.transformer else ""),
+        f"auto: {' > '.join(g.auto.chain)}",
         f"veo: {'configured' if settings.veo.configured else 'not configured'} ({g.veo.model})",
     ]
     return "\n".join(lines)

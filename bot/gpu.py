@@ -302,7 +302,7 @@ def _child_main(
 class ProcessRunner:
     """Makes clips in a child process (spawned, so CUDA starts clean), kept warm between jobs.
 
-    The child starts on the first ``run`` (or ``start``) and loads SVD once; it says
+    The child starts on the first ``run`` (or ``start``) and loads each engine once; it says
     "ready" when it can take a job and "started" when it takes one. ``ready`` restarts a
     child that died while idle and waits for its "ready", so the worker claims no job for a
     dead engine. If the child dies after "started", ``run`` raises ``WorkerCrashed`` (the
@@ -313,7 +313,7 @@ class ProcessRunner:
         settings: the generator settings the child builds its ``Generator`` from.
         generator_factory: module-level callable ``(settings) -> generator`` run in the
             child (pickled by qualified name); ``default_generator`` when omitted.
-        warm_up: load the SVD pipeline as soon as the child starts.
+        warm_up: load the local engine auto uses as soon as the child starts.
     """
 
     def __init__(

@@ -142,19 +142,20 @@ def _data(context: Context) -> BotData:
     return context.bot_data
 
 
-def _local_engine(settings: Settings, options: JobOptions) -> Backend:
+async def _local_engine(settings: Settings, options: JobOptions) -> Backend:
     """The local engine that makes this card's clip: the chosen one, or the one Auto uses on
-    this machine's card."""
+    this machine's card (asked of nvidia-smi once, off the loop)."""
     if options.backend.local:
         return options.backend
+    vram = await asyncio.to_thread(card_vram_bytes)
     try:
-        return auto_local(settings.generator, card_vram_bytes())
+        return auto_local(settings.generator, vram)
     except BackendUnavailable:
         return Backend.SVD
 
 
-def _card_text(settings: Settings, options: JobOptions, note: str | None = None) -> str:
-    local = _local_engine(settings, options)
+async def _card_text(settings: Settings, options: JobOptions, note: str | None = None) -> str:
+    local = await _local_engine(settings, options)
     return texts.settings_card(
         options,
         veo_available=settings.veo.configured,
@@ -395,7 +396,7 @@ async def on_photo(update: Update, context: Context) -> None:
     if caption:
         options = dataclasses.replace(options, custom_elements=(caption,))
     # Buttons go on once the card is stored, so every button a user can see already works.
-    card = await message.reply_text(_card_text(data.settings, options), do_quote=True)
+    card = await message.reply_text(await _card_text(data.settings, options), do_quote=True)
     await data.store.save_card(
         Card(
             chat_id=card.chat_id,
@@ -487,7 +488,7 @@ async def on_card_option(update: Update, context: Context) -> None:
     _show(
         data,
         query,
-        _card_text(data.settings, options),
+        await _card_text(data.settings, options),
         reply_markup=await _settings_keyboard(data, options),
     )
 

@@ -50,7 +50,7 @@ class Intensity(enum.StrEnum):
 
 
 class Profile(enum.StrEnum):
-    """SVD memory profile. ``AUTO`` picks by free VRAM."""
+    """A local engine's memory profile. ``AUTO`` picks by free VRAM."""
 
     AUTO = "auto"
     FAST = "fast"
@@ -112,20 +112,23 @@ class Request:
 
     Args:
         image: path of the photo on disk.
-        backend: ``auto`` (Veo, else SVD), ``veo`` or ``svd``.
-        photo_type: what is in the photo; shapes Veo's prompt.
+        backend: ``auto`` (``[auto] chain``: Veo, else the best local engine), ``veo``,
+            ``ltx`` or ``svd``.
+        photo_type: what is in the photo; shapes the Veo and LTX-Video prompts.
         intensity: subtle / moderate / dramatic; picks the motion unless ``motion`` is given.
-        duration: seconds. Veo takes 4, 6 or 8 (default 8). SVD makes ``frames / fps``
-            seconds and ignores nothing silently: a duration it cannot make is an error.
+        duration: seconds. Veo takes 4, 6 or 8 (default 8); LTX-Video about 2 to 10
+            (8k+1 frames at 24 fps, default 5); SVD makes ``frames / fps`` seconds. Nothing is
+            ignored silently: a duration the engine cannot make is an error.
         fps: SVD frame rate, both its conditioning and the playback rate (default 7).
             Veo always delivers 24 fps.
         motion: SVD motion bucket 0-255; overrides ``intensity``'s choice.
-        custom_elements: extra words for Veo's prompt ("a red balloon", "snow falling").
+        custom_elements: extra words for Veo's and LTX-Video's prompts ("snow falling").
         seed: for reproducible clips; ``None`` picks one (reported in the result).
         steps: SVD denoising steps (default from config, 25).
-        model: overrides the configured model (SVD hub id or folder, or Veo model name).
-        device: ``cuda``, ``mps`` or ``cpu`` for SVD.
-        profile: SVD memory profile.
+        model: overrides the configured model (a local engine's hub id or folder, or a Veo
+            model name).
+        device: ``cuda``, ``mps`` or ``cpu`` for the local engine.
+        profile: the local engine's memory profile.
         veo_resolution: ``720p`` or ``1080p`` (1080p needs 8 s).
     """
 
@@ -192,6 +195,13 @@ def check_request(request: Request, *, frames: int = 25, default_fps: int = 7) -
 
     fps = request.fps or default_fps
     svd_seconds = svd_duration(frames, fps)
+    if request.backend is Backend.LTX:
+        # Its length rule lives with the engine (generator.engines.ltx), checked by the router.
+        if request.veo_resolution != "720p":
+            raise InvalidRequest("--resolution applies to Veo only")
+        if request.fps is not None:
+            raise InvalidRequest("--fps applies to SVD only (LTX-Video makes 24 fps clips)")
+        return
     if request.backend is Backend.SVD:
         if request.veo_resolution != "720p":
             raise InvalidRequest("--resolution applies to Veo only")

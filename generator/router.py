@@ -12,7 +12,9 @@ Every fallback comes with a sentence a user can read. Length rules are those of 
 Local engines are driven only through ``generator.engines.Engine``. One GPU holds what fits:
 with ``[engines] residency = "auto"`` a card of at least ``keep_warm_gib`` keeps every engine
 it has used loaded; a smaller one keeps one, and a job for another engine swaps it (the swap
-is logged with its cost in seconds).
+is logged with its cost in seconds). Swaps never reorder the queue: the claim order stays the
+fair one of ``bot/queue.py`` (the user served least recently goes next), so no user waits
+longer for someone else's choice of engine; a large card avoids swaps by keeping engines warm.
 
 Example::
 

@@ -67,6 +67,8 @@ def test_step_intensity_saturates():
         ({"backend": Backend.VEO, "fps": 12}, "SVD only"),
         ({"backend": Backend.SVD, "duration": 8}, "3.6 s"),
         ({"backend": Backend.SVD, "veo_resolution": "1080p"}, "Veo only"),
+        ({"backend": Backend.LTX, "veo_resolution": "1080p"}, "Veo only"),
+        ({"backend": Backend.LTX, "fps": 12}, "SVD only"),
         ({"fps": 0}, "--fps"),
         ({"steps": 0}, "--steps"),
         ({"device": "tpu"}, "--device"),
