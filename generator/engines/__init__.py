@@ -30,6 +30,7 @@ from generator.errors import InvalidRequest
 from generator.options import Backend, Profile, Request
 
 if TYPE_CHECKING:
+    import numpy as np
     import PIL.Image
 
 _GIB = 1024**3
@@ -145,9 +146,14 @@ def fit_area(
 
 @dataclass(frozen=True)
 class Frames:
-    """What one local run made: the frames in order, their rate, and how (to reproduce it)."""
+    """What one local run made: the frames in order, their rate, and how (to reproduce it).
 
-    frames: list[PIL.Image.Image]
+    Frames are PIL images or ``(height, width, 3)`` ``uint8`` arrays (what
+    ``generator.encode.encode_frames`` takes); an engine hands over whichever it makes
+    cheapest.
+    """
+
+    frames: list[PIL.Image.Image] | list[np.ndarray]
     fps: int
     seed: int
     profile: Profile
