@@ -154,7 +154,7 @@ async def test_cancel_on_a_card_after_animate_keeps_the_jobs_photo(world: World)
 
     # The card is a status message now; its old Cancel arrives late (or is forged).
     world.fake.press(ANN, card_id, cancel, strict=False)
-    world.fake.press(ANN, card_id, "c1:i:subtle", strict=False)
+    world.fake.press(ANN, card_id, "c2:i:subtle", strict=False)
     await world.handle()
 
     (job,) = await world.store.history(ANN.id)
