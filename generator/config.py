@@ -179,21 +179,31 @@ class LtxSettings:
     device: str = "auto"  # auto | cuda | mps | cpu
     dtype: str = "auto"  # auto (bfloat16 on GPU, float32 on CPU) | float16 | bfloat16 | float32
     profile: Profile = Profile.AUTO
-    width: int = 768  # with height: the pixel area a clip gets; the photo's aspect is kept
-    height: int = 512
-    fps: int = 24
-    default_seconds: float = 5.0
-    min_seconds: float = 2.0
-    max_seconds: float = 10.0
-    steps: int = 8  # used when timesteps is empty, or --steps differs from len(timesteps)
+    width: int = number(
+        768, 32, 4096
+    )  # with height: the pixel area a clip gets; the photo's aspect is kept
+    height: int = number(512, 32, 4096)
+    fps: int = number(24, 1, 60)
+    default_seconds: float = number(5.0, above=0)
+    min_seconds: float = number(2.0, above=0)
+    max_seconds: float = number(10.0, above=0)
+    steps: int = number(
+        8, 1, 200
+    )  # used when timesteps is empty, or --steps differs from len(timesteps)
     timesteps: tuple[float, ...] = LTX_DISTILLED_TIMESTEPS
-    guidance_scale: float = 1.0  # distilled checkpoints: 1 (no classifier-free guidance)
-    decode_timestep: float = 0.05
-    decode_noise_scale: float = 0.025
-    image_cond_noise_scale: float = 0.0
+    guidance_scale: float = number(
+        1.0, 1.0, 20.0
+    )  # distilled checkpoints: 1 (no classifier-free guidance)
+    decode_timestep: float = number(0.05, 0.0, 1.0)
+    decode_noise_scale: float = number(0.025, 0.0, 1.0)
+    image_cond_noise_scale: float = number(0.0, 0.0, 1.0)
     negative_prompt: str = LTX_NEGATIVE_PROMPT
-    low_vram_threshold_gib: float = 20.0  # auto picks low-vram below this much free VRAM
-    min_vram_gib: float = 6.0  # auto's chain skips LTX on cards smaller than this
+    low_vram_threshold_gib: float = number(
+        20.0, 0.0, 4096.0
+    )  # auto picks low-vram below this much free VRAM
+    min_vram_gib: float = number(
+        6.0, 0.0, 4096.0
+    )  # auto's chain skips LTX on cards smaller than this
 
 
 @dataclass(frozen=True)
@@ -201,7 +211,9 @@ class EnginesSettings:
     """How many local engines one GPU keeps loaded."""
 
     residency: str = "auto"  # auto | one | all
-    keep_warm_gib: float = 40.0  # auto keeps several engines loaded on cards this large
+    keep_warm_gib: float = number(
+        40.0, 0.0, 4096.0
+    )  # auto keeps several engines loaded on cards this large
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from generator.svd import SvdBackend
 from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
 from generator.config import SvdSettings
+from generator.engines.svd import SvdBackend
 from generator.errors import BackendUnavailable, ModelUnavailable
 from generator.hub import loading
 
