@@ -214,6 +214,8 @@ def test_the_bots_tables_in_a_shared_config_are_accepted(tmp_path, config):
         '[telegram]\nmode = "polling"\n[access]\npublic = true\n' + config.read_text()
     )
     assert load_settings(shared).svd.steps == 2
+
+
 @pytest.fixture
 def both_engines(tmp_path: Path, tiny_svd_dir: Path, tiny_ltx_dir: Path) -> Path:
     """A config with the tiny SVD (3 frames at 6 fps) and the tiny LTX-Video (8 fps, 1-2 s)."""
