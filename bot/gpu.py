@@ -379,15 +379,14 @@ class ProcessRunner:
         """Return once a live child has said "ready" (restarting one that died while idle).
 
         Raises:
-            WorkerLost: a freshly started child died before it was ready.
+            WorkerLost: the child died before it was ready (it cannot start).
         """
         async with self._lock:
             await self._ensure_ready()
 
     async def _ensure_ready(self) -> None:
         while True:
-            fresh = self._process is None or not self._process.is_alive()
-            if fresh:
+            if self._process is None or not self._process.is_alive():
                 await self._spawn()
             if self._inbox is None:
                 raise RuntimeError("broken invariant: self._inbox is not None")
@@ -402,10 +401,10 @@ class ProcessRunner:
                     break
             else:
                 return
-            pid = self.pid
+            pid, starting = self.pid, not self._child_ready
             code = self._process.exitcode if self._process else None
             await self._kill()
-            if fresh:
+            if starting:  # it never got as far as "ready": starting again would end the same
                 raise WorkerLost(f"the GPU process {pid} exited while starting (code {code})")
             log.warning("GPU process %s died while idle (exit code %s); restarting it", pid, code)
 

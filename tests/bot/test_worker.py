@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import logging
 import os
 import signal
 import sqlite3
@@ -466,6 +467,54 @@ async def test_a_gpu_process_that_dies_before_taking_a_job_costs_the_job_nothing
     assert (done.status, done.attempts, done.failures, done.crashes) == (Status.DONE, 1, 0, 0)
     assert runner.pid not in (None, dying, idle)
     assert len(decode(video.data, world.tmp_path)) == 2
+
+
+def broken_child_generator(marker: str, settings: GeneratorSettings):
+    """Runs in the GPU process: cannot start while ``marker`` exists (a broken driver, say)."""
+    if os.path.exists(marker):
+        raise RuntimeError("no CUDA driver")
+    return plain_child_generator(settings)
+
+
+class LogSeen(logging.Handler):
+    """Sets ``event`` (on the test's loop) when a record containing ``text`` is logged."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+        self.event = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self._loop.call_soon_threadsafe(self.event.set)
+
+
+async def test_no_job_is_claimed_while_the_gpu_process_cannot_start(world: World):
+    marker = world.tmp_path / "broken-driver"
+    marker.touch()
+    settings = world.settings()
+    runner = ProcessRunner(
+        settings.generator,
+        generator_factory=functools.partial(broken_child_generator, str(marker)),
+    )
+    seen = LogSeen("the GPU process cannot start")
+    logging.getLogger("bot.worker").addHandler(seen)
+    try:
+        job = await world.submit(ANN)
+        worker = await world.start_worker(runner, settings)
+        await asyncio.wait_for(seen.event.wait(), 60)
+    finally:
+        logging.getLogger("bot.worker").removeHandler(seen)
+    waiting = await world.store.queue.get(job.id)
+    # The photo is not handed to an engine that is not there: it waits, uncharged.
+    assert waiting is not None and (waiting.status, waiting.attempts) == (Status.QUEUED, 0)
+
+    marker.unlink()  # the operator fixes the driver
+    worker.wake()  # (the worker would look again by itself within IDLE_SWEEP_S)
+    await world.fake.wait_for_video(ANN.id, timeout=120)
+    done = await world.finished(job)
+    assert (done.status, done.attempts, done.failures, done.crashes) == (Status.DONE, 1, 0, 0)
 
 
 async def test_the_row_says_done_before_any_other_telegram_call_after_the_upload(
