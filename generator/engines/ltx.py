@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from generator import hub
 from generator.clip import CancelFn, Progress, ProgressFn
 from generator.config import LtxSettings
 from generator.engines import Engine, EngineSpec, Frames, choose_profile
@@ -95,14 +96,16 @@ def _free_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _looks_local(model: str) -> bool:
-    """True for folder paths; hub ids look like ``org/name``."""
-    return (
-        os.path.isabs(model)
-        or model.startswith((".", "~"))
-        or model.count("/") != 1
-        or Path(model).expanduser().exists()
-    )
+def _repo_of(single_file: str) -> str:
+    """``owner/name`` of a Hugging Face file URL (for the licence link), else the path itself.
+
+    >>> _repo_of("https://huggingface.co/Lightricks/LTX-Video/blob/main/ltxv-2b.safetensors")
+    'Lightricks/LTX-Video'
+    """
+    prefix = "https://huggingface.co/"
+    if single_file.startswith(prefix):
+        return "/".join(single_file[len(prefix) :].split("/")[:2])
+    return single_file
 
 
 class LtxEngine(Engine):
@@ -207,46 +210,26 @@ class LtxEngine(Engine):
         self._pipe, self._model, self._device, self._profile = pipe, model, device, None
 
     def _from_pretrained(self, model: str, dtype: Any, *, own_transformer: bool) -> Any:
-        """``LTXConditionPipeline.from_pretrained`` with our errors at the edge.
+        """``LTXConditionPipeline.from_pretrained`` with our errors at the edge
+        (``generator.hub``: what is missing, and the two ways out).
 
         ``[ltx] transformer`` (a single file) replaces the folder's transformer, unless a
         request named another model: that folder is used whole.
         """
         from diffusers import LTXConditionPipeline, LTXVideoTransformer3DModel
-        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
-        if _looks_local(model) and not Path(model).expanduser().is_dir():
-            raise BackendUnavailable(
-                f"LTX-Video model folder {model} does not exist (set [ltx] model)",
-                user_text="The LTX-Video model is not installed.",
-            )
         kwargs: dict[str, Any] = {"dtype": dtype, "token": self._token}
-        try:
+        source = str(Path(model).expanduser()) if hub.looks_local(model) else model
+        with hub.loading(model, key="ltx.model"):  # a missing folder is refused first
             single = self.settings.transformer
             if single and not own_transformer:
-                kwargs["transformer"] = LTXVideoTransformer3DModel.from_single_file(
-                    single, dtype=dtype, token=self._token
-                )
-            source = str(Path(model).expanduser()) if _looks_local(model) else model
+                try:
+                    kwargs["transformer"] = LTXVideoTransformer3DModel.from_single_file(
+                        single, dtype=dtype, token=self._token
+                    )
+                except (OSError, ValueError) as exc:
+                    raise hub.model_unavailable(exc, _repo_of(single), "ltx.transformer") from exc
             return LTXConditionPipeline.from_pretrained(source, **kwargs)
-        except GatedRepoError as exc:
-            raise BackendUnavailable(
-                f"{model} is gated: accept its licence on huggingface.co and set HF_TOKEN, "
-                "or point [ltx] model at a local folder",
-                user_text="The LTX-Video engine is not set up on this bot.",
-            ) from exc
-        except RepositoryNotFoundError as exc:
-            raise BackendUnavailable(
-                f"LTX-Video model {model} not found on the Hugging Face hub "
-                "(check [ltx] model, or point it at a local folder)",
-                user_text="The LTX-Video engine is not set up on this bot.",
-            ) from exc
-        except (OSError, ValueError) as exc:
-            raise BackendUnavailable(
-                f"cannot load LTX-Video model {model}: {exc} "
-                "(no internet? download it once and point [ltx] model at the folder)",
-                user_text="The LTX-Video engine could not be loaded.",
-            ) from exc
 
     def unload(self) -> None:
         if self._pipe is None:
@@ -356,12 +339,14 @@ class LtxEngine(Engine):
     def _free_vram(self) -> int | None:
         import torch
 
-        assert self._device is not None
-        if _device_type(self._device) != "cuda":
+        device = self._device
+        if device is None:
+            raise RuntimeError("LTX-Video is not loaded")
+        if _device_type(device) != "cuda":
             return None
-        free, _total = torch.cuda.mem_get_info(self._device)
+        free, _total = torch.cuda.mem_get_info(device)
         # Memory our own pipeline already holds is ours to use, not "taken".
-        return free + torch.cuda.memory_reserved(self._device)
+        return free + torch.cuda.memory_reserved(device)
 
     def _apply_profile(self, profile: Profile) -> None:
         """Place the weights for ``profile``; leaving a placed profile reloads the files
@@ -374,7 +359,8 @@ class LtxEngine(Engine):
             model, device = self._model, self._device
             self.unload()
             self.load(model, device)
-        assert self._device is not None
+        if self._device is None:
+            raise RuntimeError("LTX-Video is not loaded")
         ltx_speed.apply_profile(self._pipe, profile, device=self._device)
         log.info("LTX-Video profile %s on %s", profile, self._device)
         self._profile = profile

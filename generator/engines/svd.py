@@ -108,16 +108,6 @@ def _free_device_memory() -> None:
         torch.mps.empty_cache()
 
 
-def _looks_local(model: str) -> bool:
-    """True for folder paths; hub ids look like ``org/name``."""
-    return (
-        os.path.isabs(model)
-        or model.startswith((".", "~"))
-        or model.count("/") != 1
-        or Path(model).expanduser().exists()
-    )
-
-
 def _has_variant_files(folder: Path, variant: str) -> bool:
     return any(f".{variant}." in p.name for p in folder.rglob("*"))
 
@@ -224,7 +214,7 @@ class SvdBackend:
         """``StableVideoDiffusionPipeline.from_pretrained`` with our errors at the edge."""
         from diffusers import StableVideoDiffusionPipeline
 
-        local = _looks_local(model)
+        local = hub.looks_local(model)
         # fp16 weight files halve the download; only worth it on CUDA, and only if present.
         variant = self.settings.variant or None
         if _device_type(device) != "cuda":

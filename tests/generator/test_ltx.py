@@ -53,10 +53,10 @@ def test_out_of_memory_becomes_ours_and_the_next_clip_works(tiny_ltx, error) -> 
 def test_a_missing_model_folder_says_which_key_to_set(tiny_ltx, tmp_path) -> None:
     engine = engine_for(LtxSettings(**{**tiny_ltx.__dict__, "model": str(tmp_path / "gone")}))
 
-    with pytest.raises(BackendUnavailable, match=r"\[ltx\] model") as caught:
+    with pytest.raises(BackendUnavailable, match=r"ltx\.model is the folder .*gone") as caught:
         engine.load()
 
-    assert "LTX-Video" in caught.value.user_text
+    assert "engine is down" in caught.value.user_text
     assert not engine.loaded
 
 
