@@ -165,7 +165,8 @@ class WanEngine(Engine):
         """Load the pipeline unless the same model is already loaded for the same device.
 
         Raises:
-            BackendUnavailable: the device or folder is missing, or the hub cannot be reached.
+            BackendUnavailable: the device is missing; ``ModelUnavailable`` (a subclass) when
+                the folder is missing or the model cannot be downloaded.
         """
         import torch
 
@@ -200,15 +201,11 @@ class WanEngine(Engine):
         The VAE loads on its own in ``vae_dtype`` (fp32 as the model card loads it).
         """
         from diffusers import AutoencoderKLWan, WanImageToVideoPipeline
-        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
-        if _looks_local(model) and not Path(model).expanduser().is_dir():
-            raise BackendUnavailable(
-                f"Wan 2.2 model folder {model} does not exist (set [wan] model)",
-                user_text="The Wan 2.2 model is not installed.",
-            )
+        from generator import hub
+
         source = str(Path(model).expanduser()) if _looks_local(model) else model
-        try:
+        with hub.loading(model, key="wan.model"):  # one ModelUnavailable, with the ways out
             vae = AutoencoderKLWan.from_pretrained(
                 source, subfolder="vae", dtype=vae_dtype, token=self._token
             )
@@ -221,24 +218,6 @@ class WanEngine(Engine):
                 dtype=dtype,
                 token=self._token,
             )
-        except GatedRepoError as exc:
-            raise BackendUnavailable(
-                f"{model} is gated: accept its licence on huggingface.co and set HF_TOKEN, "
-                "or point [wan] model at a local folder",
-                user_text="The Wan 2.2 engine is not set up on this bot.",
-            ) from exc
-        except RepositoryNotFoundError as exc:
-            raise BackendUnavailable(
-                f"Wan 2.2 model {model} not found on the Hugging Face hub "
-                "(check [wan] model, or point it at a local folder)",
-                user_text="The Wan 2.2 engine is not set up on this bot.",
-            ) from exc
-        except (OSError, ValueError) as exc:
-            raise BackendUnavailable(
-                f"cannot load Wan 2.2 model {model}: {exc} "
-                "(no internet? download it once and point [wan] model at the folder)",
-                user_text="The Wan 2.2 engine could not be loaded.",
-            ) from exc
 
     def unload(self) -> None:
         if self._pipe is None:

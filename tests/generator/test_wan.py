@@ -12,7 +12,7 @@ import torch
 
 from generator.config import GeneratorSettings, WanSettings
 from generator.engines.catalog import build_engine
-from generator.errors import BackendUnavailable, OutOfMemory
+from generator.errors import ModelUnavailable, OutOfMemory
 from generator.options import Backend, Intensity, PhotoType, Request
 
 PHOTO = Path("photo.jpg")
@@ -66,10 +66,10 @@ def test_out_of_memory_becomes_ours_and_the_next_clip_works(tiny_wan, error) -> 
 def test_a_missing_model_folder_says_which_key_to_set(tiny_wan, tmp_path) -> None:
     engine = engine_for(dataclasses.replace(tiny_wan, model=str(tmp_path / "gone")))
 
-    with pytest.raises(BackendUnavailable, match=r"\[wan\] model") as caught:
+    with pytest.raises(ModelUnavailable, match=r"wan\.model is the folder") as caught:
         engine.load()
 
-    assert "Wan 2.2" in caught.value.user_text
+    assert caught.value.user_text == ModelUnavailable.user_text
     assert not engine.loaded
 
 
