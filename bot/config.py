@@ -165,7 +165,7 @@ class Settings:
 
 
 BOT_TABLES = ("telegram", "access", "limits", "worker", "data")
-GENERATOR_TABLES = ("image", "svd", "ltx", "engines", "veo", "auto", "encode")
+GENERATOR_TABLES = ("image", "svd", "ltx", "wan", "engines", "veo", "auto", "encode")
 
 
 # The name systemd's LoadCredential= gives the token in $CREDENTIALS_DIRECTORY (see the unit).
@@ -304,6 +304,7 @@ def summary(settings: Settings) -> str:
         f"svd: {g.svd.model} ({g.svd.frames} frames, {g.svd.steps} steps, {g.svd.fps} fps)",
         f"ltx: {g.ltx.model if g.ltx.enabled else 'disabled'}"
         + (f" + {g.ltx.transformer}" if g.ltx.enabled and g.ltx.transformer else ""),
+        f"wan: {g.wan.model if g.wan.enabled else 'disabled'}",
         f"auto: {' > '.join(g.auto.chain)}",
         f"veo: {'configured' if settings.veo.configured else 'not configured'} ({g.veo.model})",
     ]

@@ -80,7 +80,7 @@ def check_limits(
     """
     limits = settings.limits
     check_quota(settings, usage)
-    if options.backend is Backend.SVD:
+    if options.backend.local:  # a local engine picked on the card costs no Veo budget
         return options, None
     if veo_estimate is None:
         if options.backend is Backend.VEO:

@@ -59,9 +59,12 @@ BACKEND_NAMES = {
     Backend.VEO: "Veo",
     Backend.SVD: "Local (SVD)",
     Backend.LTX: "Local (LTX-Video)",
+    Backend.WAN: "Local (Wan 2.2)",
 }
 #: Short engine names for buttons.
-ENGINE_SHORT = {Backend.SVD: "SVD", Backend.LTX: "LTX"}
+ENGINE_SHORT = {Backend.SVD: "SVD", Backend.LTX: "LTX", Backend.WAN: "Wan"}
+#: Engine names in sentences.
+ENGINE_LONG = {Backend.SVD: "SVD", Backend.LTX: "LTX-Video", Backend.WAN: "Wan 2.2"}
 RESULT_LABELS = {
     "again": "🔁 Again",
     "more": "➕ More motion",
@@ -132,7 +135,7 @@ def settings_card(
     lines.append(f"Motion: {INTENSITY_LABELS[options.intensity]}")
     lines.append(f"Photo: {PHOTO_TYPE_LABELS[options.photo_type]}")
     if options.backend.local or not veo_available:
-        name = ENGINE_SHORT.get(local, "SVD").replace("LTX", "LTX-Video")
+        name = ENGINE_LONG.get(local, "SVD")
         lines.append(f"Engine: local ({name}), a clip of about {svd_seconds:.1f} s")
     else:
         seconds = options.duration or 8

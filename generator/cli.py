@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="animate-photo",
         usage="%(prog)s IMAGE [options]",
         description="Turn a photo into a short animated clip (Veo 3.1 in the cloud, or "
-        "LTX-Video or Stable Video Diffusion on this machine's GPU).",
+        "LTX-Video, Wan 2.2 or Stable Video Diffusion on this machine's GPU).",
     )
     # Optional here only so that `--custom-elements a b photo.jpg` works: see parse_args.
     p.add_argument(
@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=[b.value for b in Backend],
         default="auto",
         help="auto follows [auto] chain: Veo when configured, else the best local engine "
-        "that fits the card (LTX-Video, then SVD); ltx and svd run on this machine "
+        "that fits the card (LTX-Video, then Wan 2.2, then SVD); ltx, wan and svd run on "
+        "this machine "
         "(default: auto)",
     )
     p.add_argument(
@@ -97,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="seconds; Veo: 4, 6 or 8 (default 8); LTX-Video: about 2 to 10 (default 5, "
-        "8k+1 frames at 24 fps); SVD makes frames/fps seconds. The exact length is "
+        "8k+1 frames at 24 fps); Wan 2.2: about 2 to 5 (default 5, 4k+1 frames at 24 fps); "
+        "SVD makes frames/fps seconds. The exact length is "
         "printed before any work",
     )
     p.add_argument(

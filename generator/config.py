@@ -206,6 +206,44 @@ class LtxSettings:
     )  # auto's chain skips LTX on cards smaller than this
 
 
+#: What Wan 2.2 is told not to show, unless ``wan.negative_prompt`` says otherwise: the
+#: English rendering of the negative prompt Wan's own examples use.
+WAN_NEGATIVE_PROMPT = (
+    "bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, "
+    "images, static, overall gray, worst quality, low quality, JPEG compression residue, ugly, "
+    "incomplete, extra fingers, poorly drawn hands, poorly drawn faces, deformed, disfigured, "
+    "misshapen limbs, fused fingers, still picture, messy background, three legs, many people "
+    "in the background, walking backwards"
+)
+
+
+@dataclass(frozen=True)
+class WanSettings:
+    """Local Wan 2.2 TI2V-5B settings (``WanImageToVideoPipeline``, image at frame 0)."""
+
+    enabled: bool = False  # opt-in: a 32 GB download and minutes per clip
+    model: str = "Wan-AI/Wan2.2-TI2V-5B-Diffusers"  # hub id or local folder
+    device: str = "auto"  # auto | cuda | mps | cpu
+    # auto (bfloat16 on GPU, float32 on CPU) | float16 | bfloat16 | float32
+    dtype: str = choice("auto", "auto", "float16", "bfloat16", "float32")
+    # The VAE: float32 as the model card decodes | bfloat16 | float16 | auto (as dtype)
+    vae_dtype: str = choice("float32", "auto", "float16", "bfloat16", "float32")
+    profile: Profile = Profile.AUTO
+    # With height: the pixel area a clip gets; the photo's aspect is kept.
+    width: int = number(1280, 32, 4096)
+    height: int = number(704, 32, 4096)
+    fps: int = number(24, 1, 60)
+    default_seconds: float = number(5.0, above=0)
+    min_seconds: float = number(2.0, above=0)
+    max_seconds: float = number(5.0, above=0)  # 121 frames, the length it was trained on
+    steps: int = number(50, 1, 200)
+    guidance_scale: float = number(5.0, 1.0, 20.0)
+    negative_prompt: str = WAN_NEGATIVE_PROMPT
+    # auto picks low-vram below this much free VRAM; auto's chain skips Wan on smaller cards.
+    low_vram_threshold_gib: float = number(48.0, 0.0, 4096.0)
+    min_vram_gib: float = number(10.0, 0.0, 4096.0)
+
+
 @dataclass(frozen=True)
 class EnginesSettings:
     """How many local engines one GPU keeps loaded."""
@@ -242,7 +280,7 @@ class AutoSettings:
 
     # Tried in order; Veo only when configured, a local engine only when enabled and the
     # card is large enough for it. The last local engine is the fallback when none fits.
-    chain: tuple[str, ...] = ("veo", "ltx", "svd")
+    chain: tuple[str, ...] = ("veo", "ltx", "wan", "svd")
     breaker_failures: int = number(3, 1, 1000)  # consecutive transient failures that open it
     breaker_cooldown_s: float = number(300.0, 0.0, 86400.0)  # then one probe is let through
 
@@ -278,6 +316,7 @@ class GeneratorSettings:
     image: ImageSettings = field(default_factory=ImageSettings)
     svd: SvdSettings = field(default_factory=SvdSettings)
     ltx: LtxSettings = field(default_factory=LtxSettings)
+    wan: WanSettings = field(default_factory=WanSettings)
     engines: EnginesSettings = field(default_factory=EnginesSettings)
     veo: VeoSettings = field(default_factory=VeoSettings)
     auto: AutoSettings = field(default_factory=AutoSettings)
@@ -449,16 +488,28 @@ def validate_generator(settings: GeneratorSettings) -> None:
     _check(0 <= ltx.decode_noise_scale <= 1, "ltx.decode_noise_scale", "must be 0-1")
     _check(0 <= ltx.image_cond_noise_scale <= 1, "ltx.image_cond_noise_scale", "must be 0-1")
     _check(all(0 <= t <= 1000 for t in ltx.timesteps), "ltx.timesteps", "each must be 0-1000")
+    wan = settings.wan
+    _check(
+        wan.min_seconds <= wan.default_seconds <= wan.max_seconds,
+        "wan.default_seconds",
+        "must lie between wan.min_seconds and wan.max_seconds",
+    )
+    _check(
+        wan.device in ("auto", "cuda", "mps", "cpu")
+        or re.fullmatch(r"cuda:\d+", wan.device) is not None,
+        "wan.device",
+        f"must be auto, cuda, cuda:N, mps or cpu, got {wan.device!r}",
+    )
     _check(
         settings.engines.residency in ("auto", "one", "all"),
         "engines.residency",
         "must be auto, one or all",
     )
-    known = {"veo", "svd", "ltx"}
+    known = {"veo", "svd", "ltx", "wan"}
     _check(
         bool(settings.auto.chain) and set(settings.auto.chain) <= known,
         "auto.chain",
-        "must list some of veo, ltx, svd",
+        "must list some of veo, ltx, wan, svd",
     )
 
 
@@ -468,6 +519,7 @@ def load_generator_settings(tables: dict[str, Any]) -> GeneratorSettings:
         image=load_section(ImageSettings, tables.get("image"), "image"),
         svd=load_section(SvdSettings, tables.get("svd"), "svd"),
         ltx=load_section(LtxSettings, tables.get("ltx"), "ltx"),
+        wan=load_section(WanSettings, tables.get("wan"), "wan"),
         engines=load_section(EnginesSettings, tables.get("engines"), "engines"),
         veo=load_section(VeoSettings, tables.get("veo"), "veo"),
         auto=load_section(AutoSettings, tables.get("auto"), "auto"),

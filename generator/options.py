@@ -24,11 +24,12 @@ class Backend(enum.StrEnum):
     VEO = "veo"
     SVD = "svd"
     LTX = "ltx"
+    WAN = "wan"
 
     @property
     def local(self) -> bool:
-        """Whether this engine runs on this machine (SVD, LTX-Video)."""
-        return self in (Backend.SVD, Backend.LTX)
+        """Whether this engine runs on this machine (SVD, LTX-Video, Wan 2.2)."""
+        return self in (Backend.SVD, Backend.LTX, Backend.WAN)
 
 
 class PhotoType(enum.StrEnum):
@@ -113,16 +114,17 @@ class Request:
     Args:
         image: path of the photo on disk.
         backend: ``auto`` (``[auto] chain``: Veo, else the best local engine), ``veo``,
-            ``ltx`` or ``svd``.
-        photo_type: what is in the photo; shapes the Veo and LTX-Video prompts.
+            ``ltx``, ``wan`` or ``svd``.
+        photo_type: what is in the photo; shapes the Veo, LTX-Video and Wan prompts.
         intensity: subtle / moderate / dramatic; picks the motion unless ``motion`` is given.
         duration: seconds. Veo takes 4, 6 or 8 (default 8); LTX-Video about 2 to 10
-            (8k+1 frames at 24 fps, default 5); SVD makes ``frames / fps`` seconds. Nothing is
+            (8k+1 frames at 24 fps, default 5); Wan 2.2 about 2 to 5 (4k+1 frames at 24 fps,
+            default 5); SVD makes ``frames / fps`` seconds. Nothing is
             ignored silently: a duration the engine cannot make is an error.
         fps: SVD frame rate, both its conditioning and the playback rate (default 7).
             Veo always delivers 24 fps.
         motion: SVD motion bucket 0-255; overrides ``intensity``'s choice.
-        custom_elements: extra words for Veo's and LTX-Video's prompts ("snow falling").
+        custom_elements: extra words for the Veo, LTX-Video and Wan prompts ("snow falling").
         seed: for reproducible clips; ``None`` picks one (reported in the result).
         steps: SVD denoising steps (default from config, 25).
         model: overrides the configured model (a local engine's hub id or folder, or a Veo
@@ -195,12 +197,13 @@ def check_request(request: Request, *, frames: int = 25, default_fps: int = 7) -
 
     fps = request.fps or default_fps
     svd_seconds = svd_duration(frames, fps)
-    if request.backend is Backend.LTX:
-        # Its length rule lives with the engine (generator.engines.ltx), checked by the router.
+    if request.backend in (Backend.LTX, Backend.WAN):
+        # Their length rules live with the engines (generator.engines), checked by the router.
+        name = "LTX-Video" if request.backend is Backend.LTX else "Wan 2.2"
         if request.veo_resolution != "720p":
             raise InvalidRequest("--resolution applies to Veo only")
         if request.fps is not None:
-            raise InvalidRequest("--fps applies to SVD only (LTX-Video makes 24 fps clips)")
+            raise InvalidRequest(f"--fps applies to SVD only ({name} makes 24 fps clips)")
         return
     if request.backend is Backend.SVD:
         if request.veo_resolution != "720p":

@@ -4,6 +4,7 @@ pytest_plugins = [
     "tests.support.images",
     "tests.support.tiny_svd",
     "tests.support.tiny_ltx",
+    "tests.support.tiny_wan",
     "tests.support.fake_veo",
     "tests.support.fake_botapi",
 ]

@@ -10,8 +10,9 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# Declared though never imported by name: from_pretrained loads them for SVD (README says why).
-LOADED_BY_DIFFUSERS = {"transformers", "accelerate"}
+# Declared though never imported by name: from_pretrained loads them for SVD (README says why);
+# diffusers' Wan pipelines clean every prompt with ftfy.
+LOADED_BY_DIFFUSERS = {"transformers", "accelerate", "ftfy"}
 # Imported only inside a try, for an opt-in feature; not a dependency.
 OPTIONAL = {"torchao"}
 

@@ -24,13 +24,15 @@ from typing import Any
 from generator.config import GeneratorSettings
 from generator.engines import Engine, EngineSpec
 from generator.engines.ltx import ltx_spec
+from generator.engines.wan import wan_spec
 from generator.errors import BackendUnavailable
 from generator.options import Backend
 
 _GIB = 1024**3
 
-#: Local engines, best first (the order ``auto`` prefers when the chain does not say).
-LOCAL_BACKENDS: tuple[Backend, ...] = (Backend.LTX, Backend.SVD)
+#: Local engines in the order ``auto`` prefers when the chain does not say, and the order of
+#: the engine row in chat: LTX-Video (seconds), Wan 2.2 (best quality, minutes), SVD.
+LOCAL_BACKENDS: tuple[Backend, ...] = (Backend.LTX, Backend.WAN, Backend.SVD)
 
 
 def svd_spec(settings: GeneratorSettings) -> EngineSpec:
@@ -53,13 +55,22 @@ def svd_spec(settings: GeneratorSettings) -> EngineSpec:
 
 def engine_specs(settings: GeneratorSettings) -> dict[Backend, EngineSpec]:
     """What each local engine makes under ``settings`` (enabled or not)."""
-    return {Backend.LTX: ltx_spec(settings.ltx), Backend.SVD: svd_spec(settings)}
+    return {
+        Backend.LTX: ltx_spec(settings.ltx),
+        Backend.WAN: wan_spec(settings.wan),
+        Backend.SVD: svd_spec(settings),
+    }
+
+
+def _section(backend: Backend, settings: GeneratorSettings) -> Any:
+    """The settings table of a local engine (``[svd]``, ``[ltx]``, ``[wan]``)."""
+    return {Backend.LTX: settings.ltx, Backend.WAN: settings.wan}.get(backend, settings.svd)
 
 
 def enabled(backend: Backend, settings: GeneratorSettings) -> bool:
     """Whether a local engine is configured to be offered: enabled, and its model is a hub id
     or a folder that exists (a missing folder would only fail at the first clip)."""
-    section = settings.ltx if backend is Backend.LTX else settings.svd
+    section = _section(backend, settings)
     if not getattr(section, "enabled", True):
         return False
     model = section.model
@@ -78,6 +89,10 @@ def build_engine(backend: Backend, settings: GeneratorSettings, **kwargs: Any) -
         from generator.engines.ltx import LtxEngine
 
         return LtxEngine(settings.ltx, spec=spec, **kwargs)
+    if backend is Backend.WAN:
+        from generator.engines.wan import WanEngine
+
+        return WanEngine(settings.wan, spec=spec, **kwargs)
     raise ValueError(f"{backend} is not a local engine")
 
 
@@ -101,7 +116,7 @@ def choose_local(
     candidates = [b for b in order if usable(b)]
     if not candidates:
         raise BackendUnavailable(
-            "no local engine is enabled ([svd] / [ltx] enabled, model)",
+            "no local engine is enabled ([svd] / [ltx] / [wan] enabled, model)",
             user_text="No local video engine is set up on this bot.",
         )
     for backend in candidates:
@@ -116,8 +131,7 @@ def auto_local(settings: GeneratorSettings, total_vram: int | None) -> Backend:
     operator, or the card has at least its ``min_vram_gib``."""
 
     def fits(spec: EngineSpec) -> bool:
-        section = settings.ltx if spec.backend is Backend.LTX else settings.svd
-        if section.device == "cpu":
+        if _section(spec.backend, settings).device == "cpu":
             return True
         return total_vram is not None and total_vram >= spec.min_vram_gib * _GIB
 

@@ -562,6 +562,16 @@ def test_monthly_veo_budget_falls_back_for_auto() -> None:
         check_limits(_settings(), JobOptions(backend=Backend.VEO), Usage(0, 0, 0, 0), None)
 
 
+@pytest.mark.parametrize("engine", [Backend.LTX, Backend.WAN])
+def test_a_local_engine_picked_on_the_card_stays_when_the_veo_budget_is_spent(engine) -> None:
+    spent = Usage(0, 0, 0, _settings().limits.veo_month_usd)
+
+    assert check_limits(_settings(), JobOptions(backend=engine), spent, 3.2) == (
+        JobOptions(backend=engine),
+        None,
+    )
+
+
 def test_more_and_less_motion_step_intensity_then_bands() -> None:
     assert shift_motion(JobOptions(), 1).intensity is Intensity.DRAMATIC
     assert shift_motion(JobOptions(), -1).intensity is Intensity.SUBTLE

@@ -1,9 +1,9 @@
 """Whole journeys: the real bot polls the loopback Bot API and makes clips with the tiny models.
 
 Everything is real except Telegram (tests/support/fake_botapi.py) and the model weights
-(tests/support/tiny_svd.py: 2 frames, 2 steps on CPU; tests/support/tiny_ltx.py: 9 frames,
-2 steps): ``build_app`` with its handlers, the SQLite store, ``bot.worker.Worker`` with an
-``InlineRunner`` over ``Generator``.
+(tests/support/tiny_svd.py: 2 frames, 2 steps on CPU; tests/support/tiny_ltx.py and
+tests/support/tiny_wan.py: 9 frames, 2 steps): ``build_app`` with its handlers, the SQLite
+store, ``bot.worker.Worker`` with an ``InlineRunner`` over ``Generator``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from tests.support.fake_botapi import TOKEN, FakeBotApi, FakeUser
 from tests.support.images import photo_bytes
 from tests.support.tiny_ltx import tiny_ltx_settings
 from tests.support.tiny_svd import tiny_settings
+from tests.support.tiny_wan import tiny_wan_settings
 
 ANN = FakeUser(101, "Ann")
 ADMIN = FakeUser(303, "Ada")
@@ -78,10 +79,13 @@ class Journey:
 
 
 @pytest.fixture(scope="module")
-def generator_settings(tiny_svd_dir: Path, tiny_ltx_dir: Path) -> GeneratorSettings:
+def generator_settings(
+    tiny_svd_dir: Path, tiny_ltx_dir: Path, tiny_wan_dir: Path
+) -> GeneratorSettings:
     return GeneratorSettings(
         svd=tiny_settings(tiny_svd_dir),
         ltx=tiny_ltx_settings(tiny_ltx_dir),
+        wan=tiny_wan_settings(tiny_wan_dir),
         image=ImageSettings(landscape_size=(32, 32), portrait_size=(32, 32)),
         auto=AutoSettings(chain=("veo", "svd", "ltx")),  # Auto means the tiny SVD here
     )
@@ -227,3 +231,31 @@ async def test_pick_ltx_on_the_card_and_a_smooth_clip_in_the_photos_aspect_arriv
     second = fake.send_photo(ANN, photo_bytes((96, 64)))
     next_card = fake.message(ANN.id, await journey.card_for(second.message_id))
     assert "LTX 1.1s 8fps ~" in str(next_card.buttons)
+
+
+async def test_pick_wan_on_the_card_and_a_clip_in_the_photos_aspect_arrives(
+    journey: Journey,
+) -> None:
+    fake = journey.fake
+    pushed = fake.send_photo(ANN, photo_bytes((64, 96)))  # 2:3 portrait
+    card_id = await journey.card_for(pushed.message_id)
+    assert "Wan 1.1s 8fps" in str(fake.message(ANN.id, card_id).buttons)
+
+    await journey.tick(card_id, "Wan")
+    assert "local (Wan 2.2), a clip of about 1.1 s" in fake.message(ANN.id, card_id).content
+    fake.press_button(ANN, card_id, "Animate")
+    video = await fake.wait_for_video(ANN.id, timeout=CLIP_TIMEOUT)
+
+    path = journey.tmp_path / "wan.mp4"
+    path.write_bytes(video.data)
+    probe = probe_video(path)
+    assert probe.codec == "h264" and probe.frames == 9  # 4k+1 frames
+    assert (probe.width, probe.height) == (32, 64)  # the photo's portrait aspect, /32 sides
+    (queued,) = await journey.store.history(ANN.id)
+    job = await journey.finished(queued.id)
+    assert job.status is Status.DONE and job.used_backend is Backend.WAN
+
+    # The next card shows Wan's typical wait, from this job.
+    second = fake.send_photo(ANN, photo_bytes((64, 96)))
+    next_card = fake.message(ANN.id, await journey.card_for(second.message_id))
+    assert "Wan 1.1s 8fps ~" in str(next_card.buttons)

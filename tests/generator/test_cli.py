@@ -14,6 +14,7 @@ from generator.encode import probe_video
 from tests.support.images import write_photo
 from tests.support.tiny_ltx import tiny_ltx_toml
 from tests.support.tiny_svd import tiny_config_toml
+from tests.support.tiny_wan import tiny_wan_toml
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -266,3 +267,25 @@ def test_auto_without_veo_uses_the_local_engines_length_rules(tmp_path, both_eng
     assert long.returncode == 2
     assert "LTX-Video makes clips of 1.1 to 2.1 s at 8 fps, not 4 s" in long.stderr
     assert not (tmp_path / "b.mp4").exists()
+
+
+def test_wan_clip_says_its_exact_length_first_and_keeps_the_photo_aspect(
+    tmp_path, tiny_wan_dir, tiny_svd_dir
+):
+    config = tmp_path / "wan.toml"
+    config.write_text(
+        tiny_config_toml(tiny_svd_dir, frames=3, steps=2, fps=6) + tiny_wan_toml(tiny_wan_dir)
+    )
+    photo = write_photo(tmp_path / "tall.jpg", size=(80, 120))
+    out = tmp_path / "wan.mp4"
+
+    result = run_cli(
+        photo, "--backend", "wan", "--duration", "2", "--seed", "3", "-o", out, "--config", config
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "Wan 2.2 makes 17 frames at 8 fps = 2.12 s" in result.stderr
+    assert result.stdout.strip().splitlines()[-1] == str(out)
+    probe = probe_video(out)
+    assert (probe.width, probe.height, probe.frames) == (32, 64, 17)  # upright, 4k+1 frames
+    assert probe.fps == pytest.approx(8)

@@ -9,7 +9,13 @@ import PIL.Image
 import pytest
 
 from generator.clip import Progress
-from generator.config import GeneratorSettings, ImageSettings, LtxSettings, SvdSettings
+from generator.config import (
+    GeneratorSettings,
+    ImageSettings,
+    LtxSettings,
+    SvdSettings,
+    WanSettings,
+)
 from generator.engines import Engine
 from generator.engines.catalog import LOCAL_BACKENDS, build_engine
 from generator.errors import Cancelled, InvalidRequest
@@ -19,11 +25,14 @@ PHOTO = Path("photo.jpg")  # engines get the prepared image; the path is only fo
 
 
 @pytest.fixture
-def settings(tiny_svd_settings: SvdSettings, tiny_ltx: LtxSettings) -> GeneratorSettings:
+def settings(
+    tiny_svd_settings: SvdSettings, tiny_ltx: LtxSettings, tiny_wan: WanSettings
+) -> GeneratorSettings:
     return GeneratorSettings(
         image=ImageSettings(landscape_size=(64, 32), portrait_size=(32, 64)),
         svd=tiny_svd_settings,
         ltx=tiny_ltx,
+        wan=tiny_wan,
     )
 
 
@@ -117,3 +126,16 @@ def test_ltx_lengths_follow_8k_plus_1_at_24_fps() -> None:
     assert spec.size_for(4032, 3024) == (736, 544)  # a 4:3 phone photo, ~768x512 area
     assert spec.size_for(3024, 4032) == (544, 736)  # the same photo upright
     assert all(side % 32 == 0 for side in spec.size_for(1920, 1080))
+
+
+def test_wan_lengths_follow_4k_plus_1_at_24_fps_in_720p_area() -> None:
+    spec = build_engine(Backend.WAN, GeneratorSettings(wan=WanSettings())).spec
+
+    assert spec.plan(None).describe() == "121 frames at 24 fps = 5.04 s"
+    assert spec.plan(3).describe() == "73 frames at 24 fps = 3.04 s"
+    assert spec.plan(2).frames == 49
+    with pytest.raises(InvalidRequest, match=r"2\.0 to 5\.0 s"):
+        spec.plan(8)
+    assert spec.size_for(1920, 1080) == (1280, 704)  # 16:9 fills the 1280x704 area
+    assert spec.size_for(4032, 3024) == (1088, 832)  # a 4:3 phone photo, ~1280x704 area
+    assert spec.size_for(3024, 4032) == (832, 1088)  # the same photo upright

@@ -128,6 +128,21 @@ def test_auto_uses_the_first_engine_in_the_chain_that_fits_the_card(tmp_path):
     assert auto_local(ltx_missing, 80 * GIB) is Backend.SVD
 
 
+def test_auto_knows_wan_once_an_operator_enables_it():
+    from generator.config import AutoSettings, GeneratorSettings, LtxSettings, WanSettings
+    from generator.engines.catalog import auto_local
+
+    wan_on = WanSettings(enabled=True)
+    only_wan = GeneratorSettings(ltx=LtxSettings(enabled=False), wan=wan_on)
+    wan_first = GeneratorSettings(wan=wan_on, auto=AutoSettings(chain=("veo", "wan", "ltx")))
+
+    assert auto_local(GeneratorSettings(), 141 * GIB) is Backend.LTX  # Wan is off by default
+    assert auto_local(only_wan, 24 * GIB) is Backend.WAN
+    assert auto_local(only_wan, 8 * GIB) is Backend.SVD  # below Wan's 10 GiB: SVD still fits
+    assert auto_local(wan_first, 141 * GIB) is Backend.WAN
+    assert auto_local(wan_first, 8 * GIB) is Backend.LTX  # Wan does not fit; LTX-Video does
+
+
 def test_a_large_card_keeps_several_engines_warm_and_a_small_one_swaps():
     from generator.engines import Residency, keeps_several
 

@@ -1,0 +1,417 @@
+"""Local image-to-video with Wan 2.2 TI2V-5B via diffusers' WanImageToVideoPipeline.
+
+Example::
+
+    >>> engine = build_engine(Backend.WAN, settings)  # generator.engines.catalog
+    >>> frames = engine.generate(photo, Request(image=path, duration=4, seed=1))
+    >>> len(frames.frames), frames.fps
+    (97, 24)
+
+Every Wan-specific knob lives here: the frame rule (``4k + 1`` frames: the Wan 2.2 VAE packs 4
+frames into one latent after the first), the size rule (sides divisible by 32: 16x spatial
+compression times the transformer's 2x2 patches, the photo's aspect within
+``[wan] width x height`` pixels), 50 steps with classifier-free guidance 5, the prompt and
+the negative prompt. The 5B model has no image encoder: the photo is VAE-encoded and replaces
+the first latent frame, whose timestep is zero (``expand_timesteps``), as diffusers' Wan 2.2
+5B image-to-video path does. Weights are placed by ``generator.engines.wan_speed``.
+
+torch and diffusers are imported when a model loads, not with this module, so
+:func:`wan_spec` can describe the engine to the bot without them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from generator.clip import CancelFn, Progress, ProgressFn
+from generator.config import WanSettings
+from generator.engines import Engine, EngineSpec, Frames, choose_profile
+
+# The device and error plumbing is the same for every diffusers engine: one copy, in ltx.
+from generator.engines.ltx import (
+    _device_type,
+    _free_device_memory,
+    _is_oom,
+    _looks_local,
+    _report,
+)
+from generator.errors import BackendUnavailable, Cancelled, InvalidRequest, OutOfMemory
+from generator.options import Backend, Profile, Request
+from generator.prompt import build_ltx_prompt
+
+if TYPE_CHECKING:
+    import PIL.Image
+
+log = logging.getLogger(__name__)
+
+#: Frame counts are ``FRAME_STEP * k + 1``: the Wan 2.2 VAE's temporal compression.
+FRAME_STEP = 4
+#: Width and height are multiples of this: 16x VAE compression times 2x2 patches.
+SIZE_MULTIPLE = 32
+#: Tokens of prompt the UMT5 encoder reads (the pipeline's own default).
+MAX_SEQUENCE_LENGTH = 512
+#: The title people see.
+TITLE = "Wan 2.2"
+
+
+def _frames(seconds: float, fps: int) -> int:
+    return FRAME_STEP * max(1, round((seconds * fps - 1) / FRAME_STEP)) + 1
+
+
+def wan_spec(settings: WanSettings) -> EngineSpec:
+    """What Wan 2.2 makes under ``settings``: ``4k+1`` frames at ``fps``, about
+    ``min_seconds`` to ``max_seconds`` long, ``width x height`` pixels in the photo's aspect."""
+    return EngineSpec(
+        backend=Backend.WAN,
+        title=TITLE,
+        fps=settings.fps,
+        frame_step=FRAME_STEP,
+        default_frames=_frames(settings.default_seconds, settings.fps),
+        min_frames=_frames(settings.min_seconds, settings.fps),
+        max_frames=_frames(settings.max_seconds, settings.fps),
+        size=(settings.width, settings.height),
+        min_vram_gib=settings.min_vram_gib,
+        steps=settings.steps,
+        keep_aspect=True,
+        size_multiple=SIZE_MULTIPLE,
+    )
+
+
+class WanEngine(Engine):
+    """One Wan 2.2 TI2V-5B pipeline per process, loaded once and reused across clips.
+
+    Args:
+        settings: the ``[wan]`` settings (model, device, profile, area, steps, prompts).
+        spec: what it makes (:func:`wan_spec`).
+        hf_token: Hugging Face token; defaults to ``HF_TOKEN``. Never logged.
+        clock: seconds, monotonic; progress ``elapsed`` is measured with it.
+    """
+
+    backend = Backend.WAN
+
+    def __init__(
+        self,
+        settings: WanSettings,
+        *,
+        spec: EngineSpec | None = None,
+        hf_token: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.spec = spec or wan_spec(settings)
+        self._token = (hf_token if hf_token is not None else os.environ.get("HF_TOKEN")) or None
+        self._clock = clock
+        self._pipe: Any = None
+        self._model: str | None = None
+        self._device: str | None = None
+        self._profile: Profile | None = None
+
+    def __repr__(self) -> str:  # the token stays out of logs and tracebacks
+        return f"WanEngine(model={self._model!r}, device={self._device!r}, loaded={self.loaded})"
+
+    @property
+    def loaded(self) -> bool:
+        return self._pipe is not None
+
+    @property
+    def pipeline(self) -> Any:
+        """The loaded diffusers ``WanImageToVideoPipeline`` (``None`` before ``load``)."""
+        return self._pipe
+
+    # --- loading ---
+
+    def _resolve_device(self, setting: str) -> str:
+        import torch
+
+        if setting != "auto":
+            return setting
+        if torch.cuda.is_available():
+            return "cuda"
+        if torch.backends.mps.is_available():
+            return "mps"
+        log.warning("Wan 2.2 is running on the CPU: expect hours per clip")
+        return "cpu"
+
+    def _dtypes(self, device: str) -> tuple[Any, Any]:
+        """The transformer/text encoder dtype and the VAE's."""
+        import torch
+
+        names = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+        if _device_type(device) == "cpu":
+            # CPU kernels for half types are slow or missing; CPU runs are tests and tryouts.
+            base = names.get(self.settings.dtype, torch.float32)
+            return (torch.float32, torch.float32) if self.settings.dtype == "auto" else (base, base)
+        # bf16 is what Wan 2.2 was trained in.
+        base = torch.bfloat16 if self.settings.dtype == "auto" else names[self.settings.dtype]
+        vae = base if self.settings.vae_dtype == "auto" else names[self.settings.vae_dtype]
+        return base, vae
+
+    def _is_loaded_for(self, model: str | None, device: str | None) -> bool:
+        if self._pipe is None:
+            return False
+        wanted_device = device or self.settings.device
+        return (model or self.settings.model) == self._model and wanted_device in (
+            "auto",
+            self._device,
+        )
+
+    def load(self, model: str | None = None, device: str | None = None) -> None:
+        """Load the pipeline unless the same model is already loaded for the same device.
+
+        Raises:
+            BackendUnavailable: the device is missing; ``ModelUnavailable`` (a subclass) when
+                the folder is missing or the model cannot be downloaded.
+        """
+        import torch
+
+        if self._is_loaded_for(model, device):
+            return
+        model = model or self.settings.model
+        device = self._resolve_device(device or self.settings.device)
+        kind = _device_type(device)
+        if (kind == "cuda" and not torch.cuda.is_available()) or (
+            kind == "mps" and not torch.backends.mps.is_available()
+        ):
+            raise BackendUnavailable(
+                f"Wan 2.2 device {device} is not available in this torch build or machine",
+                user_text="The Wan 2.2 engine's GPU is not available.",
+            )
+        self.unload()
+        dtype, vae_dtype = self._dtypes(device)
+        log.info("Loading Wan 2.2 model %s on %s (%s, VAE %s)", model, device, dtype, vae_dtype)
+        pipe = self._from_pretrained(model, dtype, vae_dtype)
+        pipe.set_progress_bar_config(disable=True)  # we report progress ourselves
+        self._pipe, self._model, self._device, self._profile = pipe, model, device, None
+
+    def _from_pretrained(self, model: str, dtype: Any, vae_dtype: Any) -> Any:
+        """``WanImageToVideoPipeline.from_pretrained`` with our errors at the edge.
+
+        The TI2V-5B folder's ``model_index.json`` names the text-to-video ``WanPipeline``.
+        Calling ``from_pretrained`` on ``WanImageToVideoPipeline`` itself (not on
+        ``DiffusionPipeline``) makes diffusers build that class from the folder's components;
+        the image encoder and processor it does not have are optional and stay ``None``, and
+        ``expand_timesteps=True`` is passed explicitly so the photo conditions the first
+        latent frame (diffusers' Wan 2.2 5B image-to-video path) whatever the folder says.
+        The VAE loads on its own in ``vae_dtype`` (fp32 as the model card loads it).
+        """
+        from diffusers import AutoencoderKLWan, WanImageToVideoPipeline
+
+        from generator import hub
+
+        source = str(Path(model).expanduser()) if _looks_local(model) else model
+        with hub.loading(model, key="wan.model"):  # one ModelUnavailable, with the ways out
+            vae = AutoencoderKLWan.from_pretrained(
+                source, subfolder="vae", dtype=vae_dtype, token=self._token
+            )
+            return WanImageToVideoPipeline.from_pretrained(
+                source,
+                vae=vae,
+                image_encoder=None,
+                image_processor=None,
+                expand_timesteps=True,
+                dtype=dtype,
+                token=self._token,
+            )
+
+    def unload(self) -> None:
+        if self._pipe is None:
+            return
+        self._pipe = None
+        self._model = self._device = self._profile = None
+        _free_device_memory()
+
+    def resident_bytes(self) -> int:
+        if self._pipe is None:
+            return 0
+        pipe = self._pipe
+        return sum(
+            p.numel() * p.element_size()
+            for module in (pipe.transformer, pipe.vae, pipe.text_encoder)
+            for p in module.parameters()
+            if p.device.type == "cuda"
+        )
+
+    # --- generating ---
+
+    def generate(
+        self,
+        photo: PIL.Image.Image,
+        request: Request,
+        progress: ProgressFn | None = None,
+        cancel: CancelFn | None = None,
+    ) -> Frames:
+        """Animate ``photo`` (frame 0 of the clip) into the frames ``request`` asks for.
+
+        Args:
+            photo: the prepared photo, sides multiples of 32 (``spec.size_for`` chose them).
+            request: duration (maps to ``4k+1`` frames at ``[wan] fps``), photo type,
+                intensity and custom elements (the prompt), seed, steps, model, device, profile.
+            progress: told "loading", then "denoising" step 1..n of n, then "decoding".
+            cancel: polled after each step; ``True`` stops with ``Cancelled``.
+
+        Returns:
+            ``Frames``: the frames, the fps, the seed used, the profile and the step count.
+
+        Raises:
+            InvalidRequest: the length or size cannot be made (nothing was run).
+            BackendUnavailable: the model cannot be loaded.
+            OutOfMemory: the GPU ran out; the low-vram profile may work.
+            Cancelled: ``cancel`` said so; the pipeline stays usable.
+        """
+        import torch
+
+        s = self.settings
+        # 1. Check inputs before any loading or GPU work.
+        plan = self.check(request)
+        width, height = photo.size
+        if width % SIZE_MULTIPLE or height % SIZE_MULTIPLE:
+            raise InvalidRequest(
+                f"Wan 2.2 needs sides divisible by {SIZE_MULTIPLE}, not {width}x{height}"
+            )
+        steps = request.steps or s.steps
+
+        # 2. Load (once per process) and place the weights for the chosen profile.
+        if not self._is_loaded_for(request.model, request.device):
+            started = self._clock()
+            _report(progress, Progress("loading", backend=Backend.WAN))
+            self.load(request.model, request.device)
+            log.info("Wan 2.2 model loaded in %.1f s", self._clock() - started)
+        chosen = choose_profile(
+            request.profile or s.profile, self._free_vram(), s.low_vram_threshold_gib
+        )
+        try:
+            self._apply_profile(chosen)
+        except Exception as exc:
+            self._profile = None
+            self._raise_failed(exc, chosen)
+
+        # 3. Prompt and seed. Wan follows prompts that describe the footage, as LTX-Video
+        # does, so both get the shared builder's descriptive text. A CPU generator gives the
+        # same noise for a seed on every device.
+        prompt = build_ltx_prompt(
+            request.photo_type, request.motion_words(), request.custom_elements
+        )
+        seed = secrets.randbits(63) if request.seed is None else request.seed
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        log.info(
+            "Wan 2.2: %dx%d, %s, %d steps, seed %d, profile %s",
+            width,
+            height,
+            plan.describe(),
+            steps,
+            seed,
+            chosen,
+        )
+
+        # 4. Denoise and decode; progress and cancel ride on callback_on_step_end.
+        frames = self._run(
+            photo.convert("RGB"),
+            prompt=prompt,
+            frames=plan.frames,
+            steps=steps,
+            generator=generator,
+            progress=progress,
+            cancel=cancel,
+        )
+        return Frames(frames=frames, fps=plan.fps, seed=seed, profile=chosen, steps=steps)
+
+    def _free_vram(self) -> int | None:
+        import torch
+
+        if self._device is None or _device_type(self._device) != "cuda":
+            return None
+        free, _total = torch.cuda.mem_get_info(self._device)
+        # Memory our own pipeline already holds is ours to use, not "taken".
+        return free + torch.cuda.memory_reserved(self._device)
+
+    def _apply_profile(self, profile: Profile) -> None:
+        """Place the weights for ``profile``; leaving a placed profile reloads the files
+        (offload hooks are not undone in place)."""
+        from generator.engines import wan_speed
+
+        if profile is self._profile:
+            return
+        if self._profile is not None:
+            model, device = self._model, self._device
+            self.unload()
+            self.load(model, device)
+        if self._device is None:
+            raise RuntimeError("place the Wan pipeline after loading it")
+        wan_speed.apply_profile(self._pipe, profile, device=self._device)
+        log.info("Wan 2.2 profile %s on %s", profile, self._device)
+        self._profile = profile
+
+    def _run(
+        self,
+        photo: PIL.Image.Image,
+        *,
+        prompt: str,
+        frames: int,
+        steps: int,
+        generator: Any,
+        progress: ProgressFn | None,
+        cancel: CancelFn | None,
+    ) -> list[Any]:
+        """Call the pipeline once, translating out-of-memory at this edge.
+
+        ``wan_speed`` supplies the prompt embeddings (cached per prompt, so the UMT5-XXL
+        encoder runs only for a new one) and the frames as ``uint8`` made on the device.
+        """
+        import torch
+
+        from generator.engines import wan_speed
+
+        pipe, s = self._pipe, self.settings
+        started = self._clock()
+
+        def on_step_end(_pipe: Any, step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            _report(
+                progress,
+                Progress("denoising", step + 1, steps, self._clock() - started, Backend.WAN),
+            )
+            if cancel is not None and cancel():
+                # Raising skips the remaining steps and the decode; we clean up below.
+                raise Cancelled(f"cancelled after step {step + 1} of {steps}")
+            if step + 1 == steps:
+                _report(progress, Progress("decoding", backend=Backend.WAN))
+            return kwargs
+
+        try:
+            with torch.inference_mode():
+                embeds = wan_speed.prompt_kwargs(
+                    pipe,
+                    prompt,
+                    s.negative_prompt,
+                    guidance_scale=s.guidance_scale,
+                    max_sequence_length=MAX_SEQUENCE_LENGTH,
+                )
+                video = pipe(
+                    image=photo,
+                    width=photo.width,
+                    height=photo.height,
+                    num_frames=frames,
+                    num_inference_steps=steps,
+                    guidance_scale=s.guidance_scale,
+                    generator=generator,
+                    callback_on_step_end=on_step_end,
+                    output_type="pt",
+                    **embeds,
+                ).frames[0]
+                return list(wan_speed.frames_to_uint8(video))
+        except Exception as exc:
+            self._raise_failed(exc, self._profile)
+
+    def _raise_failed(self, exc: Exception, profile: Profile | None) -> NoReturn:
+        """Leave the pipeline ready for the next call, then raise: out-of-memory as ours."""
+        if self._pipe is not None:
+            self._pipe.maybe_free_model_hooks()
+        _free_device_memory()
+        if _is_oom(exc):
+            raise OutOfMemory(f"{self._device} ran out of memory in profile {profile}") from exc
+        raise exc

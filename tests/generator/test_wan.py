@@ -1,0 +1,92 @@
+"""Wan 2.2's own behaviour on the tiny random-weight pipeline (CPU): what the contract test in
+test_engines.py does not cover."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import PIL.Image
+import pytest
+import torch
+
+from generator.config import GeneratorSettings, WanSettings
+from generator.engines.catalog import build_engine
+from generator.errors import ModelUnavailable, OutOfMemory
+from generator.options import Backend, Intensity, PhotoType, Request
+
+PHOTO = Path("photo.jpg")
+
+
+def engine_for(settings: WanSettings):
+    return build_engine(Backend.WAN, GeneratorSettings(wan=settings))
+
+
+def photo() -> PIL.Image.Image:
+    return PIL.Image.new("RGB", (64, 32), (90, 140, 200))
+
+
+def test_the_hub_layout_loads_as_image_to_video_with_the_photo_at_frame_0(tiny_wan) -> None:
+    engine = engine_for(tiny_wan)
+    engine.load()
+
+    # The folder says WanPipeline (text-to-video), as Wan-AI/Wan2.2-TI2V-5B-Diffusers does.
+    assert '"_class_name": "WanPipeline"' in (Path(tiny_wan.model) / "model_index.json").read_text()
+    pipe = engine.pipeline
+    assert type(pipe).__name__ == "WanImageToVideoPipeline"
+    assert pipe.config.expand_timesteps and pipe.image_encoder is None
+    assert pipe.vae.config.z_dim == 48
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+        RuntimeError("MPS backend out of memory (MPS allocated: 17.00 GB)"),
+    ],
+)
+def test_out_of_memory_becomes_ours_and_the_next_clip_works(tiny_wan, error) -> None:
+    engine = engine_for(tiny_wan)
+    engine.load()
+
+    def out_of_memory(*_args: object) -> None:
+        raise error
+
+    hook = engine.pipeline.transformer.register_forward_pre_hook(out_of_memory)
+    with pytest.raises(OutOfMemory) as caught:
+        engine.generate(photo(), Request(image=PHOTO, seed=0))
+    hook.remove()
+    after = engine.generate(photo(), Request(image=PHOTO, seed=0))
+
+    assert caught.value.user_text == OutOfMemory.user_text
+    assert caught.value.__cause__ is error
+    assert len(after.frames) == 9
+
+
+def test_a_missing_model_folder_says_which_key_to_set(tiny_wan, tmp_path) -> None:
+    engine = engine_for(dataclasses.replace(tiny_wan, model=str(tmp_path / "gone")))
+
+    with pytest.raises(ModelUnavailable, match=r"wan\.model is the folder") as caught:
+        engine.load()
+
+    assert caught.value.user_text == ModelUnavailable.user_text
+    assert not engine.loaded
+
+
+def test_the_text_encoder_runs_only_for_a_prompt_it_has_not_seen(tiny_wan) -> None:
+    # On a 12 GB card the 10.6 GiB UMT5-XXL streams from CPU memory: each run costs seconds.
+    engine = engine_for(tiny_wan)
+    engine.load()
+    runs: list[int] = []
+    engine.pipeline.text_encoder.register_forward_pre_hook(lambda *_: runs.append(1))
+    pet = Request(image=PHOTO, photo_type=PhotoType.PET, seed=1)
+
+    engine.generate(photo(), pet)
+    first = len(runs)
+    engine.generate(photo(), dataclasses.replace(pet, seed=2))  # "Again": same prompt
+    again = len(runs)
+    engine.generate(photo(), dataclasses.replace(pet, intensity=Intensity.DRAMATIC))
+
+    assert first == 2  # the prompt and the negative prompt (guidance 5)
+    assert again == first
+    assert len(runs) == first + 2
