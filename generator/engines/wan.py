@@ -38,7 +38,6 @@ from generator.engines.ltx import (
     _device_type,
     _free_device_memory,
     _is_oom,
-    _looks_local,
     _report,
 )
 from generator.errors import BackendUnavailable, Cancelled, InvalidRequest, OutOfMemory
@@ -204,7 +203,7 @@ class WanEngine(Engine):
 
         from generator import hub
 
-        source = str(Path(model).expanduser()) if _looks_local(model) else model
+        source = str(Path(model).expanduser()) if hub.looks_local(model) else model
         with hub.loading(model, key="wan.model"):  # one ModelUnavailable, with the ways out
             vae = AutoencoderKLWan.from_pretrained(
                 source, subfolder="vae", dtype=vae_dtype, token=self._token
