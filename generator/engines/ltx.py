@@ -19,7 +19,6 @@ torch and diffusers are imported when a model loads, not with this module, so
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import secrets
@@ -32,6 +31,7 @@ from generator import hub
 from generator.clip import CancelFn, Progress, ProgressFn
 from generator.config import LtxSettings
 from generator.engines import Engine, EngineSpec, Frames, choose_profile
+from generator.engines.device import device_type, free_device_memory, is_oom, report
 from generator.errors import BackendUnavailable, Cancelled, InvalidRequest, OutOfMemory
 from generator.options import Backend, Profile, Request
 from generator.prompt import build_ltx_prompt
@@ -73,27 +73,6 @@ def ltx_spec(settings: LtxSettings) -> EngineSpec:
         keep_aspect=True,
         size_multiple=SIZE_MULTIPLE,
     )
-
-
-def _device_type(device: str) -> str:
-    return device.split(":")[0]
-
-
-def _is_oom(exc: BaseException) -> bool:
-    import torch
-
-    # MPS and older CUDA builds raise a plain RuntimeError with this phrase.
-    return isinstance(exc, torch.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-    )
-
-
-def _free_device_memory() -> None:
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def _repo_of(single_file: str) -> str:
@@ -170,7 +149,7 @@ class LtxEngine(Engine):
         if self.settings.dtype != "auto":
             return names[self.settings.dtype]
         # bf16 is what LTX-Video was trained in; CPU kernels for it are slow or missing.
-        return torch.float32 if _device_type(device) == "cpu" else torch.bfloat16
+        return torch.float32 if device_type(device) == "cpu" else torch.bfloat16
 
     def _is_loaded_for(self, model: str | None, device: str | None) -> bool:
         if self._pipe is None:
@@ -194,7 +173,7 @@ class LtxEngine(Engine):
             return
         model = model or self.settings.model
         device = self._resolve_device(device or self.settings.device)
-        kind = _device_type(device)
+        kind = device_type(device)
         if (kind == "cuda" and not torch.cuda.is_available()) or (
             kind == "mps" and not torch.backends.mps.is_available()
         ):
@@ -236,7 +215,7 @@ class LtxEngine(Engine):
             return
         self._pipe = None
         self._model = self._device = self._profile = None
-        _free_device_memory()
+        free_device_memory()
 
     def resident_bytes(self) -> int:
         if self._pipe is None:
@@ -294,7 +273,7 @@ class LtxEngine(Engine):
         # 2. Load (once per process) and place the weights for the chosen profile.
         if not self._is_loaded_for(request.model, request.device):
             started = self._clock()
-            _report(progress, Progress("loading", backend=Backend.LTX))
+            report(progress, Progress("loading", backend=Backend.LTX))
             self.load(request.model, request.device)
             log.info("LTX-Video model loaded in %.1f s", self._clock() - started)
         chosen = choose_profile(
@@ -342,7 +321,7 @@ class LtxEngine(Engine):
         device = self._device
         if device is None:
             raise RuntimeError("LTX-Video is not loaded")
-        if _device_type(device) != "cuda":
+        if device_type(device) != "cuda":
             return None
         free, _total = torch.cuda.mem_get_info(device)
         # Memory our own pipeline already holds is ours to use, not "taken".
@@ -393,7 +372,7 @@ class LtxEngine(Engine):
         started = self._clock()
 
         def on_step_end(_pipe: Any, step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            _report(
+            report(
                 progress,
                 Progress("denoising", step + 1, steps, self._clock() - started, Backend.LTX),
             )
@@ -401,7 +380,7 @@ class LtxEngine(Engine):
                 # Raising skips the remaining steps and the decode; we clean up below.
                 raise Cancelled(f"cancelled after step {step + 1} of {steps}")
             if step + 1 == steps:
-                _report(progress, Progress("decoding", backend=Backend.LTX))
+                report(progress, Progress("decoding", backend=Backend.LTX))
             return kwargs
 
         call: dict[str, Any] = dict(
@@ -439,16 +418,7 @@ class LtxEngine(Engine):
         """Leave the pipeline ready for the next call, then raise: out-of-memory as ours."""
         if self._pipe is not None:
             self._pipe.maybe_free_model_hooks()
-        _free_device_memory()
-        if _is_oom(exc):
+        free_device_memory()
+        if is_oom(exc):
             raise OutOfMemory(f"{self._device} ran out of memory in profile {profile}") from exc
         raise exc
-
-
-def _report(progress: ProgressFn | None, event: Progress) -> None:
-    if progress is None:
-        return
-    try:
-        progress(event)
-    except Exception:  # a broken progress display must not kill the clip
-        log.exception("progress callback failed")

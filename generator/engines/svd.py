@@ -31,7 +31,6 @@ on top of ``FAST``; measured slower and less exact than fp16 so far, never the d
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import secrets
@@ -47,6 +46,7 @@ from generator import hub
 from generator.clip import CancelFn, Progress, ProgressFn
 from generator.config import SvdSettings
 from generator.engines import Engine, EngineSpec, Frames, choose_profile, svd_speed
+from generator.engines.device import device_type, free_device_memory, is_oom, report
 from generator.errors import BackendUnavailable, Cancelled, InvalidRequest, OutOfMemory
 from generator.options import Backend, Profile, Request
 
@@ -78,7 +78,7 @@ def resolve_device(setting: str) -> str:
 def resolve_dtype(setting: str, device: str) -> torch.dtype:
     """Turn ``auto`` into float16 on CUDA/MPS and float32 on CPU; named dtypes pass through."""
     if setting == "auto":
-        return torch.float16 if _device_type(device) in ("cuda", "mps") else torch.float32
+        return torch.float16 if device_type(device) in ("cuda", "mps") else torch.float32
     try:
         return _DTYPES[setting]
     except KeyError:
@@ -87,25 +87,6 @@ def resolve_dtype(setting: str, device: str) -> torch.dtype:
 
 #: What one SVD run made (the engine interface's ``Frames``; the name is kept for callers).
 SvdFrames = Frames
-
-
-def _device_type(device: str) -> str:
-    return device.split(":")[0]
-
-
-def _is_oom(exc: BaseException) -> bool:
-    # MPS and older CUDA builds raise a plain RuntimeError with this phrase.
-    return isinstance(exc, torch.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-    )
-
-
-def _free_device_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    if torch.backends.mps.is_available():
-        torch.mps.empty_cache()
 
 
 def _has_variant_files(folder: Path, variant: str) -> bool:
@@ -172,7 +153,7 @@ class SvdBackend:
         device = resolve_device(device or self.settings.device)
         if self._pipe is not None and (model, device) == (self._model, self._device):
             return
-        kind = _device_type(device)
+        kind = device_type(device)
         if (kind == "cuda" and not torch.cuda.is_available()) or (
             kind == "mps" and not torch.backends.mps.is_available()
         ):
@@ -208,7 +189,7 @@ class SvdBackend:
         self._pipe = None
         self._model = self._device = self._dtype = self._profile = None
         self._fp8 = False
-        _free_device_memory()
+        free_device_memory()
 
     def _from_pretrained(self, model: str, device: str, dtype: torch.dtype) -> Any:
         """``StableVideoDiffusionPipeline.from_pretrained`` with our errors at the edge."""
@@ -217,7 +198,7 @@ class SvdBackend:
         local = hub.looks_local(model)
         # fp16 weight files halve the download; only worth it on CUDA, and only if present.
         variant = self.settings.variant or None
-        if _device_type(device) != "cuda":
+        if device_type(device) != "cuda":
             variant = None
         elif variant and local and not _has_variant_files(Path(model).expanduser(), variant):
             variant = None
@@ -283,7 +264,7 @@ class SvdBackend:
         # 2. Load (once per process) and place the pipeline for the chosen profile.
         if not self._is_loaded_for(model, device):
             started = self._clock()
-            _report(on_progress, Progress("loading", backend=Backend.SVD))
+            report(on_progress, Progress("loading", backend=Backend.SVD))
             self.load(model, device)
             log.info("SVD model loaded in %.1f s", self._clock() - started)
         if self._device is None:
@@ -358,7 +339,7 @@ class SvdBackend:
         """Bytes this process could use on the CUDA device, or ``None`` off CUDA."""
         if self._device is None:
             raise RuntimeError("broken invariant: self._device is not None")
-        if _device_type(self._device) != "cuda":
+        if device_type(self._device) != "cuda":
             return None
         free, _total = torch.cuda.mem_get_info(self._device)
         # Memory our own pipeline already holds is ours to use, not "taken".
@@ -398,7 +379,7 @@ class SvdBackend:
             f" (skipped: {'; '.join(applied.skipped)})" if applied.skipped else "",
         )
         self._profile = profile
-        _free_device_memory()
+        free_device_memory()
 
     def _run(
         self,
@@ -422,7 +403,7 @@ class SvdBackend:
         started = self._clock()
 
         def on_step_end(_pipe: Any, step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            _report(
+            report(
                 on_progress,
                 Progress("denoising", step + 1, steps, self._clock() - started, Backend.SVD),
             )
@@ -430,7 +411,7 @@ class SvdBackend:
                 # SVD has no interrupt flag; raising unwinds the call and we clean up below.
                 raise Cancelled(f"cancelled after step {step + 1} of {steps}")
             if step + 1 == steps:
-                _report(on_progress, Progress("decoding", backend=Backend.SVD))
+                report(on_progress, Progress("decoding", backend=Backend.SVD))
             return kwargs
 
         call = dict(
@@ -457,7 +438,7 @@ class SvdBackend:
     def _raise_failed(self, exc: Exception, profile: Profile | None) -> NoReturn:
         """Recover from a failed run, then raise: out-of-memory as ours, the rest as is."""
         self._recover()
-        if _is_oom(exc):
+        if is_oom(exc):
             raise OutOfMemory(f"{self._device} ran out of memory in profile {profile}") from exc
         raise exc
 
@@ -469,16 +450,7 @@ class SvdBackend:
         if self._dtype is not None and pipe.vae.dtype != self._dtype:
             pipe.vae.to(dtype=self._dtype)
         pipe.maybe_free_model_hooks()  # offload hooks back to their start state
-        _free_device_memory()
-
-
-def _report(on_progress: ProgressFn | None, progress: Progress) -> None:
-    if on_progress is None:
-        return
-    try:
-        on_progress(progress)
-    except Exception:  # a broken progress display must not kill the clip
-        log.exception("progress callback failed")
+        free_device_memory()
 
 
 class SvdEngine(Engine):

@@ -32,14 +32,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from generator.clip import CancelFn, Progress, ProgressFn
 from generator.config import WanSettings
 from generator.engines import Engine, EngineSpec, Frames, choose_profile
-
-# The device and error plumbing is the same for every diffusers engine: one copy, in ltx.
-from generator.engines.ltx import (
-    _device_type,
-    _free_device_memory,
-    _is_oom,
-    _report,
-)
+from generator.engines.device import device_type, free_device_memory, is_oom, report
 from generator.errors import BackendUnavailable, Cancelled, InvalidRequest, OutOfMemory
 from generator.options import Backend, Profile, Request
 from generator.prompt import build_ltx_prompt
@@ -142,7 +135,7 @@ class WanEngine(Engine):
         import torch
 
         names = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-        if _device_type(device) == "cpu":
+        if device_type(device) == "cpu":
             # CPU kernels for half types are slow or missing; CPU runs are tests and tryouts.
             base = names.get(self.settings.dtype, torch.float32)
             return (torch.float32, torch.float32) if self.settings.dtype == "auto" else (base, base)
@@ -173,7 +166,7 @@ class WanEngine(Engine):
             return
         model = model or self.settings.model
         device = self._resolve_device(device or self.settings.device)
-        kind = _device_type(device)
+        kind = device_type(device)
         if (kind == "cuda" and not torch.cuda.is_available()) or (
             kind == "mps" and not torch.backends.mps.is_available()
         ):
@@ -223,7 +216,7 @@ class WanEngine(Engine):
             return
         self._pipe = None
         self._model = self._device = self._profile = None
-        _free_device_memory()
+        free_device_memory()
 
     def resident_bytes(self) -> int:
         if self._pipe is None:
@@ -278,7 +271,7 @@ class WanEngine(Engine):
         # 2. Load (once per process) and place the weights for the chosen profile.
         if not self._is_loaded_for(request.model, request.device):
             started = self._clock()
-            _report(progress, Progress("loading", backend=Backend.WAN))
+            report(progress, Progress("loading", backend=Backend.WAN))
             self.load(request.model, request.device)
             log.info("Wan 2.2 model loaded in %.1f s", self._clock() - started)
         chosen = choose_profile(
@@ -323,7 +316,7 @@ class WanEngine(Engine):
     def _free_vram(self) -> int | None:
         import torch
 
-        if self._device is None or _device_type(self._device) != "cuda":
+        if self._device is None or device_type(self._device) != "cuda":
             return None
         free, _total = torch.cuda.mem_get_info(self._device)
         # Memory our own pipeline already holds is ours to use, not "taken".
@@ -370,7 +363,7 @@ class WanEngine(Engine):
         started = self._clock()
 
         def on_step_end(_pipe: Any, step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            _report(
+            report(
                 progress,
                 Progress("denoising", step + 1, steps, self._clock() - started, Backend.WAN),
             )
@@ -378,7 +371,7 @@ class WanEngine(Engine):
                 # Raising skips the remaining steps and the decode; we clean up below.
                 raise Cancelled(f"cancelled after step {step + 1} of {steps}")
             if step + 1 == steps:
-                _report(progress, Progress("decoding", backend=Backend.WAN))
+                report(progress, Progress("decoding", backend=Backend.WAN))
             return kwargs
 
         try:
@@ -410,7 +403,7 @@ class WanEngine(Engine):
         """Leave the pipeline ready for the next call, then raise: out-of-memory as ours."""
         if self._pipe is not None:
             self._pipe.maybe_free_model_hooks()
-        _free_device_memory()
-        if _is_oom(exc):
+        free_device_memory()
+        if is_oom(exc):
             raise OutOfMemory(f"{self._device} ran out of memory in profile {profile}") from exc
         raise exc
