@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import gc
 import logging
+from collections.abc import Callable
+from typing import Any
 
-from generator.clip import Progress, ProgressFn
+from generator.clip import CancelFn, Progress, ProgressFn
+from generator.errors import Cancelled
+from generator.options import Backend
 
 log = logging.getLogger(__name__)
 
@@ -45,3 +49,28 @@ def report(progress: ProgressFn | None, event: Progress) -> None:
         progress(event)
     except Exception:
         log.exception("progress callback failed")
+
+
+def step_end_callback(
+    *,
+    steps: int,
+    backend: Backend,
+    progress: ProgressFn | None,
+    cancel: CancelFn | None,
+    clock: Callable[[], float],
+) -> Callable[..., dict[str, Any]]:
+    """A diffusers ``callback_on_step_end``: progress after each denoising step, ``decoding``
+    after the last, and ``Cancelled`` raised at the next step once ``cancel`` says so (raising
+    skips the remaining steps and the decode; pipelines without an interrupt flag, like SVD's,
+    stop only this way)."""
+    started = clock()
+
+    def on_step_end(_pipe: Any, step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        report(progress, Progress("denoising", step + 1, steps, clock() - started, backend))
+        if cancel is not None and cancel():
+            raise Cancelled(f"cancelled after step {step + 1} of {steps}")
+        if step + 1 == steps:
+            report(progress, Progress("decoding", backend=backend))
+        return kwargs
+
+    return on_step_end

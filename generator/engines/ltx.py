@@ -31,8 +31,14 @@ from generator import hub
 from generator.clip import CancelFn, Progress, ProgressFn
 from generator.config import LtxSettings
 from generator.engines import Engine, EngineSpec, Frames, choose_profile
-from generator.engines.device import device_type, free_device_memory, is_oom, report
-from generator.errors import BackendUnavailable, Cancelled, InvalidRequest, OutOfMemory
+from generator.engines.device import (
+    device_type,
+    free_device_memory,
+    is_oom,
+    report,
+    step_end_callback,
+)
+from generator.errors import BackendUnavailable, InvalidRequest, OutOfMemory
 from generator.options import Backend, Profile, Request
 from generator.prompt import build_ltx_prompt
 
@@ -369,19 +375,9 @@ class LtxEngine(Engine):
         from generator.engines import ltx_speed
 
         pipe, s = self._pipe, self.settings
-        started = self._clock()
-
-        def on_step_end(_pipe: Any, step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            report(
-                progress,
-                Progress("denoising", step + 1, steps, self._clock() - started, Backend.LTX),
-            )
-            if cancel is not None and cancel():
-                # Raising skips the remaining steps and the decode; we clean up below.
-                raise Cancelled(f"cancelled after step {step + 1} of {steps}")
-            if step + 1 == steps:
-                report(progress, Progress("decoding", backend=Backend.LTX))
-            return kwargs
+        on_step_end = step_end_callback(
+            steps=steps, backend=Backend.LTX, progress=progress, cancel=cancel, clock=self._clock
+        )
 
         call: dict[str, Any] = dict(
             conditions=[LTXVideoCondition(image=photo, frame_index=0)],

@@ -46,8 +46,14 @@ from generator import hub
 from generator.clip import CancelFn, Progress, ProgressFn
 from generator.config import SvdSettings
 from generator.engines import Engine, EngineSpec, Frames, choose_profile, svd_speed
-from generator.engines.device import device_type, free_device_memory, is_oom, report
-from generator.errors import BackendUnavailable, Cancelled, InvalidRequest, OutOfMemory
+from generator.engines.device import (
+    device_type,
+    free_device_memory,
+    is_oom,
+    report,
+    step_end_callback,
+)
+from generator.errors import BackendUnavailable, InvalidRequest, OutOfMemory
 from generator.options import Backend, Profile, Request
 
 log = logging.getLogger(__name__)
@@ -400,19 +406,13 @@ class SvdBackend:
         (``svd_speed.compile_module``), so compile problems never reach the user.
         """
         pipe, s = self._pipe, self.settings
-        started = self._clock()
-
-        def on_step_end(_pipe: Any, step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            report(
-                on_progress,
-                Progress("denoising", step + 1, steps, self._clock() - started, Backend.SVD),
-            )
-            if should_cancel is not None and should_cancel():
-                # SVD has no interrupt flag; raising unwinds the call and we clean up below.
-                raise Cancelled(f"cancelled after step {step + 1} of {steps}")
-            if step + 1 == steps:
-                report(on_progress, Progress("decoding", backend=Backend.SVD))
-            return kwargs
+        on_step_end = step_end_callback(
+            steps=steps,
+            backend=Backend.SVD,
+            progress=on_progress,
+            cancel=should_cancel,
+            clock=self._clock,
+        )
 
         call = dict(
             image=image,

@@ -32,8 +32,14 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from generator.clip import CancelFn, Progress, ProgressFn
 from generator.config import WanSettings
 from generator.engines import Engine, EngineSpec, Frames, choose_profile
-from generator.engines.device import device_type, free_device_memory, is_oom, report
-from generator.errors import BackendUnavailable, Cancelled, InvalidRequest, OutOfMemory
+from generator.engines.device import (
+    device_type,
+    free_device_memory,
+    is_oom,
+    report,
+    step_end_callback,
+)
+from generator.errors import BackendUnavailable, InvalidRequest, OutOfMemory
 from generator.options import Backend, Profile, Request
 from generator.prompt import build_ltx_prompt
 
@@ -360,19 +366,9 @@ class WanEngine(Engine):
         from generator.engines import wan_speed
 
         pipe, s = self._pipe, self.settings
-        started = self._clock()
-
-        def on_step_end(_pipe: Any, step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            report(
-                progress,
-                Progress("denoising", step + 1, steps, self._clock() - started, Backend.WAN),
-            )
-            if cancel is not None and cancel():
-                # Raising skips the remaining steps and the decode; we clean up below.
-                raise Cancelled(f"cancelled after step {step + 1} of {steps}")
-            if step + 1 == steps:
-                report(progress, Progress("decoding", backend=Backend.WAN))
-            return kwargs
+        on_step_end = step_end_callback(
+            steps=steps, backend=Backend.WAN, progress=progress, cancel=cancel, clock=self._clock
+        )
 
         try:
             with torch.inference_mode():
