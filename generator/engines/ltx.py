@@ -20,7 +20,6 @@ torch and diffusers are imported when a model loads, not with this module, so
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import time
 from collections.abc import Callable
@@ -30,7 +29,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from generator import hub
 from generator.clip import CancelFn, Progress, ProgressFn
 from generator.config import LtxSettings
-from generator.engines import Engine, EngineSpec, Frames, choose_profile
+from generator.engines import EngineSpec, Frames, choose_profile
 from generator.engines.device import (
     device_type,
     free_device_memory,
@@ -38,6 +37,7 @@ from generator.engines.device import (
     report,
     step_end_callback,
 )
+from generator.engines.pipeline import PipelineEngine
 from generator.errors import BackendUnavailable, InvalidRequest, OutOfMemory
 from generator.options import Backend, Profile, Request
 from generator.prompt import build_ltx_prompt
@@ -93,7 +93,7 @@ def _repo_of(single_file: str) -> str:
     return single_file
 
 
-class LtxEngine(Engine):
+class LtxEngine(PipelineEngine):
     """One LTX-Video pipeline per process, loaded once and reused across clips.
 
     Args:
@@ -104,6 +104,7 @@ class LtxEngine(Engine):
     """
 
     backend = Backend.LTX
+    cpu_wait = "minutes"
 
     def __init__(
         self,
@@ -113,40 +114,9 @@ class LtxEngine(Engine):
         hf_token: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.settings = settings
-        self.spec = spec or ltx_spec(settings)
-        self._token = (hf_token if hf_token is not None else os.environ.get("HF_TOKEN")) or None
-        self._clock = clock
-        self._pipe: Any = None
-        self._model: str | None = None
-        self._device: str | None = None
-        self._profile: Profile | None = None
-
-    def __repr__(self) -> str:  # the token stays out of logs and tracebacks
-        return f"LtxEngine(model={self._model!r}, device={self._device!r}, loaded={self.loaded})"
-
-    @property
-    def loaded(self) -> bool:
-        return self._pipe is not None
-
-    @property
-    def pipeline(self) -> Any:
-        """The loaded diffusers ``LTXConditionPipeline`` (``None`` before ``load``)."""
-        return self._pipe
+        super().__init__(settings, spec=spec or ltx_spec(settings), hf_token=hf_token, clock=clock)
 
     # --- loading ---
-
-    def _resolve_device(self, setting: str) -> str:
-        import torch
-
-        if setting != "auto":
-            return setting
-        if torch.cuda.is_available():
-            return "cuda"
-        if torch.backends.mps.is_available():
-            return "mps"
-        log.warning("LTX-Video is running on the CPU: expect minutes per clip")
-        return "cpu"
 
     def _dtype(self, device: str) -> Any:
         import torch
@@ -156,15 +126,6 @@ class LtxEngine(Engine):
             return names[self.settings.dtype]
         # bf16 is what LTX-Video was trained in; CPU kernels for it are slow or missing.
         return torch.float32 if device_type(device) == "cpu" else torch.bfloat16
-
-    def _is_loaded_for(self, model: str | None, device: str | None) -> bool:
-        if self._pipe is None:
-            return False
-        wanted_device = device or self.settings.device
-        return (model or self.settings.model) == self._model and wanted_device in (
-            "auto",
-            self._device,
-        )
 
     def load(self, model: str | None = None, device: str | None = None) -> None:
         """Load the pipeline unless the same model is already loaded for the same device.
@@ -215,24 +176,6 @@ class LtxEngine(Engine):
                 except (OSError, ValueError) as exc:
                     raise hub.model_unavailable(exc, _repo_of(single), "ltx.transformer") from exc
             return LTXConditionPipeline.from_pretrained(source, **kwargs)
-
-    def unload(self) -> None:
-        if self._pipe is None:
-            return
-        self._pipe = None
-        self._model = self._device = self._profile = None
-        free_device_memory()
-
-    def resident_bytes(self) -> int:
-        if self._pipe is None:
-            return 0
-        pipe = self._pipe
-        return sum(
-            p.numel() * p.element_size()
-            for module in (pipe.transformer, pipe.vae, pipe.text_encoder)
-            for p in module.parameters()
-            if p.device.type == "cuda"
-        )
 
     # --- generating ---
 
@@ -320,18 +263,6 @@ class LtxEngine(Engine):
             cancel=cancel,
         )
         return Frames(frames=frames, fps=plan.fps, seed=seed, profile=chosen, steps=steps)
-
-    def _free_vram(self) -> int | None:
-        import torch
-
-        device = self._device
-        if device is None:
-            raise RuntimeError("LTX-Video is not loaded")
-        if device_type(device) != "cuda":
-            return None
-        free, _total = torch.cuda.mem_get_info(device)
-        # Memory our own pipeline already holds is ours to use, not "taken".
-        return free + torch.cuda.memory_reserved(device)
 
     def _apply_profile(self, profile: Profile) -> None:
         """Place the weights for ``profile``; leaving a placed profile reloads the files

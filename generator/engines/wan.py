@@ -22,7 +22,6 @@ torch and diffusers are imported when a model loads, not with this module, so
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import time
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from generator.clip import CancelFn, Progress, ProgressFn
 from generator.config import WanSettings
-from generator.engines import Engine, EngineSpec, Frames, choose_profile
+from generator.engines import EngineSpec, Frames, choose_profile
 from generator.engines.device import (
     device_type,
     free_device_memory,
@@ -39,6 +38,7 @@ from generator.engines.device import (
     report,
     step_end_callback,
 )
+from generator.engines.pipeline import PipelineEngine
 from generator.errors import BackendUnavailable, InvalidRequest, OutOfMemory
 from generator.options import Backend, Profile, Request
 from generator.prompt import build_ltx_prompt
@@ -81,7 +81,7 @@ def wan_spec(settings: WanSettings) -> EngineSpec:
     )
 
 
-class WanEngine(Engine):
+class WanEngine(PipelineEngine):
     """One Wan 2.2 TI2V-5B pipeline per process, loaded once and reused across clips.
 
     Args:
@@ -92,6 +92,7 @@ class WanEngine(Engine):
     """
 
     backend = Backend.WAN
+    cpu_wait = "hours"
 
     def __init__(
         self,
@@ -101,40 +102,9 @@ class WanEngine(Engine):
         hf_token: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.settings = settings
-        self.spec = spec or wan_spec(settings)
-        self._token = (hf_token if hf_token is not None else os.environ.get("HF_TOKEN")) or None
-        self._clock = clock
-        self._pipe: Any = None
-        self._model: str | None = None
-        self._device: str | None = None
-        self._profile: Profile | None = None
-
-    def __repr__(self) -> str:  # the token stays out of logs and tracebacks
-        return f"WanEngine(model={self._model!r}, device={self._device!r}, loaded={self.loaded})"
-
-    @property
-    def loaded(self) -> bool:
-        return self._pipe is not None
-
-    @property
-    def pipeline(self) -> Any:
-        """The loaded diffusers ``WanImageToVideoPipeline`` (``None`` before ``load``)."""
-        return self._pipe
+        super().__init__(settings, spec=spec or wan_spec(settings), hf_token=hf_token, clock=clock)
 
     # --- loading ---
-
-    def _resolve_device(self, setting: str) -> str:
-        import torch
-
-        if setting != "auto":
-            return setting
-        if torch.cuda.is_available():
-            return "cuda"
-        if torch.backends.mps.is_available():
-            return "mps"
-        log.warning("Wan 2.2 is running on the CPU: expect hours per clip")
-        return "cpu"
 
     def _dtypes(self, device: str) -> tuple[Any, Any]:
         """The transformer/text encoder dtype and the VAE's."""
@@ -149,15 +119,6 @@ class WanEngine(Engine):
         base = torch.bfloat16 if self.settings.dtype == "auto" else names[self.settings.dtype]
         vae = base if self.settings.vae_dtype == "auto" else names[self.settings.vae_dtype]
         return base, vae
-
-    def _is_loaded_for(self, model: str | None, device: str | None) -> bool:
-        if self._pipe is None:
-            return False
-        wanted_device = device or self.settings.device
-        return (model or self.settings.model) == self._model and wanted_device in (
-            "auto",
-            self._device,
-        )
 
     def load(self, model: str | None = None, device: str | None = None) -> None:
         """Load the pipeline unless the same model is already loaded for the same device.
@@ -216,24 +177,6 @@ class WanEngine(Engine):
                 dtype=dtype,
                 token=self._token,
             )
-
-    def unload(self) -> None:
-        if self._pipe is None:
-            return
-        self._pipe = None
-        self._model = self._device = self._profile = None
-        free_device_memory()
-
-    def resident_bytes(self) -> int:
-        if self._pipe is None:
-            return 0
-        pipe = self._pipe
-        return sum(
-            p.numel() * p.element_size()
-            for module in (pipe.transformer, pipe.vae, pipe.text_encoder)
-            for p in module.parameters()
-            if p.device.type == "cuda"
-        )
 
     # --- generating ---
 
@@ -318,15 +261,6 @@ class WanEngine(Engine):
             cancel=cancel,
         )
         return Frames(frames=frames, fps=plan.fps, seed=seed, profile=chosen, steps=steps)
-
-    def _free_vram(self) -> int | None:
-        import torch
-
-        if self._device is None or device_type(self._device) != "cuda":
-            return None
-        free, _total = torch.cuda.mem_get_info(self._device)
-        # Memory our own pipeline already holds is ours to use, not "taken".
-        return free + torch.cuda.memory_reserved(self._device)
 
     def _apply_profile(self, profile: Profile) -> None:
         """Place the weights for ``profile``; leaving a placed profile reloads the files
