@@ -406,12 +406,17 @@ class SvdBackend:
         (``svd_speed.compile_module``), so compile problems never reach the user.
         """
         pipe, s = self._pipe, self.settings
+        # Compiled blocks once ready for this shape; until then eager, compiling behind it.
+        compiled = svd_speed.before_clip(
+            pipe, height=image.height, width=image.width, frames=frames, decode_chunk=decode_chunk
+        )
         on_step_end = step_end_callback(
             steps=steps,
             backend=Backend.SVD,
             progress=on_progress,
             cancel=should_cancel,
             clock=self._clock,
+            warming=not compiled and svd_speed.compile_job(pipe) is not None,
         )
 
         call = dict(
@@ -445,10 +450,12 @@ class SvdBackend:
     def _recover(self) -> None:
         """Leave the pipeline ready for the next call after a run stopped half way."""
         pipe = self._pipe
-        # The pipeline upcasts an fp16 VAE to fp32 around encoding; an exception in between
-        # would leave it fp32 and break the next decode with a dtype mismatch.
-        if self._dtype is not None and pipe.vae.dtype != self._dtype:
-            pipe.vae.to(dtype=self._dtype)
+        # Stock diffusers upcasts an fp16 VAE to fp32 around encoding; an exception in between
+        # would leave the decoder fp32 and break the next decode with a dtype mismatch. (Our
+        # profiles keep only the encoder in fp32, on purpose: svd_speed.fp32_vae_encoder.)
+        decoder = pipe.vae.decoder
+        if self._dtype is not None and next(decoder.parameters()).dtype != self._dtype:
+            decoder.to(dtype=self._dtype)
         pipe.maybe_free_model_hooks()  # offload hooks back to their start state
         free_device_memory()
 
