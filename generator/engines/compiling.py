@@ -59,6 +59,8 @@ class BackgroundCompile:
             ``nn.Module.compile``); ``"forward"`` compiles ``module.forward``, which gives each
             block class its own compile cache (several classes of many shapes need that).
         name: for logs and the thread's name.
+        dynamo_config: ``torch._dynamo.config`` values for the side thread (recompile limits
+            for many block shapes). Set there: that config is per thread in recent torch.
     """
 
     def __init__(
@@ -68,8 +70,10 @@ class BackgroundCompile:
         backend: str | Callable[..., Any] = "inductor",
         entry: str = "call",
         name: str = "compile",
+        dynamo_config: dict[str, Any] | None = None,
     ) -> None:
         self._modules = list(modules)
+        self._dynamo_config = dict(dynamo_config or {})
         self._compiled = [
             torch.compile(
                 m._call_impl if entry == "call" else m.forward, backend=backend, dynamic=False
@@ -169,9 +173,13 @@ class BackgroundCompile:
         # for that lock between kernel launches. Shorter turns make those waits shorter.
         interval = sys.getswitchinterval()
         sys.setswitchinterval(COMPILE_SWITCH_INTERVAL_S)
+        import torch._dynamo.config as dynamo_config
+
+        known = {k: v for k, v in self._dynamo_config.items() if hasattr(dynamo_config, k)}
         try:
-            for shape, fn in work:
-                self._compile_one(shape, fn, inference)
+            with dynamo_config.patch(**known):
+                for shape, fn in work:
+                    self._compile_one(shape, fn, inference)
         finally:
             sys.setswitchinterval(interval)
             self._worker = None

@@ -133,20 +133,21 @@ class SvdCompile(compiling.BackgroundCompile):
     The side thread's pass needs activation memory beside the running clip's, once per shape.
     """
 
-    def __init__(self, pipe: Any, *, backend: str | Callable[..., Any] = "inductor") -> None:
-        import torch._dynamo.config as dynamo_config
+    #: Compile the other orientation too (benchmarks turn it off to time one orientation).
+    both_orientations = True
 
-        for name, least in (("recompile_limit", RECOMPILE_LIMIT), ("cache_size_limit", 0)):
-            if least and hasattr(dynamo_config, name):
-                setattr(dynamo_config, name, max(getattr(dynamo_config, name), least))
-        if hasattr(dynamo_config, "accumulated_recompile_limit"):
-            dynamo_config.accumulated_recompile_limit = max(
-                dynamo_config.accumulated_recompile_limit, 4 * RECOMPILE_LIMIT
-            )
+    def __init__(self, pipe: Any, *, backend: str | Callable[..., Any] = "inductor") -> None:
         blocks = [m for m in base_unet(pipe).modules() if type(m).__name__ in REGIONAL_BLOCKS]
         # Each class's forward gets its own compile cache (graphs per shape, not per block).
         super().__init__(
-            [*blocks, pipe.vae.decoder], backend=backend, entry="forward", name="SVD compile"
+            [*blocks, pipe.vae.decoder],
+            backend=backend,
+            entry="forward",
+            name="SVD compile",
+            dynamo_config={
+                "recompile_limit": RECOMPILE_LIMIT,
+                "accumulated_recompile_limit": 4 * RECOMPILE_LIMIT,
+            },
         )
         self._pipe = pipe
 
@@ -157,7 +158,8 @@ class SvdCompile(compiling.BackgroundCompile):
         if not self.busy:
             profile, height, width, frames, chunk = shape
             turned: ClipShape = (profile, width, height, frames, chunk)
-            todo = [s for s in dict.fromkeys((shape, turned)) if not self.known(s)]
+            both = (shape, turned) if self.both_orientations else (shape,)
+            todo = [s for s in dict.fromkeys(both) if not self.known(s)]
             self.start([(s, lambda s=s: self._exercise(s)) for s in todo], inference=True)
         return False
 
