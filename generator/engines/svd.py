@@ -406,17 +406,25 @@ class SvdBackend:
         (``svd_speed.compile_module``), so compile problems never reach the user.
         """
         pipe, s = self._pipe, self.settings
-        # Compiled blocks once ready for this shape; until then eager, compiling behind it.
-        compiled = svd_speed.before_clip(
-            pipe, height=image.height, width=image.width, frames=frames, decode_chunk=decode_chunk
-        )
+        # Compiled blocks once ready for this shape; until then eager, compiling behind it,
+        # and switching over between two steps once the compile is done.
+        shape = dict(height=image.height, width=image.width, frames=frames)
+        compiled = svd_speed.before_clip(pipe, **shape, decode_chunk=decode_chunk)
+
+        def warming() -> bool:
+            nonlocal compiled
+            if not compiled and svd_speed.compile_job(pipe) is not None:
+                compiled = svd_speed.switch_when_ready(pipe, **shape, decode_chunk=decode_chunk)
+                return not compiled
+            return False
+
         on_step_end = step_end_callback(
             steps=steps,
             backend=Backend.SVD,
             progress=on_progress,
             cancel=should_cancel,
             clock=self._clock,
-            warming=not compiled and svd_speed.compile_job(pipe) is not None,
+            warming=warming,
         )
 
         call = dict(

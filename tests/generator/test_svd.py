@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -315,7 +316,16 @@ def test_the_first_clip_runs_eager_and_says_so_while_the_compile_runs_behind_it(
     tiny_svd_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(svd_speed, "compile_available", lambda device: True)
-    calls = _count_compiles(monkeypatch, lambda fn: fn)  # "compiled" = the same forward
+    gate = threading.Event()
+
+    def slow(fn):  # "compiled" = the same forward, after a compile as long as the test wants
+        def compiled(*args, **kwargs):
+            gate.wait(120)
+            return fn(*args, **kwargs)
+
+        return compiled
+
+    calls = _count_compiles(monkeypatch, slow)
     backend = SvdBackend(tiny_settings(tiny_svd_dir, compile=True))
     expected = SvdBackend(tiny_settings(tiny_svd_dir, compile=False)).generate(
         photo(), motion_bucket=127, fps=7, seed=4
@@ -327,7 +337,9 @@ def test_the_first_clip_runs_eager_and_says_so_while_the_compile_runs_behind_it(
         photo(), motion_bucket=127, fps=7, seed=4, on_progress=first_events.append
     )
     job = svd_speed.compile_job(backend.pipeline)
-    assert job is not None and job.wait(120) and not job.errors
+    assert job is not None and job.busy
+    gate.set()
+    assert job.wait(120) and not job.errors
     later = backend.generate(
         photo(), motion_bucket=127, fps=7, seed=4, on_progress=later_events.append
     )
@@ -340,6 +352,37 @@ def test_the_first_clip_runs_eager_and_says_so_while_the_compile_runs_behind_it(
     assert job.swapped
     assert np.array_equal(as_array(first.frames), as_array(expected.frames))
     assert np.array_equal(as_array(later.frames), as_array(expected.frames))
+
+
+def test_a_clip_switches_to_the_compiled_path_at_the_step_after_the_compile_is_done(
+    tiny_svd_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(svd_speed, "compile_available", lambda device: True)
+    gate = threading.Event()
+
+    def slow(fn):  # "compiled" = the same forward, once the test lets the compile end
+        def compiled(*args, **kwargs):
+            gate.wait(120)
+            return fn(*args, **kwargs)
+
+        return compiled
+
+    _count_compiles(monkeypatch, slow)
+    backend = SvdBackend(tiny_settings(tiny_svd_dir, compile=True))
+    events: list[Progress] = []
+
+    def progress(event: Progress) -> None:
+        events.append(event)
+        if event.stage == "denoising" and event.step == 1:  # the compile ends after step 1
+            gate.set()
+            job = svd_speed.compile_job(backend.pipeline)
+            assert job is not None and job.wait(120)
+
+    result = backend.generate(photo(), motion_bucket=127, fps=7, seed=4, on_progress=progress)
+
+    assert [e.warming for e in _denoising(events)] == [True, False]
+    assert svd_speed.compile_job(backend.pipeline).swapped
+    assert len(result.frames) == 2
 
 
 def test_compile_failing_on_first_use_runs_eager_with_the_same_seed(
