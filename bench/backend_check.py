@@ -202,8 +202,9 @@ def cold_profile(
     if job is None or job.busy:
         return row
     row["steady"] = one_clip(backend, profile, args)
-    row["steady_portrait"] = one_clip(backend, profile, args, portrait=True)
-    log(f"{profile} steady {row['steady']} portrait {row['steady_portrait']}")
+    if svd_speed.SvdCompile.both_orientations:
+        row["steady_portrait"] = one_clip(backend, profile, args, portrait=True)
+    log(f"{profile} steady {row['steady']} portrait {row.get('steady_portrait')}")
     return row
 
 
