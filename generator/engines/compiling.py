@@ -16,11 +16,12 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -86,6 +87,8 @@ class BackgroundCompile:
         self._ready: set[Hashable] = set()
         self._thread: threading.Thread | None = None
         self._worker: int | None = None  # the side thread's ident while it compiles
+        self._idle = threading.Event()  # cleared while an engine serves a clip (serving())
+        self._idle.set()
         self.name = name
         self.errors: dict[Hashable, str] = {}
         self.compile_s: dict[Hashable, float] = {}
@@ -146,13 +149,31 @@ class BackgroundCompile:
 
     def call_compiled(self, index: int, *args: Any, **kwargs: Any) -> Any:
         """Call the compiled twin of ``modules[index]`` directly (on the side thread)."""
+        self._idle.wait()
         return self._compiled[index](*args, **kwargs)
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[None]:
+        """Around a clip: the side thread pauses before its next module until the clip ends.
+
+        The compiler is Python: beside a running clip it competes for the interpreter lock
+        with the clip's kernel launches, and both slow down (SVD on an H200: eager clips 17.4
+        -> 21-38 s, and the compile did not finish in 290 s; bench/RESULTS.md). Paused, it
+        compiles in the time between clips; a clip waits at most for the one module being
+        compiled when it started.
+        """
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._idle.set()
 
     # --- inside -------------------------------------------------------------------------------
 
     def _dispatcher(self, module: torch.nn.Module, fn: Callable[..., Any]) -> Callable[..., Any]:
         def dispatch(*args: Any, **kwargs: Any) -> Any:
             if threading.get_ident() == self._worker:
+                self._idle.wait()
                 return fn(*args, **kwargs)
             return module._call_impl(*args, **kwargs)
 

@@ -31,6 +31,7 @@ on top of ``FAST``; measured slower and less exact than fp16 so far, never the d
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -333,6 +334,29 @@ class SvdBackend:
         if not 0 <= motion_bucket <= 255:
             raise InvalidRequest(f"motion bucket must be 0-255, got {motion_bucket}")
 
+    def prepare(self, width: int, height: int) -> bool:
+        """Place a freshly loaded pipeline for its profile and start compiling clips of
+        ``width`` x ``height`` (and the other orientation) on a side thread, before any clip
+        asks; return whether a compile started. Nothing happens without ``settings.compile``,
+        off CUDA, or once the pipeline is placed.
+        The compile pauses while clips run (``SvdCompile``), so it uses the time between them.
+        """
+        if self._pipe is None or self._device is None or not self.settings.compile:
+            return False
+        if self._profile is not None:
+            return False  # placed already (the router loads before every job): leave it
+        if not svd_speed.compile_available(self._device):
+            return False
+        s = self.settings
+        chosen = choose_profile(s.profile, self._free_vram(), s.low_vram_threshold_gib)
+        self._apply_profile(chosen)
+        chunk = s.decode_chunk_size if chosen is Profile.FAST else svd_speed.LOW_VRAM_DECODE_CHUNK
+        svd_speed.before_clip(
+            self._pipe, height=height, width=width, frames=s.frames, decode_chunk=chunk
+        )
+        job = svd_speed.compile_job(self._pipe)
+        return job is not None and job.busy
+
     def _is_loaded_for(self, model: str | None, device: str | None) -> bool:
         if self._pipe is None:
             return False
@@ -406,25 +430,18 @@ class SvdBackend:
         (``svd_speed.compile_module``), so compile problems never reach the user.
         """
         pipe, s = self._pipe, self.settings
-        # Compiled blocks once ready for this shape; until then eager, compiling behind it,
-        # and switching over between two steps once the compile is done.
-        shape = dict(height=image.height, width=image.width, frames=frames)
-        compiled = svd_speed.before_clip(pipe, **shape, decode_chunk=decode_chunk)
-
-        def warming() -> bool:
-            nonlocal compiled
-            if not compiled and svd_speed.compile_job(pipe) is not None:
-                compiled = svd_speed.switch_when_ready(pipe, **shape, decode_chunk=decode_chunk)
-                return not compiled
-            return False
-
+        # Compiled blocks once ready for this shape; until then eager, compiling behind it
+        # (the compile pauses while a clip runs: see job.serving below).
+        compiled = svd_speed.before_clip(
+            pipe, height=image.height, width=image.width, frames=frames, decode_chunk=decode_chunk
+        )
         on_step_end = step_end_callback(
             steps=steps,
             backend=Backend.SVD,
             progress=on_progress,
             cancel=should_cancel,
             clock=self._clock,
-            warming=warming,
+            warming=not compiled and svd_speed.compile_job(pipe) is not None,
         )
 
         call = dict(
@@ -442,8 +459,10 @@ class SvdBackend:
             generator=generator,
             callback_on_step_end=on_step_end,
         )
+        job = svd_speed.compile_job(pipe)
         try:
-            with torch.inference_mode():
+            # A compile beside the clip pauses until it ends (it slowed clips by 20-110%).
+            with torch.inference_mode(), job.serving() if job else contextlib.nullcontext():
                 return pipe(**call).frames[0]
         except Exception as exc:
             self._raise_failed(exc, self._profile)
@@ -492,7 +511,10 @@ class SvdEngine(Engine):
         return self.svd.loaded
 
     def load(self, model: str | None = None, device: str | None = None) -> None:
+        """Load, then start compiling the usual clip size behind the jobs (CUDA only)."""
         self.svd.load(model, device)
+        width, height = self.spec.size
+        self.svd.prepare(width, height)
 
     def unload(self) -> None:
         self.svd.unload()

@@ -126,8 +126,8 @@ class SvdCompile(compiling.BackgroundCompile):
     Before each clip the engine calls :meth:`before_clip` with the clip's shape. A shape
     compiled already runs compiled. Any other runs eagerly, at stock speed, while a side thread
     compiles that shape and its other orientation (portrait for landscape) by running one UNet
-    pass and one decode on random inputs of those sizes; once it is done, a running clip
-    switches over at its next step (:func:`switch_when_ready`). With a warm inductor cache
+    pass and one decode on random inputs of those sizes, pausing while clips run
+    (``serving``); the first clip after it is done runs compiled. With a warm inductor cache
     (``configure_torch``) the side thread only reloads kernels. A failed compile leaves that
     shape eager (``errors`` says why).
 
@@ -197,23 +197,6 @@ def before_clip(pipe: Any, *, height: int, width: int, frames: int, decode_chunk
         return False
     profile = getattr(pipe, _STATE, "")
     return job.before_clip((str(profile), height, width, frames, decode_chunk))
-
-
-def switch_when_ready(
-    pipe: Any, *, height: int, width: int, frames: int, decode_chunk: int
-) -> bool:
-    """Between two steps of an eager clip: the compiled modules if the side thread is done and
-    this shape compiled (the rest of the clip and its decode then run compiled), else eager.
-
-    Compiled and eager kernels round differently, so a clip that switches differs from an
-    all-eager one by rounding (bench/RESULTS.md reports the UNet's error against fp32 for both).
-    Never starts a compile.
-    """
-    job = compile_job(pipe)
-    shape = (str(getattr(pipe, _STATE, "")), height, width, frames, decode_chunk)
-    if job is None or job.busy or not job.ready(shape):
-        return False
-    return job.use(shape)
 
 
 def compile_job(pipe: Any) -> SvdCompile | None:

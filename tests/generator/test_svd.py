@@ -354,35 +354,52 @@ def test_the_first_clip_runs_eager_and_says_so_while_the_compile_runs_behind_it(
     assert np.array_equal(as_array(later.frames), as_array(expected.frames))
 
 
-def test_a_clip_switches_to_the_compiled_path_at_the_step_after_the_compile_is_done(
+def test_loading_starts_the_compile_so_a_clip_after_it_runs_compiled(
     tiny_svd_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(svd_speed, "compile_available", lambda device: True)
-    gate = threading.Event()
+    calls = _count_compiles(monkeypatch, lambda fn: fn)
+    backend = SvdBackend(tiny_settings(tiny_svd_dir, compile=True))
+    backend.load()
 
-    def slow(fn):  # "compiled" = the same forward, once the test lets the compile end
+    assert backend.prepare(32, 32)  # as the engine does at load: before any clip
+    job = svd_speed.compile_job(backend.pipeline)
+    assert job is not None and job.wait(120) and calls
+    assert not backend.prepare(32, 32)  # placed already: the next load leaves it alone
+    events: list[Progress] = []
+    backend.generate(photo(), motion_bucket=127, fps=7, seed=4, on_progress=events.append)
+
+    assert not any(e.warming for e in _denoising(events))  # the first clip ran compiled
+    assert job.swapped
+
+
+def test_a_compile_waits_while_a_clip_runs(
+    tiny_svd_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(svd_speed, "compile_available", lambda device: True)
+    compiled_during_clip: list[bool] = []
+    serving = threading.Event()
+
+    def watched(fn):
         def compiled(*args, **kwargs):
-            gate.wait(120)
+            compiled_during_clip.append(serving.is_set())
             return fn(*args, **kwargs)
 
         return compiled
 
-    _count_compiles(monkeypatch, slow)
+    _count_compiles(monkeypatch, watched)
     backend = SvdBackend(tiny_settings(tiny_svd_dir, compile=True))
-    events: list[Progress] = []
 
     def progress(event: Progress) -> None:
-        events.append(event)
-        if event.stage == "denoising" and event.step == 1:  # the compile ends after step 1
-            gate.set()
-            job = svd_speed.compile_job(backend.pipeline)
-            assert job is not None and job.wait(120)
+        serving.set()  # from the first step to the end of the clip
+        if event.stage == "decoding":
+            serving.clear()
 
-    result = backend.generate(photo(), motion_bucket=127, fps=7, seed=4, on_progress=progress)
+    backend.generate(photo(), motion_bucket=127, fps=7, seed=4, on_progress=progress)
+    job = svd_speed.compile_job(backend.pipeline)
+    assert job is not None and job.wait(120) and not job.errors
 
-    assert [e.warming for e in _denoising(events)] == [True, False]
-    assert svd_speed.compile_job(backend.pipeline).swapped
-    assert len(result.frames) == 2
+    assert compiled_during_clip and not any(compiled_during_clip)
 
 
 def test_compile_failing_on_first_use_runs_eager_with_the_same_seed(
