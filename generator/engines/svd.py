@@ -17,9 +17,11 @@ Memory profiles (what each does is in ``generator.engines.svd_speed``, measured 
 bench/RESULTS.md):
 
 * ``FAST``: the whole pipeline on the device, fused QKV projections, cuDNN attention first,
-  UNet and VAE decoder ``torch.compile``-d when ``settings.compile`` (CUDA with Triton only;
-  any compile failure runs eager); VAE decoding ``settings.decode_chunk_size`` frames at once.
-  H100: 12.9 s a clip against stock diffusers' 19.0 s.
+  the exact one-token cross-attention, the VAE encoder kept in fp32; the UNet's blocks and the
+  VAE decoder ``torch.compile``-d on a side thread when ``settings.compile`` (CUDA with Triton
+  only), clips running eagerly until that is ready (``svd_speed.SvdCompile``); VAE decoding
+  ``settings.decode_chunk_size`` frames at once. H100: 12.9 s a clip against stock
+  diffusers' 19.0 s; H200: 17.4 s eager against 18.0 s stock.
 * ``LOW_VRAM``: classifier-free guidance as two batch-1 UNet passes, the image encoder in CPU
   memory between clips, decode chunk 2; the UNet stays on the GPU, so steps are barely slower.
   H100: 13.2 s at 5.7 GiB peak allocated (the seed's offload + chunking: 23.8 s at 7.6 GiB).

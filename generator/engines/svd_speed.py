@@ -10,7 +10,9 @@ Example::
     >>> configure_torch(Path("data/inductor-cache"))  # once, before the first compile
     >>> applied = apply_fast(pipe, device="cuda", compile=True)
     >>> applied.steps
-    ('on cuda', 'fused qkv (64 attentions)', 'cudnn attention first', 'compile unet', ...)
+    ('on cuda', 'cross-attention shortcut (32 blocks)', ..., 'fused qkv (32 attentions)')
+    >>> before_clip(pipe, height=576, width=1024, frames=25, decode_chunk=FAST_DECODE_CHUNK)
+    False                                   # eager; compiling behind it
     >>> frames = pipe(image, decode_chunk_size=FAST_DECODE_CHUNK).frames[0]
 
 Measured on an H100 (``bench/RESULTS.md``, ``bench/svd_bench.py``): stock 19.0 s a clip, fast
