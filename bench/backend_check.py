@@ -143,6 +143,33 @@ def timed(backend: SvdBackend, profile: Profile, args: argparse.Namespace) -> di
     )
 
 
+def time_stock(pipe: Any, args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
+    """Stock diffusers on the same architecture, same process, for the ratio: a 2-step
+    warm-up clip, then one timed clip."""
+    stock_args = argparse.Namespace(**vars(args), warmup_steps=2)
+    run_clip(pipe, stock_args, steps=2, chunk=8)
+    stock = run_clip(pipe, stock_args, steps=args.steps, chunk=8)
+    for key in ("frames", "latents"):
+        stock.pop(key)
+    results["stock"] = stock
+    log(f"stock {stock}")
+    return stock
+
+
+def adopt(pipe: Any, args: argparse.Namespace, *, compile: bool) -> SvdBackend:
+    """An ``SvdBackend`` running ``pipe`` as if it had loaded it."""
+    settings = SvdSettings(
+        model="random-svd-xt",
+        device=args.device,
+        frames=args.frames,
+        compile=compile,
+        cache_dir=args.cache_dir,
+    )
+    backend = SvdBackend(settings)
+    backend.adopt(pipe, model="random-svd-xt", device=args.device)
+    return backend
+
+
 def one_clip(
     backend: SvdBackend, profile: Profile, args: argparse.Namespace, *, portrait: bool = False
 ) -> dict[str, Any]:
@@ -255,23 +282,10 @@ def coldstart(args: argparse.Namespace, results: dict[str, Any], save: Any) -> N
     with torch.inference_mode():
         stock_out = pipe.unet(**unet_inputs(pipe, args, dtype), return_dict=False)[0]
     results["unet_rel_l2_vs_fp32"] = {"stock": rel_l2(stock_out.float().cpu(), ref)}
-    stock_args = argparse.Namespace(**vars(args), warmup_steps=2)
-    run_clip(pipe, stock_args, steps=2, chunk=8)
-    stock = run_clip(pipe, stock_args, steps=args.steps, chunk=8)
-    for key in ("frames", "latents"):
-        stock.pop(key)
-    results["stock"] = stock
-    log(f"stock {stock}")
+    stock = time_stock(pipe, args, results)
     save()
-    settings = SvdSettings(
-        model="random-svd-xt",
-        device=args.device,
-        frames=args.frames,
-        compile=False,
-        cache_dir=args.cache_dir,
-    )
-    backend = SvdBackend(settings)
-    backend.adopt(pipe, model="random-svd-xt", device=args.device)
+    backend = adopt(pipe, args, compile=False)
+    settings = backend.settings
     del pipe
     # The fast profile eager (no compile beside it): the baseline for what compiling costs.
     one_clip(backend, Profile.FAST, argparse.Namespace(**{**vars(args), "steps": 2}))
@@ -315,17 +329,9 @@ def restart(args: argparse.Namespace, results: dict[str, Any]) -> None:
     """A new process with a warm cache: seconds from its start to its first finished clip."""
     pipe = build(args)
     results["built_since_start_s"] = time.time() - T_START
-    settings = SvdSettings(
-        model="random-svd-xt",
-        device=args.device,
-        frames=args.frames,
-        compile=True,
-        cache_dir=args.cache_dir,
-    )
-    backend = SvdBackend(settings)
-    backend.adopt(pipe, model="random-svd-xt", device=args.device)
+    backend = adopt(pipe, args, compile=True)
     del pipe
-    backend.settings = dataclasses.replace(settings, profile=Profile.FAST)
+    backend.settings = dataclasses.replace(backend.settings, profile=Profile.FAST)
     backend.prepare(args.width, args.height)  # what SvdEngine.load does: compile from now on
     results["first_clip"] = one_clip(backend, Profile.FAST, args)
     job = svd_speed.compile_job(backend.pipeline)
@@ -377,26 +383,11 @@ def main() -> None:
     if args.tiny_only:
         return
 
-    # Stock diffusers on the same architecture, same process, for the ratio.
     pipe = build_full(args.device, torch.float16)
-    stock_args = argparse.Namespace(**vars(args), warmup_steps=2)
-    run_clip(pipe, stock_args, steps=2, chunk=8)
-    stock = run_clip(pipe, stock_args, steps=args.steps, chunk=8)
-    stock.pop("frames")
-    stock.pop("latents")
-    results["stock"] = stock
-    log(f"stock {stock}")
+    stock = time_stock(pipe, args, results)
     save()
-
-    settings = SvdSettings(
-        model="random-svd-xt",
-        device=args.device,
-        frames=args.frames,
-        compile=True,
-        cache_dir=args.cache_dir,
-    )
-    backend = SvdBackend(settings)
-    backend.adopt(pipe, model="random-svd-xt", device=args.device)
+    backend = adopt(pipe, args, compile=True)
+    settings = backend.settings
     del pipe
     for profile in [Profile(name) for name in args.profiles.split(",")]:
         if profile is Profile.LOW_VRAM and not args.compile_low_vram:
