@@ -294,3 +294,25 @@ def test_backend_check_runs_the_generators_own_svd_path_on_cpu(tmp_path: Path) -
     checks = json.loads(out.read_text())["tiny_checks"]
     assert checks["fast_frames"] == checks["low_vram_frames"] == 4
     assert checks["cancel"] == "cancelled" and checks["after_cancel_frames"] == 4
+
+
+def test_backend_check_times_a_cold_start_on_cpu(tmp_path: Path) -> None:
+    out = tmp_path / "cold.json"
+    args = ["--coldstart", "--tiny", "--device", "cpu", "--profiles", "fast"]
+    args += ["--width", "64", "--height", "32", "--frames", "2", "--steps", "2"]
+    args += ["--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "bench/backend_check.py", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(out.read_text())
+    fast = results["fast"]
+    assert fast["clips"][0]["warming"]  # the first clip ran eager, compiling behind it
+    assert not fast["steady"]["warming"] and not fast["steady_portrait"]["warming"]
+    assert not fast["compile_errors"] and len(fast["compile_s"]) == 2  # both orientations
+    errors = results["unet_rel_l2_vs_fp32"]  # fp32 on the CPU: the shortcut is exact
+    assert errors["fast_eager"] <= errors["stock"] + 1e-6
