@@ -354,7 +354,12 @@ class SvdBackend:
         self._apply_profile(chosen)
         chunk = s.decode_chunk_size if chosen is Profile.FAST else svd_speed.LOW_VRAM_DECODE_CHUNK
         svd_speed.before_clip(
-            self._pipe, height=height, width=width, frames=s.frames, decode_chunk=chunk
+            self._pipe,
+            height=height,
+            width=width,
+            frames=s.frames,
+            decode_chunk=chunk,
+            guidance=s.max_guidance_scale > 1,
         )
         job = svd_speed.compile_job(self._pipe)
         return job is not None and job.busy
@@ -435,7 +440,12 @@ class SvdBackend:
         # Compiled blocks once ready for this shape; until then eager, compiling behind it
         # (the compile pauses while a clip runs: see job.serving below).
         compiled = svd_speed.before_clip(
-            pipe, height=image.height, width=image.width, frames=frames, decode_chunk=decode_chunk
+            pipe,
+            height=image.height,
+            width=image.width,
+            frames=frames,
+            decode_chunk=decode_chunk,
+            guidance=s.max_guidance_scale > 1,
         )
         on_step_end = step_end_callback(
             steps=steps,

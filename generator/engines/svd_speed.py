@@ -118,8 +118,9 @@ RECOMPILE_LIMIT = 256
 
 _COMPILE_ATTR = "_svd_background_compile"
 
-#: What one compiled graph set serves: (profile, height, width, frames, decode chunk).
-ClipShape = tuple[str, int, int, int, int]
+#: What one compiled graph set serves: (profile, height, width, frames, decode chunk, batch);
+#: the batch is 2 with classifier-free guidance (the pipeline's default), else 1.
+ClipShape = tuple[str, int, int, int, int, int]
 
 
 class SvdCompile(compiling.BackgroundCompile):
@@ -159,17 +160,17 @@ class SvdCompile(compiling.BackgroundCompile):
         if self.use(shape):
             return True
         if not self.busy:
-            profile, height, width, frames, chunk = shape
-            turned: ClipShape = (profile, width, height, frames, chunk)
+            profile, height, width, frames, chunk, batch = shape
+            turned: ClipShape = (profile, width, height, frames, chunk, batch)
             both = (shape, turned) if self.both_orientations else (shape,)
             todo = [s for s in dict.fromkeys(both) if not self.known(s)]
             self.start([(s, lambda s=s: self._exercise(s)) for s in todo], inference=True)
         return False
 
     def _exercise(self, shape: ClipShape) -> None:
-        """One UNet pass (the pipeline's batch of two, as classifier-free guidance calls it)
+        """One UNet pass (batch two with classifier-free guidance, as the pipeline calls it)
         and one chunked decode at ``shape``: every graph a clip of that shape runs."""
-        _profile, height, width, frames, chunk = shape
+        _profile, height, width, frames, chunk, batch = shape
         pipe, unet = self._pipe, base_unet(self._pipe)
         device, dtype = unet.device, unet.dtype
         noise = torch.Generator().manual_seed(0)
@@ -179,17 +180,22 @@ class SvdCompile(compiling.BackgroundCompile):
 
         h, w = height // pipe.vae_scale_factor, width // pipe.vae_scale_factor
         pipe.unet(
-            rand(2, frames, unet.config.in_channels, h, w),
+            rand(batch, frames, unet.config.in_channels, h, w),
             torch.tensor(1.0, device=device),
-            encoder_hidden_states=rand(2, 1, unet.config.cross_attention_dim),
-            added_time_ids=torch.tensor([[6.0, 127.0, 0.02]] * 2).to(device, dtype),
+            encoder_hidden_states=rand(batch, 1, unet.config.cross_attention_dim),
+            added_time_ids=torch.tensor([[6.0, 127.0, 0.02]] * batch).to(device, dtype),
             return_dict=False,
         )
         pipe.decode_latents(rand(1, frames, pipe.vae.config.latent_channels, h, w), frames, chunk)
 
 
-def before_clip(pipe: Any, *, height: int, width: int, frames: int, decode_chunk: int) -> bool:
+def before_clip(
+    pipe: Any, *, height: int, width: int, frames: int, decode_chunk: int, guidance: bool = True
+) -> bool:
     """Call before each clip: whether it runs compiled (``False`` off CUDA or while compiling).
+
+    ``guidance``: whether the clip uses classifier-free guidance (``max_guidance_scale > 1``,
+    SVD's default), which doubles the UNet's batch and so needs its own graphs.
 
     A shape not compiled yet runs eagerly and starts compiling behind the clip (see
     :class:`SvdCompile`), so no clip waits for the compiler.
@@ -198,7 +204,8 @@ def before_clip(pipe: Any, *, height: int, width: int, frames: int, decode_chunk
     if job is None:
         return False
     profile = getattr(pipe, _STATE, "")
-    return job.before_clip((str(profile), height, width, frames, decode_chunk))
+    batch = 2 if guidance else 1
+    return job.before_clip((str(profile), height, width, frames, decode_chunk, batch))
 
 
 def compile_job(pipe: Any) -> SvdCompile | None:

@@ -204,7 +204,7 @@ def test_clips_stay_eager_until_the_compiled_blocks_are_ready(
     assert not svd_speed.before_clip(pipe, height=32, width=64, frames=2, decode_chunk=2)
     assert not job.swapped
     job.wait(120)
-    assert job.ready(("fast", 64, 32, 2, 2)) and job.ready(("fast", 32, 64, 2, 2))
+    assert job.ready(("fast", 64, 32, 2, 2, 2)) and job.ready(("fast", 32, 64, 2, 2, 2))
     restore_stock(pipe, "cpu")
     assert not any(m._compiled_call_impl for m in job.modules)
 
@@ -220,7 +220,7 @@ def test_a_failed_compile_leaves_that_shape_eager(pipe: StableVideoDiffusionPipe
     shape = {"height": 32, "width": 32, "frames": 2, "decode_chunk": 2}
     assert not svd_speed.before_clip(pipe, **shape)
     assert job.wait(120)
-    assert "no C compiler here" in job.errors[("low-vram", 32, 32, 2, 2)]
+    assert "no C compiler here" in job.errors[("low-vram", 32, 32, 2, 2, 2)]
     assert not svd_speed.before_clip(pipe, **shape) and not job.busy  # no second try
     torch.testing.assert_close(make_clip(pipe), stock, rtol=0, atol=0)
 
