@@ -49,9 +49,9 @@ def attach(
 ) -> BackgroundCompile | None:
     """Give ``pipe`` a :class:`BackgroundCompile` of its transformer's repeated blocks, once.
 
-    Returns the job (``None`` where the compiler cannot run: no Triton)."""
+    Returns the job (``None`` where inductor cannot run: no Triton)."""
     job = getattr(pipe, _ATTR, None)
-    if job is None and compile_available():
+    if job is None and (backend != "inductor" or compile_available()):
         job = BackgroundCompile(pipe.transformer, name=name, backend=backend)
         setattr(pipe, _ATTR, job)
     return job

@@ -292,8 +292,10 @@ class WanEngine(PipelineEngine):
     ) -> list[Any]:
         """Call the pipeline once, translating out-of-memory at this edge.
 
-        ``wan_speed`` supplies the prompt embeddings (cached per prompt, so the UMT5-XXL
-        encoder runs only for a new one) and the frames as ``uint8`` made on the device.
+        ``wan_speed`` picks compiled or eager blocks for this clip's shape (a clip never
+        waits for the compiler), supplies the prompt embeddings (cached per prompt, so the
+        UMT5-XXL encoder runs only for a new one) and the frames as ``uint8`` made on the
+        device.
         """
         import torch
 
@@ -306,6 +308,9 @@ class WanEngine(PipelineEngine):
 
         try:
             with torch.inference_mode():
+                wan_speed.before_clip(
+                    pipe, height=photo.height, width=photo.width, num_frames=frames
+                )
                 embeds = wan_speed.prompt_kwargs(
                     pipe,
                     prompt,

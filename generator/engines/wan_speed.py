@@ -1,19 +1,33 @@
-"""Memory profiles and prompt embeddings for a loaded Wan 2.2 TI2V-5B pipeline.
+"""Memory profiles, speed settings and prompt embeddings for a loaded Wan 2.2 TI2V-5B pipeline.
 
 ``generator.engines.wan`` loads one ``WanImageToVideoPipeline`` per process and calls
-:func:`apply_profile` once when it places it; the pipeline's ``__call__`` stays stock.
+:func:`apply_profile` once when it places it, and :func:`before_clip` before each clip; the
+pipeline's ``__call__`` stays stock.
 
-- ``fast``: everything on the GPU; the VAE in the dtype the engine loaded it in (``[wan]
-  vae_dtype``, fp32 by default as the model card loads it). On an H200 stock diffusers peaks
-  at 43.8 GiB, in the fp32 decode (PERF.md), so ``auto`` picks it only on large cards.
-- ``low-vram`` (a 12 GB card): the 5B transformer (10 GB in bf16) and the UMT5-XXL text
-  encoder (10.6 GiB in bf16, so ``enable_model_cpu_offload`` cannot even encode a prompt
-  under a 12 GiB cap) live in pinned CPU memory and stream to the GPU one layer ahead of
-  their use (diffusers' leaf-level group offloading with CUDA streams). The text encoder runs
-  only for a prompt the cache has not seen: prompts are built deterministically from photo
-  type x intensity x custom elements, so most clips never touch it. The VAE stays on the GPU
-  and decodes in tiles. Measured with stock diffusers on an H200 under a 12 GiB cap: 149 s a
-  clip at 8.5 GiB, against 131 s all on the GPU.
+On CUDA, both profiles compute the same function as stock diffusers, faster (each measured
+in ``bench/wan_bench.py``, ``bench/RESULTS.md``):
+
+- attention through cuDNN's fused kernel (:data:`ATTENTION_BACKEND`) rather than the flash
+  kernel PyTorch picks by default; 27,280 tokens of self-attention are over half of a step's
+  work at 1280x704x121;
+- the query/key/value projections fused into one matrix product per attention (diffusers'
+  ``fuse_qkv_projections``), the unfused copies dropped so no weight is stored twice;
+- ``fast`` only: the transformer's 30 repeated blocks compiled (regional ``torch.compile``) on
+  a side thread behind eager clips (``generator.engines.background_compile``): nobody waits
+  for the compiler.
+
+Profiles:
+
+- ``fast``: everything on the GPU. The decode is tiled only when the memory left beside the
+  weights is under what an untiled decode needs (:func:`tile_decode`).
+- ``low-vram`` (a 12 GB card): the 5B transformer (10 GB in bf16) lives in pinned CPU memory
+  and streams to the GPU one block ahead of its use (diffusers' block-level group offloading
+  with CUDA streams); the UMT5-XXL text encoder (10.6 GiB in bf16, so
+  ``enable_model_cpu_offload`` cannot even encode a prompt under a 12 GiB cap) streams layer
+  by layer, and only for a prompt the cache has not seen: prompts are built deterministically
+  from photo type x intensity x custom elements, so most clips never touch it. The VAE stays
+  on the GPU and decodes in large tiles (:data:`LOW_VRAM_TILE`). The blocks stay eager here:
+  a side-thread compile would run blocks that the offloading hooks move under a clip.
 
 The prompt cache, the frames conversion and the allocator setting are the ones LTX-Video uses
 (``generator.engines.ltx_speed``); only Wan's ``encode_prompt`` (no attention masks) differs.
@@ -21,6 +35,7 @@ The prompt cache, the frames conversion and the allocator setting are the ones L
 Example::
 
     >>> apply_profile(pipe, Profile.LOW_VRAM, device="cuda")
+    >>> before_clip(pipe, height=704, width=1280, num_frames=121)   # compiled yet?
     >>> embeds = prompt_kwargs(pipe, prompt, negative, guidance_scale=5.0)
     >>> video = pipe(image=photo, **embeds, output_type="pt").frames[0]
     >>> frames = frames_to_uint8(video)          # (frames, height, width, 3) uint8 on the CPU
@@ -33,6 +48,7 @@ from typing import Any
 
 import torch
 
+from generator.engines import background_compile
 from generator.engines.ltx_speed import (
     PromptKey,
     _group_offloaded,
@@ -42,19 +58,43 @@ from generator.engines.ltx_speed import (
 )
 from generator.options import Profile
 
-__all__ = ["apply_profile", "frames_to_uint8", "prompt_kwargs"]
+__all__ = ["apply_profile", "before_clip", "frames_to_uint8", "prompt_kwargs"]
 
 log = logging.getLogger(__name__)
 
+#: diffusers' attention backend for every attention in the transformer, on CUDA.
+ATTENTION_BACKEND = "_native_cudnn"
+#: The low-vram decode's tiles, in pixels: (tile, stride). diffusers' default (256, 192)
+#: decodes 28 overlapping tiles of a 1280x704 clip; these make 6 with less overlap.
+LOW_VRAM_TILE = (512, 448)
+#: GiB an untiled decode of 121 frames at 1280x704 needs beside the weights, by VAE dtype
+#: (stock diffusers on an H200 peaked at 43.8 GiB in fp32 and 32 GiB in bf16, PERF.md, with
+#: 22.5 GiB of weights resident).
+UNTILED_DECODE_GIB = {torch.float32: 22.0, torch.bfloat16: 11.0, torch.float16: 11.0}
 
-def apply_profile(pipe: Any, profile: Profile, *, device: str) -> None:
+
+def apply_profile(
+    pipe: Any,
+    profile: Profile,
+    *,
+    device: str,
+    compile: bool = True,
+    attention: str | None = ATTENTION_BACKEND,
+    fuse: bool = True,
+    offload: str = "block_level",
+) -> None:
     """Place ``pipe`` for ``profile`` on ``device``; off CUDA it only moves the pipeline there.
 
     Args:
         pipe: a loaded ``WanImageToVideoPipeline``.
         profile: ``Profile.FAST`` (all on the GPU) or ``Profile.LOW_VRAM`` (transformer and
-            text encoder streamed from CPU memory layer by layer, VAE resident and tiled).
+            text encoder streamed from CPU memory, VAE resident and tiled).
         device: ``"cuda"``, ``"cuda:1"``, ``"cpu"`` or ``"mps"``.
+        compile: ``fast`` only: compile the transformer's blocks behind eager clips.
+        attention: diffusers' attention backend name; ``None`` keeps PyTorch's choice.
+        fuse: fuse the attention projections (same function, fewer matrix products).
+        offload: ``low-vram`` only: group offloading of the transformer, ``"block_level"``
+            or ``"leaf_level"``.
 
     Raises:
         ValueError: ``profile`` is ``AUTO`` (the caller resolves it by free VRAM first).
@@ -62,35 +102,85 @@ def apply_profile(pipe: Any, profile: Profile, *, device: str) -> None:
     if profile not in (Profile.FAST, Profile.LOW_VRAM):
         raise ValueError(f"resolve the profile before applying it, got {profile}")
     if not str(device).startswith("cuda"):
-        pipe.to(device)  # nothing to gain from offloading here
+        pipe.to(device)  # nothing to gain from kernels, offloading or compiling here
         return
+    # 1. Same function, faster kernels: before any offloading, which must see the final layers.
+    if fuse:
+        fuse_projections(pipe.transformer)
+    if attention:
+        pipe.transformer.set_attention_backend(attention)
     if profile is Profile.FAST:
         pipe.to(device)
-        pipe.vae.disable_tiling()
+        if compile:
+            background_compile.attach(pipe, name="Wan")
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        if tile_decode(free + cached, pipe.vae.dtype):
+            pipe.vae.enable_tiling(*_tiles())
+        else:
+            pipe.vae.disable_tiling()
         return
     from diffusers.hooks import apply_group_offloading
 
-    # 1. The VAE resident (1.4 GB in bf16, 2.8 GB in fp32): it encodes the photo and decodes
+    # 2. The VAE resident (1.4 GB in bf16, 2.8 GB in fp32): it encodes the photo and decodes
     # every clip, and group offloading its 3D convolutions gains nothing.
     pipe.vae.to(device)
-    # 2. Grow memory segments in place: under a cap, fixed cached blocks fragment.
+    # 3. Grow memory segments in place: under a cap, fixed cached blocks fragment.
     expandable_segments()
-    # 3. Transformer and text encoder in pinned CPU memory, one layer ahead of their use.
-    for name in ("transformer", "text_encoder"):
+    # 4. Transformer and text encoder in pinned CPU memory, streamed ahead of their use: the
+    # transformer a block at a time (30 blocks of 0.33 GB, two transfers a step), the encoder
+    # a layer at a time (its layers are not one list of blocks).
+    for name, kind in (("transformer", offload), ("text_encoder", "leaf_level")):
         module = getattr(pipe, name)
         if _group_offloaded(module):
             continue
         module.to("cpu")
         torch.cuda.empty_cache()
+        extra = {"num_blocks_per_group": 1} if kind == "block_level" else {}
         apply_group_offloading(
             module,
             onload_device=torch.device(device),
             offload_device=torch.device("cpu"),
-            offload_type="leaf_level",
+            offload_type=kind,
             use_stream=True,
+            **extra,
         )
-    # 4. Tiles keep the decode's activations (tens of GiB for 121 frames at 1280x704) small.
-    pipe.vae.enable_tiling()
+    # 5. Tiles keep the decode's activations (tens of GiB for 121 frames at 1280x704) small.
+    pipe.vae.enable_tiling(*_tiles())
+
+
+def _tiles() -> tuple[int, int, int, int]:
+    tile, stride = LOW_VRAM_TILE
+    return tile, tile, stride, stride
+
+
+def tile_decode(free_beside_weights: int, vae_dtype: torch.dtype) -> bool:
+    """Whether the decode is tiled, given the bytes free beside the resident weights."""
+    return free_beside_weights < UNTILED_DECODE_GIB.get(vae_dtype, 22.0) * 1024**3
+
+
+def fuse_projections(transformer: torch.nn.Module) -> None:
+    """Fuse each attention's projections (q, k, v in self-attention; k, v in cross-attention)
+    into one linear layer and drop the separate ones, so the weights are stored once.
+
+    Each output is the same dot product as before; only the kernel computing it changes."""
+    if getattr(transformer, "_wan_fused", False):
+        return
+    transformer.fuse_qkv_projections()
+    for module in transformer.modules():
+        if not getattr(module, "fused_projections", False):
+            continue
+        # Self-attention reads only to_qkv now; cross-attention still reads to_q.
+        unused = ("to_k", "to_v") if module.is_cross_attention else ("to_q", "to_k", "to_v")
+        for name in unused:
+            delattr(module, name)
+    transformer._wan_fused = True
+
+
+def before_clip(pipe: Any, *, height: int, width: int, num_frames: int) -> bool:
+    """Call before each clip: compiled blocks if ready for this shape, else eager (and a shape
+    not compiled yet starts compiling behind this clip). Returns whether it runs compiled."""
+    return background_compile.before_clip(pipe, (height, width, num_frames))
 
 
 def prompt_kwargs(
