@@ -52,6 +52,7 @@ T_START = time.time()
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 
+import ftfy  # noqa: E402, F401  (diffusers' Wan pipeline cleans prompts with it: fail first)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -95,7 +96,6 @@ VAE_22 = dict(
     patch_size=2,
     latents_mean=[0.0] * 48,
     latents_std=[1.0] * 48,
-    clip_output=False,
 )
 # google/umt5-xxl's encoder: 5.68B parameters, 10.6 GiB in bf16.
 UMT5_XXL = dict(
@@ -452,12 +452,139 @@ def attention_study(pipe: Any, inputs: dict[str, Any], args: argparse.Namespace)
     return result
 
 
+def pass_inputs(args: argparse.Namespace, dtype: torch.dtype, text_dim: int) -> dict[str, Any]:
+    """Seeded inputs of one transformer pass at the clip's shape, as the pipeline makes them
+    with ``expand_timesteps``: the first latent frame (the photo) at timestep 0, the rest at
+    900."""
+    g = torch.Generator("cpu").manual_seed(SEED_CLIP)
+    frames, h, w = (args.frames - 1) // 4 + 1, args.height // 16, args.width // 16
+    hidden = torch.randn(1, 48, frames, h, w, generator=g)
+    mask = torch.ones(frames, h // 2, w // 2)
+    mask[0] = 0
+    text = torch.randn(1, 512, text_dim, generator=g)
+    return dict(
+        hidden_states=hidden.to(args.device, dtype),
+        timestep=(mask.flatten() * 900.0).unsqueeze(0).to(args.device),
+        encoder_hidden_states=text.to(args.device, dtype),
+    )
+
+
+def accuracy_study(args: argparse.Namespace) -> dict[str, Any]:
+    """One transformer pass against an fp32 reference of the same weights (TF32 off): stock
+    bf16 (PyTorch's kernel), stock bf16 with the memory-efficient kernel, and the fast path
+    (fused projections, cuDNN attention, compiled blocks); then the bf16 decode of one set
+    of latents untiled against stock diffusers' tiles and the low-vram profile's."""
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+    clock = Clock(args.device)
+    cuda = args.device.startswith("cuda")
+    t_cfg = TINY_TRANSFORMER if args.tiny else TRANSFORMER_5B
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    result: dict[str, Any] = {}
+    with torch.device(args.device):
+        torch.manual_seed(SEED_WEIGHTS)
+        model = WanTransformer3DModel(**t_cfg).eval()  # fp32, as initialised
+    reference = model
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    _keep_fp32(bf16)
+    x32 = pass_inputs(args, torch.float32, t_cfg["text_dim"])
+    x16 = pass_inputs(args, torch.bfloat16, t_cfg["text_dim"])
+
+    def timed(module: Any, inputs: dict[str, Any], runs: int = 3) -> tuple[torch.Tensor, float]:
+        times = []
+        with torch.inference_mode():
+            for _ in range(runs):
+                start = clock.now()
+                out = module(**inputs, return_dict=False)[0]
+                times.append(clock.now() - start)
+        return out.float(), statistics.median(times[1:]) if runs > 1 else times[0]
+
+    ref, result["fp32_pass_s"] = timed(reference, x32, runs=1)
+    del reference, model
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+    out, result["stock_pass_s"] = timed(bf16, x16)
+    result["stock_rel_l2_vs_fp32"] = rel_l2(out, ref)
+    other = "_native_math" if args.tiny else "_native_efficient"
+    bf16.set_attention_backend(other)
+    out, result["stock_other_kernel_pass_s"] = timed(bf16, x16)
+    result["stock_other_kernel_rel_l2_vs_fp32"] = rel_l2(out, ref)
+    bf16.set_attention_backend("native")
+    wan_speed.fuse_projections(bf16)
+    if not args.tiny:
+        bf16.set_attention_backend(wan_speed.ATTENTION_BACKEND)
+    out, result["fused_eager_pass_s"] = timed(bf16, x16)
+    result["fused_eager_rel_l2_vs_fp32"] = rel_l2(out, ref)
+    job = background_compile.BackgroundCompile(
+        bf16, name="Wan", backend="eager" if args.tiny else "inductor"
+    )
+    shape = (args.height, args.width, args.frames)
+    job.before_clip(shape)
+    timed(bf16, x16, runs=1)  # records the first block's inputs; compiles behind
+    job.wait()
+    result["compile_s"] = list(job.compile_s.values())
+    result["compile_errors"] = list(job.errors.values())
+    result["compiled"] = job.before_clip(shape)
+    out, result["fast_pass_s"] = timed(bf16, x16)
+    result["fast_rel_l2_vs_fp32"] = rel_l2(out, ref)
+    eager = timed(_eager(bf16, job), x16, runs=1)[0]
+    result["fast_rel_l2_vs_fused_eager"] = rel_l2(out, eager)
+    del bf16, ref, out
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+
+    # The decode: untiled bf16 against diffusers' default tiles and the low-vram tiles.
+    v_cfg = TINY_VAE if args.tiny else VAE_22
+    with torch.device(args.device):
+        torch.manual_seed(SEED_WEIGHTS + 1)
+        vae = AutoencoderKLWan(**v_cfg).eval().to(torch.bfloat16)
+    g = torch.Generator("cpu").manual_seed(SEED_CLIP + 1)
+    shape = x16["hidden_states"].shape
+    latents = torch.randn(shape, generator=g).to(args.device, torch.bfloat16)
+    videos: dict[str, torch.Tensor] = {}
+    tiles = {"untiled": None, "tiles_256": (256, 256, 192, 192), "tiles_512": wan_speed._tiles()}
+    for name, tile in tiles.items():
+        if tile is None:
+            vae.disable_tiling()
+        else:
+            vae.enable_tiling(*tile)
+        with torch.inference_mode():
+            vae.decode(latents[:, :, :2], return_dict=False)
+            if cuda:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated() if cuda else 0
+            start = clock.now()
+            video = vae.decode(latents, return_dict=False)[0]
+            result[f"decode_{name}_s"] = clock.now() - start
+        if cuda:
+            result[f"decode_{name}_peak_gib"] = (torch.cuda.max_memory_allocated() - before) / GIB
+        videos[name] = ((video.float().clamp(-1, 1) + 1) * 127.5).round().cpu()
+        del video
+    for name in ("tiles_256", "tiles_512"):
+        diff = (videos[name] - videos["untiled"]).abs()
+        result[f"decode_{name}_vs_untiled_uint8_mean_abs"] = float(diff.mean())
+        result[f"decode_{name}_vs_untiled_uint8_share_over_2"] = float((diff > 2).float().mean())
+    return result
+
+
+def _eager(model: Any, job: Any) -> Any:
+    """The same fused weights through eager blocks and PyTorch's attention kernel."""
+    job.swap_out()
+    model.set_attention_backend("native")
+    return model
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda")
     p.add_argument("--tiny", action="store_true", help="tiny random model on the CPU (smoke)")
     p.add_argument("--steps", type=int, default=4, help="denoising steps per timed clip")
     p.add_argument("--cap-gib", type=float, default=12.0, help="low-vram cap; 0 skips it")
+    p.add_argument("--accuracy", action="store_true", help="only one pass against fp32")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     if args.tiny:
@@ -465,6 +592,11 @@ def main() -> int:
         args.width, args.height, args.frames = 64, 32, 9
     else:
         args.width, args.height, args.frames = 1280, 704, 121
+    if args.accuracy:
+        row = accuracy_study(args)
+        log(f"accuracy: {json.dumps(row, indent=1)}")
+        args.out.write_text(json.dumps(dict(command=" ".join(sys.argv), accuracy=row), indent=2))
+        return 0
     cuda = args.device.startswith("cuda")
     results: dict[str, Any] = dict(
         date=time.strftime("%Y-%m-%d", time.gmtime()),

@@ -157,7 +157,8 @@ class WanEngine(PipelineEngine):
         the image encoder and processor it does not have are optional and stay ``None``, and
         ``expand_timesteps=True`` is passed explicitly so the photo conditions the first
         latent frame (diffusers' Wan 2.2 5B image-to-video path) whatever the folder says.
-        The VAE loads on its own in ``vae_dtype`` (fp32 as the model card loads it).
+        The VAE loads on its own in ``vae_dtype`` (``[wan] vae_dtype``: bf16 on a GPU by
+        default; fp32 as the model card loads it when asked).
         """
         from diffusers import AutoencoderKLWan, WanImageToVideoPipeline
 

@@ -4,13 +4,17 @@ test_engines.py does not cover."""
 from __future__ import annotations
 
 import dataclasses
+import threading
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import PIL.Image
 import pytest
 import torch
 
 from generator.config import GeneratorSettings, WanSettings
+from generator.engines import background_compile, wan_speed
 from generator.engines.catalog import build_engine
 from generator.errors import ModelUnavailable, OutOfMemory
 from generator.options import Backend, Intensity, PhotoType, Request
@@ -90,3 +94,45 @@ def test_the_text_encoder_runs_only_for_a_prompt_it_has_not_seen(tiny_wan) -> No
     assert first == 2  # the prompt and the negative prompt (guidance 5)
     assert again == first
     assert len(runs) == first + 2
+
+
+def test_fused_projections_make_the_same_clip_with_each_weight_stored_once(tiny_wan) -> None:
+    engine = engine_for(tiny_wan)
+    request = Request(image=PHOTO, seed=3)
+    before = np.stack(engine.generate(photo(), request).frames)
+    transformer = engine.pipeline.transformer
+    weights = sum(p.numel() for p in transformer.parameters())
+
+    wan_speed.fuse_projections(transformer)
+    after = np.stack(engine.generate(photo(), request).frames)
+
+    assert sum(p.numel() for p in transformer.parameters()) == weights  # no second copy
+    assert all(not hasattr(m, "to_k") for m in transformer.modules() if hasattr(m, "to_qkv"))
+    assert np.abs(after.astype(int) - before.astype(int)).max() <= 1  # rounding at most
+
+
+def test_clips_stay_eager_until_the_compiled_blocks_are_ready(tiny_wan) -> None:
+    engine = engine_for(tiny_wan)
+    engine.load()
+    gate = threading.Event()
+    compiles: list[int] = []
+
+    def slow_backend(graph: torch.fx.GraphModule, _inputs: list[Any]) -> Any:
+        compiles.append(1)
+        gate.wait(60)  # a compile that takes as long as the test wants
+        return graph.forward
+
+    job = background_compile.attach(engine.pipeline, name="Wan", backend=slow_backend)
+    request = Request(image=PHOTO, seed=5)
+
+    first = engine.generate(photo(), request)  # eager; its blocks' inputs start the compile
+    second = engine.generate(photo(), request)  # the compile is still running: eager again
+    compiled_meanwhile = job.swapped
+    gate.set()
+    assert job.wait(60) and not job.errors
+    third = engine.generate(photo(), request)  # through the compiled blocks
+
+    assert compiles and not compiled_meanwhile and job.swapped
+    np.testing.assert_array_equal(np.stack(second.frames), np.stack(first.frames))
+    np.testing.assert_array_equal(np.stack(third.frames), np.stack(first.frames))
+    job.swap_out()
