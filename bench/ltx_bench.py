@@ -44,7 +44,6 @@ import torch  # noqa: E402
 from generator.config import EncodeSettings  # noqa: E402
 from generator.encode import encode_frames  # noqa: E402
 from generator.engines import ltx_speed  # noqa: E402
-from generator.engines.background_compile import detach, job_of  # noqa: E402
 from generator.options import MOTION_BANDS, PhotoType, Profile  # noqa: E402
 from generator.prompt import NEGATIVE_PROMPT, build_prompt  # noqa: E402
 
@@ -386,7 +385,7 @@ def background_compile(pipe: Any, args: argparse.Namespace, results: dict[str, A
     """Serve eager clips while the blocks compile on a side thread; record what users saw."""
     log("background compile: eager clips while the side thread compiles")
     ltx_speed.apply_profile(pipe, Profile.FAST, device=args.device, compile=True)
-    job = job_of(pipe)
+    job = getattr(pipe, ltx_speed._COMPILE_ATTR)
     shape = (args.height, args.width, args.frames)
     start = time.perf_counter()
     served: list[float] = []
@@ -484,7 +483,10 @@ def engine_configs(pipe: Any, args: argparse.Namespace, results: dict[str, Any])
             frames=info.frames,
             mp4_bytes=info.size_bytes,
             peak_gib=torch.cuda.max_memory_allocated() / GIB if clock.cuda else None,
-            compiled=bool(job_of(pipe) is not None and job_of(pipe).swapped),
+            compiled=bool(
+                getattr(pipe, ltx_speed._COMPILE_ATTR, None)
+                and getattr(pipe, ltx_speed._COMPILE_ATTR).swapped
+            ),
         )
 
     cuda = args.device.startswith("cuda")
@@ -676,7 +678,8 @@ def main(argv: list[str] | None = None) -> int:
             if job is not None and job.swapped:  # before the compile is ready: eager under the cap
 
                 def eager_low_vram() -> dict[str, Any]:
-                    detach(pipe)  # as before the compile is ready
+                    delattr(pipe, ltx_speed._COMPILE_ATTR)  # as before the compile is ready
+                    job.swap_out()
                     return low_vram(False)
 
                 time_config("low-vram-eager", pipe, args, results, ours=True, setup=eager_low_vram)

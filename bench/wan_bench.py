@@ -57,8 +57,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from generator.config import WAN_NEGATIVE_PROMPT  # noqa: E402
-from generator.engines import background_compile, wan_speed  # noqa: E402
-from generator.engines.ltx_speed import prompt_cache  # noqa: E402
+from generator.engines import wan_speed  # noqa: E402
+from generator.engines.ltx_speed import BackgroundCompile, prompt_cache  # noqa: E402
 from generator.options import MOTION_BANDS, PhotoType, Profile  # noqa: E402
 from generator.prompt import build_ltx_prompt  # noqa: E402
 
@@ -517,9 +517,7 @@ def accuracy_study(args: argparse.Namespace) -> dict[str, Any]:
         bf16.set_attention_backend(wan_speed.ATTENTION_BACKEND)
     out, result["fused_eager_pass_s"] = timed(bf16, x16)
     result["fused_eager_rel_l2_vs_fp32"] = rel_l2(out, ref)
-    job = background_compile.BackgroundCompile(
-        bf16, name="Wan", backend="eager" if args.tiny else "inductor"
-    )
+    job = BackgroundCompile(bf16, backend="eager" if args.tiny else "inductor")
     shape = (args.height, args.width, args.frames)
     job.before_clip(shape)
     timed(bf16, x16, runs=1)  # records the first block's inputs; compiles behind
@@ -667,11 +665,11 @@ def main() -> int:
         start = time.perf_counter()
         wan_speed.apply_profile(pipe, Profile.FAST, device=args.device)
         if args.tiny:  # on the CPU the profile compiles nothing; smoke the path anyway
-            background_compile.attach(pipe, name="Wan", backend="eager")
+            wan_speed.compile_behind(pipe, backend="eager")
         placed = time.perf_counter() - start
         row = compare(run_clip(pipe, args, ours=True, steps=args.steps), stock)
         row["place_s"] = placed
-        job = background_compile.job_of(pipe)
+        job = wan_speed.compile_behind(pipe, backend="eager" if args.tiny else "inductor")
         state["job"] = job
         if job is not None:
             wait_start = time.perf_counter()
@@ -694,7 +692,7 @@ def main() -> int:
     if cuda and args.cap_gib:
 
         def low_vram() -> dict[str, Any]:
-            background_compile.detach(pipe)  # streamed blocks stay eager
+            wan_speed.stop_compiling(pipe)  # streamed blocks stay eager
             prompt_cache(pipe).clear()
             pipe.transformer.to("cpu")
             pipe.text_encoder.to("cpu")

@@ -10,7 +10,7 @@
   Prompts are built deterministically from photo type x intensity x custom elements, so most
   clips never touch the encoder. The decode is tiled only where memory needs it.
 - Both, on CUDA: the transformer's 28 repeated blocks compile on a side thread behind eager
-  clips (``generator.engines.background_compile``); nobody waits for the compiler.
+  clips (:class:`BackgroundCompile`); nobody waits for the compiler.
 
 The engine asks the pipeline for frames as a GPU tensor (``output_type="pt"``) and turns them
 into ``uint8`` there (:func:`frames_to_uint8`): the stock float-numpy path spends about half a
@@ -31,7 +31,9 @@ to frames; fast 0.85 s; low-vram under a 12 GiB cap 0.95 s (1.29 s for a new pro
 from __future__ import annotations
 
 import logging
+import sys
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,7 +42,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from generator.engines import background_compile
 from generator.options import Profile
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,11 @@ PROMPT_CACHE_SIZE = 32
 #: A real 12 GB card also holds the CUDA context, so it tiles.
 UNTILED_DECODE_GIB = 6.0
 
+#: Python's thread switch interval while a compile runs behind clips (default 5 ms).
+COMPILE_SWITCH_INTERVAL_S = 0.0005
+
 _CACHE_ATTR = "_ltx_prompt_cache"
+_COMPILE_ATTR = "_ltx_background_compile"
 
 
 # --- profiles -------------------------------------------------------------------------------
@@ -87,8 +92,8 @@ def apply_profile(
     if not str(device).startswith("cuda"):
         pipe.to(device)  # nothing to gain from offloading or compiling here
         return
-    if compile:
-        background_compile.attach(pipe, name="LTX")
+    if compile and getattr(pipe, _COMPILE_ATTR, None) is None and compile_available():
+        setattr(pipe, _COMPILE_ATTR, BackgroundCompile(pipe.transformer))
     if profile is Profile.FAST:
         pipe.to(device)
         pipe.vae.disable_tiling()
@@ -135,7 +140,19 @@ def before_clip(pipe: Any, *, height: int, width: int, num_frames: int) -> bool:
     A shape not compiled yet starts compiling behind this clip (on a side thread), so no
     clip ever waits for the compiler. Returns whether this clip runs compiled.
     """
-    return background_compile.before_clip(pipe, (height, width, num_frames))
+    job: BackgroundCompile | None = getattr(pipe, _COMPILE_ATTR, None)
+    if job is None:
+        return False
+    return job.before_clip((height, width, num_frames))
+
+
+def compile_available() -> bool:
+    """Whether ``torch.compile`` can make CUDA kernels here (it needs Triton)."""
+    try:
+        from torch.utils._triton import has_triton
+    except ImportError:
+        return False
+    return bool(has_triton())
 
 
 def expandable_segments() -> bool:
@@ -281,3 +298,144 @@ def _encode(pipe: Any, key: PromptKey, cfg: bool) -> dict[str, torch.Tensor]:
     if cfg:
         out |= {"negative_prompt_embeds": neg_embeds, "negative_prompt_attention_mask": neg_mask}
     return out
+
+
+# --- compile without making anyone wait ------------------------------------------------------
+
+#: A clip's shape as the compiled blocks see it: (height, width, frames).
+ClipShape = tuple[int, int, int]
+
+
+class BackgroundCompile:
+    """Compile the transformer's repeated blocks on a side thread while clips run eagerly.
+
+    Before each clip the engine calls :meth:`before_clip` with the clip's shape. A shape
+    compiled already runs compiled; any other shape runs eagerly, and its first block's inputs
+    are recorded during that clip so a side thread compiles that shape behind it. While a side
+    thread compiles, every clip runs eagerly, so the thread and the clips never share a
+    compiled graph. The compiled forward shares the blocks' weights (no extra memory), and a
+    clip never switches kernels halfway through. Landscape and portrait clips of one duration
+    have the same token count and share one graph.
+
+    The 28 blocks of LTX-Video 2B compile in about 10 s on an H200 (bench/RESULTS.md); a clip
+    served meanwhile is slower (the compiler holds Python's lock part of the time), never
+    blocked. A failed compile leaves that shape eager and says why in ``errors``.
+
+    Example::
+
+        >>> job = BackgroundCompile(pipe.transformer)
+        >>> job.before_clip((512, 768, 121))   # False: eager, and compiling starts behind it
+        >>> ...                                # later clips of that shape
+        >>> job.before_clip((512, 768, 121))   # True once the side thread is done
+    """
+
+    def __init__(
+        self, transformer: torch.nn.Module, *, backend: str | Callable[..., Any] = "inductor"
+    ) -> None:
+        self._blocks = list(_repeated_blocks(transformer))
+        # One compiled wrapper per block; they share one code cache, so a shape compiles once.
+        self._compiled = [
+            torch.compile(block._call_impl, backend=backend, dynamic=False)
+            for block in self._blocks
+        ]
+        self._ready: set[ClipShape] = set()
+        self._hook: Any = None
+        self._thread: threading.Thread | None = None
+        self.errors: dict[ClipShape, str] = {}
+        self.compile_s: dict[ClipShape, float] = {}
+        self.swapped = False
+
+    @property
+    def busy(self) -> bool:
+        """Whether a side thread is compiling (or waits for a clip to record inputs from)."""
+        return self._hook is not None or (self._thread is not None and self._thread.is_alive())
+
+    def ready(self, shape: ClipShape) -> bool:
+        return shape in self._ready
+
+    def before_clip(self, shape: ClipShape) -> bool:
+        """Pick eager or compiled blocks for the next clip; return whether it runs compiled."""
+        if not self._blocks:
+            return False
+        if not self.busy and shape in self._ready:
+            self._swap(compiled=True)
+            return True
+        self._swap(compiled=False)
+        if not self.busy and shape not in self._ready and shape not in self.errors:
+            self._hook = self._blocks[0].register_forward_pre_hook(
+                lambda _m, args, kwargs: self._capture(shape, args, kwargs), with_kwargs=True
+            )
+        return False
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the side thread has finished (tests and the benchmark only)."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        return not self.busy
+
+    def swap_out(self) -> None:
+        """Go back to the eager blocks."""
+        self._swap(compiled=False)
+
+    def _swap(self, *, compiled: bool) -> None:
+        for block, fn in zip(self._blocks, self._compiled, strict=True):
+            block._compiled_call_impl = fn if compiled else None  # what nn.Module.compile sets
+        self.swapped = compiled
+
+    def _capture(self, shape: ClipShape, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+        inputs = (_detached(args), _detached(kwargs))
+        # Compile under the clip's own grad/inference mode, so the graph's guards match it.
+        inference = torch.is_inference_mode_enabled()
+        self._thread = threading.Thread(
+            target=self._compile,
+            args=(shape, inference, *inputs),
+            name="ltx-compile",
+            daemon=True,
+        )
+        self._thread.start()
+        self._hook = None
+
+    def _compile(
+        self, shape: ClipShape, inference: bool, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        start = time.perf_counter()
+        mode = torch.inference_mode() if inference else torch.no_grad()
+        # The compiler is Python holding the interpreter lock; a clip served meanwhile waits
+        # for that lock between kernel launches. Shorter turns make those waits shorter.
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(COMPILE_SWITCH_INTERVAL_S)
+        try:
+            with mode:
+                # The first call compiles the shared graph; the others only check guards.
+                for fn in self._compiled:
+                    fn(*args, **kwargs)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+        except Exception as exc:  # any compile failure: this shape stays eager, say why
+            self.errors[shape] = f"{type(exc).__name__}: {exc}"
+            log.warning("compiling LTX blocks for %s failed; eager (%s)", shape, self.errors[shape])
+            return
+        finally:
+            sys.setswitchinterval(interval)
+        self.compile_s[shape] = time.perf_counter() - start
+        self._ready.add(shape)
+        log.info("LTX blocks compiled for %s in %.1f s", shape, self.compile_s[shape])
+
+
+def _repeated_blocks(transformer: torch.nn.Module) -> list[torch.nn.Module]:
+    names = set(getattr(transformer, "_repeated_blocks", ()) or ())
+    return [m for m in transformer.modules() if type(m).__name__ in names]
+
+
+def _detached(value: Any) -> Any:
+    """A copy of a block's inputs that outlives the clip that made them."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, tuple | list):
+        return type(value)(_detached(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _detached(v) for k, v in value.items()}
+    return value

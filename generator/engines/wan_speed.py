@@ -15,8 +15,9 @@ the fast profile is 1.30e-2 (relative L2) from an fp32 pass of the same weights,
   picks it there by itself in eager mode (1.17 s a pass; flash 1.46 s, memory-efficient
   2.24 s), and pinning it keeps it inside the compiled graph too;
 - ``fast`` only: the transformer's 30 repeated blocks compiled (regional ``torch.compile``)
-  on a side thread behind eager clips (``generator.engines.background_compile``): nobody
-  waits for the compiler. A step goes from 2.34 s to 1.85 s on an H200.
+  on a side thread behind eager clips, by the same ``BackgroundCompile`` LTX-Video uses
+  (:func:`compile_behind`): nobody waits for the compiler. A step goes from 2.34 s to 1.85 s
+  on an H200.
 
 Profiles:
 
@@ -50,17 +51,18 @@ from typing import Any
 
 import torch
 
-from generator.engines import background_compile
 from generator.engines.ltx_speed import (
+    BackgroundCompile,
     PromptKey,
     _group_offloaded,
+    compile_available,
     expandable_segments,
     frames_to_uint8,
     prompt_cache,
 )
 from generator.options import Profile
 
-__all__ = ["apply_profile", "before_clip", "frames_to_uint8", "prompt_kwargs"]
+__all__ = ["apply_profile", "before_clip", "compile_behind", "frames_to_uint8", "prompt_kwargs"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,8 @@ LOW_VRAM_TILE = (512, 448)
 #: GiB an untiled decode of 121 frames at 1280x704 needs beside the weights, by VAE dtype
 #: (measured on an H200: 21.0 in fp32, 10.5 in bf16).
 UNTILED_DECODE_GIB = {torch.float32: 22.0, torch.bfloat16: 11.0, torch.float16: 11.0}
+
+_COMPILE_ATTR = "_wan_background_compile"
 
 
 def apply_profile(
@@ -116,7 +120,7 @@ def apply_profile(
     if profile is Profile.FAST:
         pipe.to(device)
         if compile:
-            background_compile.attach(pipe, name="Wan")
+            compile_behind(pipe)
         free, _total = torch.cuda.mem_get_info(torch.device(device))
         cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         if tile_decode(free + cached, pipe.vae.dtype):
@@ -181,10 +185,31 @@ def fuse_projections(transformer: torch.nn.Module) -> None:
     transformer._wan_fused = True
 
 
+def compile_behind(pipe: Any, *, backend: str | Any = "inductor") -> BackgroundCompile | None:
+    """The pipeline's compile job, made on first use: the transformer's repeated blocks
+    compile on a side thread behind eager clips. ``None`` where inductor cannot run (no
+    Triton); tests pass a cheap ``backend``."""
+    job = getattr(pipe, _COMPILE_ATTR, None)
+    if job is None and (backend != "inductor" or compile_available()):
+        job = BackgroundCompile(pipe.transformer, backend=backend)
+        setattr(pipe, _COMPILE_ATTR, job)
+    return job
+
+
+def stop_compiling(pipe: Any) -> None:
+    """Back to eager blocks for good (before the weights move under offloading hooks)."""
+    job = getattr(pipe, _COMPILE_ATTR, None)
+    if job is not None:
+        job.wait()
+        job.swap_out()
+        delattr(pipe, _COMPILE_ATTR)
+
+
 def before_clip(pipe: Any, *, height: int, width: int, num_frames: int) -> bool:
     """Call before each clip: compiled blocks if ready for this shape, else eager (and a shape
     not compiled yet starts compiling behind this clip). Returns whether it runs compiled."""
-    return background_compile.before_clip(pipe, (height, width, num_frames))
+    job = getattr(pipe, _COMPILE_ATTR, None)
+    return False if job is None else job.before_clip((height, width, num_frames))
 
 
 def prompt_kwargs(

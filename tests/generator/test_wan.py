@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from generator.config import GeneratorSettings, WanSettings
-from generator.engines import background_compile, wan_speed
+from generator.engines import wan_speed
 from generator.engines.catalog import build_engine
 from generator.errors import ModelUnavailable, OutOfMemory
 from generator.options import Backend, Intensity, PhotoType, Request
@@ -122,7 +122,7 @@ def test_clips_stay_eager_until_the_compiled_blocks_are_ready(tiny_wan) -> None:
         gate.wait(60)  # a compile that takes as long as the test wants
         return graph.forward
 
-    job = background_compile.attach(engine.pipeline, name="Wan", backend=slow_backend)
+    job = wan_speed.compile_behind(engine.pipeline, backend=slow_backend)
     request = Request(image=PHOTO, seed=5)
 
     first = engine.generate(photo(), request)  # eager; its blocks' inputs start the compile

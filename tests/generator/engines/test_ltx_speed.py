@@ -16,8 +16,7 @@ import torch
 from bench.ltx_bench import build_pipe, photo
 from generator.encode import _rgb_array
 from generator.engines import ltx_speed
-from generator.engines.background_compile import BackgroundCompile
-from generator.engines.ltx_speed import PromptCache, PromptKey
+from generator.engines.ltx_speed import BackgroundCompile, PromptCache, PromptKey
 from generator.options import Profile
 
 REPO = Path(__file__).resolve().parents[3]
@@ -132,7 +131,7 @@ def test_clips_stay_eager_until_the_compiled_blocks_are_ready(pipe: Any) -> None
         gate.wait(60)  # a compile that takes as long as the test wants
         return graph.forward
 
-    job = BackgroundCompile(pipe.transformer, name="LTX", backend=slow_backend)
+    job = BackgroundCompile(pipe.transformer, backend=slow_backend)
     shape = (32, 32, 9)
     assert not job.before_clip(shape)  # nothing compiled yet: eager
     first = make_clip(pipe)  # records the block's inputs; compiling starts behind it
