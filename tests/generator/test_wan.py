@@ -4,6 +4,9 @@ test_engines.py does not cover."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from generator.errors import ModelUnavailable, OutOfMemory
 from generator.options import Backend, Intensity, PhotoType, Request
 
 PHOTO = Path("photo.jpg")
+REPO = Path(__file__).resolve().parents[2]
 
 
 def engine_for(settings: WanSettings):
@@ -136,3 +140,27 @@ def test_clips_stay_eager_until_the_compiled_blocks_are_ready(tiny_wan) -> None:
     np.testing.assert_array_equal(np.stack(second.frames), np.stack(first.frames))
     np.testing.assert_array_equal(np.stack(third.frames), np.stack(first.frames))
     job.swap_out()
+
+
+@pytest.mark.parametrize("mode", [[], ["--accuracy"]], ids=["clips", "one-pass-accuracy"])
+def test_the_benchmark_runs_on_cpu(tmp_path: Path, mode: list[str]) -> None:
+    out = tmp_path / "wan.json"
+    proc = subprocess.run(
+        [sys.executable, "bench/wan_bench.py", "--tiny", "--steps", "2", *mode, "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    if mode:  # fp32 on the CPU: fused and compiled passes equal stock's
+        row = result["accuracy"]
+        assert row["compiled"] and not row["compile_errors"]
+        assert row["fast_rel_l2_vs_fp32"] == pytest.approx(row["stock_rel_l2_vs_fp32"], abs=1e-6)
+        return
+    runs = result["runs"]
+    assert not result["errors"]
+    assert runs["fast_first_clip_eager_while_compiling"]["compile_s"]
+    assert runs["fast"]["compiled"] and runs["fast"]["latents_rel_l2_vs_stock"] < 1e-5
+    assert runs["decode_fp32_vs_bf16"]["bf16_vs_fp32_rel_l2"] > 0  # bf16 really decoded
