@@ -243,6 +243,9 @@ class WanSettings:
     # auto picks low-vram below this much free VRAM; auto's chain skips Wan on smaller cards.
     low_vram_threshold_gib: float = number(48.0, 0.0, 4096.0)
     min_vram_gib: float = number(10.0, 0.0, 4096.0)
+    # Opt-in, changes the clip: skip the other blocks of a pass when the first block's output
+    # moved less than this since the last step (diffusers' first-block cache); 0 is off.
+    first_block_cache: float = number(0.0, 0.0, 1.0)
 
 
 @dataclass(frozen=True)

@@ -276,7 +276,12 @@ class WanEngine(PipelineEngine):
             self.load(model, device)
         if self._device is None:
             raise RuntimeError("place the Wan pipeline after loading it")
-        wan_speed.apply_profile(self._pipe, profile, device=self._device)
+        wan_speed.apply_profile(
+            self._pipe,
+            profile,
+            device=self._device,
+            first_block_cache=self.settings.first_block_cache,
+        )
         log.info("Wan 2.2 profile %s on %s", profile, self._device)
         self._profile = profile
 

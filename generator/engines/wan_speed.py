@@ -89,6 +89,7 @@ def apply_profile(
     attention: str | None = ATTENTION_BACKEND,
     fuse: bool = True,
     offload: str = "block_level",
+    first_block_cache: float = 0.0,
 ) -> None:
     """Place ``pipe`` for ``profile`` on ``device``; off CUDA it only moves the pipeline there.
 
@@ -103,13 +104,24 @@ def apply_profile(
         fuse: fuse the attention projections (same function, fewer matrix products).
         offload: ``low-vram`` only: group offloading of the transformer, ``"block_level"``
             or ``"leaf_level"``.
+        first_block_cache: opt-in approximation that changes the clip (``[wan]
+            first_block_cache``): above 0, diffusers' first-block cache with this threshold,
+            on the CPU and in ``fast`` (the blocks then stay eager: skipping blocks is a
+            decision on data the compiled graphs were not made for); ``low-vram`` ignores it
+            (block-level offloading prefetches blocks in the order they ran).
 
     Raises:
         ValueError: ``profile`` is ``AUTO`` (the caller resolves it by free VRAM first).
     """
     if profile not in (Profile.FAST, Profile.LOW_VRAM):
         raise ValueError(f"resolve the profile before applying it, got {profile}")
-    if not str(device).startswith("cuda"):
+    cuda = str(device).startswith("cuda")
+    if first_block_cache > 0:
+        if profile is Profile.FAST or not cuda:
+            _first_block_cache(pipe.transformer, first_block_cache)
+        else:
+            log.info("Wan 2.2: first-block cache ignored in %s", profile)
+    if not cuda:
         pipe.to(device)  # nothing to gain from kernels, offloading or compiling here
         return
     # 1. Same function, faster kernels: before any offloading, which must see the final layers.
@@ -119,7 +131,7 @@ def apply_profile(
         pipe.transformer.set_attention_backend(attention)
     if profile is Profile.FAST:
         pipe.to(device)
-        if compile:
+        if compile and not first_block_cache:
             compile_behind(pipe)
         free, _total = torch.cuda.mem_get_info(torch.device(device))
         cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
@@ -155,6 +167,17 @@ def apply_profile(
         )
     # 5. Tiles keep the decode's activations (tens of GiB for 121 frames at 1280x704) small.
     pipe.vae.enable_tiling(*_tiles())
+
+
+def _first_block_cache(transformer: Any, threshold: float) -> None:
+    """diffusers' first-block cache on the transformer, once (it changes the clip)."""
+    if getattr(transformer, "_wan_first_block_cache", None) is not None:
+        return
+    from diffusers.hooks import FirstBlockCacheConfig
+
+    transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
+    transformer._wan_first_block_cache = threshold
+    log.warning("Wan 2.2: first-block cache at %s: faster, and the clips change", threshold)
 
 
 def _tiles() -> tuple[int, int, int, int]:

@@ -164,3 +164,22 @@ def test_the_benchmark_runs_on_cpu(tmp_path: Path, mode: list[str]) -> None:
     assert runs["fast_first_clip_eager_while_compiling"]["compile_s"]
     assert runs["fast"]["compiled"] and runs["fast"]["latents_rel_l2_vs_stock"] < 1e-5
     assert runs["decode_fp32_vs_bf16"]["bf16_vs_fp32_rel_l2"] > 0  # bf16 really decoded
+
+
+def test_the_first_block_cache_is_off_unless_asked_for_and_then_skips_blocks(tiny_wan) -> None:
+    def blocks_run(settings: WanSettings) -> int:
+        engine = engine_for(settings)
+        engine.load()
+        runs: list[int] = []
+        last = engine.pipeline.transformer.blocks[-1]  # its attention runs unless skipped
+        last.attn1.register_forward_hook(lambda *_: runs.append(1))
+        clip = engine.generate(photo(), Request(image=PHOTO, seed=1, steps=4))
+        assert len(clip.frames) == 9
+        return len(runs)
+
+    default = blocks_run(tiny_wan)
+    cached = blocks_run(dataclasses.replace(tiny_wan, first_block_cache=1.0))
+
+    assert WanSettings().first_block_cache == 0.0
+    assert default == 8  # 4 steps x (prompt + negative prompt)
+    assert cached < default
