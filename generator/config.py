@@ -246,6 +246,7 @@ class WanSettings:
     # Opt-in, changes the clip: skip the other blocks of a pass when the first block's output
     # moved less than this since the last step (diffusers' first-block cache); 0 is off.
     first_block_cache: float = number(0.0, 0.0, 1.0)
+    guidance_batch: bool = False  # low-vram: both guidance passes in one call
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ torch and diffusers are imported when a model loads, not with this module, so
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
@@ -324,18 +325,31 @@ class WanEngine(PipelineEngine):
                     guidance_scale=s.guidance_scale,
                     max_sequence_length=MAX_SEQUENCE_LENGTH,
                 )
-                video = pipe(
-                    image=photo,
-                    width=photo.width,
-                    height=photo.height,
-                    num_frames=frames,
-                    num_inference_steps=steps,
-                    guidance_scale=s.guidance_scale,
-                    generator=generator,
-                    callback_on_step_end=on_step_end,
-                    output_type="pt",
-                    **embeds,
-                ).frames[0]
+                # low-vram streams the weights from CPU memory once per call: opt-in, one a step.
+                batched = (
+                    s.guidance_batch
+                    and self._profile is Profile.LOW_VRAM
+                    and "negative_prompt_embeds" in embeds
+                )
+                with (
+                    wan_speed.GuidanceBatch(
+                        pipe.transformer, embeds["prompt_embeds"], embeds["negative_prompt_embeds"]
+                    )
+                    if batched
+                    else contextlib.nullcontext()
+                ):
+                    video = pipe(
+                        image=photo,
+                        width=photo.width,
+                        height=photo.height,
+                        num_frames=frames,
+                        num_inference_steps=steps,
+                        guidance_scale=s.guidance_scale,
+                        generator=generator,
+                        callback_on_step_end=on_step_end,
+                        output_type="pt",
+                        **embeds,
+                    ).frames[0]
                 return list(wan_speed.frames_to_uint8(video))
         except Exception as exc:
             self._raise_failed(exc, self._profile)

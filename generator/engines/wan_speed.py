@@ -264,3 +264,69 @@ def _encode(pipe: Any, key: PromptKey, cfg: bool) -> dict[str, torch.Tensor]:
     if cfg:
         out["negative_prompt_embeds"] = negative
     return out
+
+
+class GuidanceBatch:
+    """Both guidance passes of a step in one transformer call of batch 2 (``low-vram``).
+
+    Wan's pipeline calls the transformer twice a step, conditional then unconditional, with the
+    same latents and timestep and only the text embeddings different. Under group offloading
+    every call streams all 10 GB of weights from CPU memory, so two calls a step stream them
+    twice; here the conditional call runs both passes at once and the unconditional call gets
+    its half back without running anything: the weights stream once a step. The same function
+    (each sample of a batch is computed on its own); activations double, which the 12 GB
+    profile has room for.
+
+    Use as a context manager around one clip, with the very tensors passed to the pipeline::
+
+        with GuidanceBatch(pipe.transformer, embeds["prompt_embeds"],
+                           embeds["negative_prompt_embeds"]):
+            pipe(..., **embeds)
+
+    Calls it does not recognise (other embeddings) run unchanged.
+    """
+
+    def __init__(
+        self, transformer: torch.nn.Module, positive: torch.Tensor, negative: torch.Tensor
+    ):
+        self.transformer, self.positive, self.negative = transformer, positive, negative
+        self.calls = 0  # transformer passes actually run (one a step when batched)
+        self._held: tuple[torch.Tensor, torch.Tensor] | None = None  # (latents, unconditional)
+
+    def __enter__(self) -> GuidanceBatch:
+        self._original = self.transformer.forward
+        self.transformer.forward = self._forward  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.transformer.forward = self._original  # type: ignore[method-assign]
+        self._held = None
+
+    def _forward(self, *args: Any, **kwargs: Any) -> Any:
+        text = kwargs.get("encoder_hidden_states")
+        latents = kwargs.get("hidden_states")
+        if text is self.negative and self._held is not None and self._held[0] is latents:
+            unconditional = self._held[1]
+            self._held = None
+            return (
+                (unconditional,) if not kwargs.get("return_dict", True) else _sample(unconditional)
+            )
+        self.calls += 1
+        if args or text is not self.positive or latents is None:
+            return self._original(*args, **kwargs)
+        both = dict(kwargs)
+        both["hidden_states"] = torch.cat([latents, latents])
+        both["encoder_hidden_states"] = torch.cat([self.positive, self.negative])
+        timestep = kwargs.get("timestep")
+        if isinstance(timestep, torch.Tensor) and timestep.ndim and timestep.shape[0] == 1:
+            both["timestep"] = torch.cat([timestep, timestep])
+        both["return_dict"] = False
+        conditional, unconditional = self._original(**both)[0].chunk(2)
+        self._held = (latents, unconditional)
+        return (conditional,) if not kwargs.get("return_dict", True) else _sample(conditional)
+
+
+def _sample(sample: torch.Tensor) -> Any:
+    from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+    return Transformer2DModelOutput(sample=sample)

@@ -183,3 +183,31 @@ def test_the_first_block_cache_is_off_unless_asked_for_and_then_skips_blocks(tin
     assert WanSettings().first_block_cache == 0.0
     assert default == 8  # 4 steps x (prompt + negative prompt)
     assert cached < default
+
+
+def test_guidance_batch_runs_both_passes_in_one_call_on_a_12_gb_card_for_the_same_clip(
+    tiny_wan,
+) -> None:
+    # Under offloading every transformer call streams its 10 GB of weights from CPU memory:
+    # low-vram makes one call a step instead of two, and the clip stays the same.
+    from generator.options import Profile
+
+    request = Request(image=PHOTO, seed=5)
+
+    def clip(profile: Profile) -> tuple[np.ndarray, list[int]]:
+        engine = engine_for(dataclasses.replace(tiny_wan, guidance_batch=True))
+        engine.generate(photo(), dataclasses.replace(request, profile=profile))  # placed
+        passes: list[int] = []
+        engine.pipeline.transformer.blocks[0].register_forward_pre_hook(
+            lambda _m, args: passes.append(args[0].shape[0])  # the batch of each real pass
+        )
+        frames = engine.generate(photo(), dataclasses.replace(request, profile=profile)).frames
+        return np.stack(frames), passes
+
+    fast, fast_passes = clip(Profile.FAST)
+    low, low_passes = clip(Profile.LOW_VRAM)
+
+    steps = tiny_wan.steps
+    assert fast_passes == [1] * (2 * steps)
+    assert low_passes == [2] * steps
+    assert np.abs(low.astype(int) - fast.astype(int)).max() <= 1  # rounding at most
