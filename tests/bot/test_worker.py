@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import multiprocessing
 import os
 import signal
 import sqlite3
@@ -639,3 +640,141 @@ def test_retry_backs_off_for_services_but_not_for_a_crashed_gpu_process():
     assert retry_delay(later, TransientError()) == 120
     assert retry_delay(later, RateLimited()) == 240
     assert retry_delay(dataclasses.replace(job, failures=8), TransientError()) == 600
+
+
+# --- several consumers: one GPU process per device ------------------------------------------
+
+
+def rendezvous_child_generator(
+    meeting, met, hang_marker: str | None, seen_dir: str, settings: GeneratorSettings
+):
+    """Runs in a GPU process: the real generator with the tiny model. Its first step waits
+    at ``meeting`` (a two-party barrier shared by both GPU processes) until the other
+    process is at its first step too, so two jobs are known to run at the same time; a
+    broken barrier (a minute alone) fails the job. It notes the device it was given in
+    ``seen_dir``, and hangs after the meeting while ``hang_marker`` exists."""
+    inner = plain_child_generator(settings)
+    device = os.environ.get("CUDA_VISIBLE_DEVICES", "none")
+
+    class Rendezvous:
+        async def generate(self, request, out_path, *, on_progress, **kw):
+            def progress(event):
+                on_progress(event)
+                if event.stage == "denoising" and event.step == 1 and not met.is_set():
+                    Path(seen_dir, f"device-{device}").touch()
+                    meeting.wait()
+                    met.set()  # one meeting only: a respawned process does not wait again
+                    if hang_marker is not None and os.path.exists(hang_marker):
+                        os.unlink(hang_marker)
+                        threading.Event().wait()  # a hung GPU: only a kill ends this
+
+            return await inner.generate(request, out_path, on_progress=progress, **kw)
+
+    return Rendezvous()
+
+
+def meeting_runners(world: World, settings: Settings, *, hang_first: bool = False):
+    """Two GPU processes on devices "0" and "1" whose first steps meet (see above)."""
+    ctx = multiprocessing.get_context("spawn")
+    meeting, met = ctx.Barrier(2, timeout=60), ctx.Event()
+    marker = world.tmp_path / "hang-once"
+    if hang_first:
+        marker.touch()
+    return [
+        ProcessRunner(
+            settings.generator,
+            generator_factory=functools.partial(
+                rendezvous_child_generator,
+                meeting,
+                met,
+                str(marker) if hang_first and device == "0" else None,
+                str(world.tmp_path),
+            ),
+            device=device,
+        )
+        for device in ("0", "1")
+    ]
+
+
+async def test_two_consumers_run_two_users_jobs_at_once_and_stay_fair(world: World):
+    settings = world.settings()
+    ann_first = await world.submit(ANN)
+    ann_second = await world.submit(ANN)
+    bob = await world.submit(BOB)
+    await world.start_workers(meeting_runners(world, settings), settings)
+
+    await world.fake.wait_for(lambda: len(world.fake.videos()) == 3, timeout=180)
+    done = [await world.finished(job) for job in (ann_first, bob, ann_second)]
+
+    # Both first steps met at the barrier: Ann's first and Bob's ran at the same time, on
+    # two GPU processes that were each given their own device.
+    assert [job.status for job in done] == [Status.DONE] * 3
+    assert {done[0].worker_id, done[1].worker_id} == {"gpu0", "gpu1"}
+    assert sorted(p.name for p in world.tmp_path.glob("device-*")) == ["device-0", "device-1"]
+    # Fair: Bob's only job went before Ann's second, though it was queued after it.
+    assert done[1].started_at is not None and done[2].started_at is not None
+    assert done[1].started_at < done[2].started_at
+    assert len(world.fake.videos(ANN.id)) == 2 and len(world.fake.videos(BOB.id)) == 1
+
+
+async def test_killing_one_consumers_gpu_process_loses_nothing(world: World):
+    settings = world.settings()
+    runners = meeting_runners(world, settings, hang_first=True)
+    ann, bob = await world.submit(ANN), await world.submit(BOB)
+    workers = await world.start_workers(runners, settings)
+    queue = SqlQueue(world.store.db)
+
+    # The two jobs meet; then the device-0 process hangs and device 1 delivers its job.
+    await world.fake.wait_for(lambda: len(world.fake.videos()) == 1, timeout=180)
+    (hung,) = await queue.running()
+    assert hung.worker_id == "gpu0"
+    dead = runners[0].pid
+    assert dead is not None
+    os.kill(dead, signal.SIGKILL)
+
+    # The killed process's job comes back and is made again, not charged to the photo;
+    # the other consumer kept serving meanwhile (its job was delivered before the kill).
+    await world.fake.wait_for(lambda: len(world.fake.videos()) == 2, timeout=180)
+    redone = await world.finished(hung)
+    assert (redone.status, redone.failures, redone.crashes) == (Status.DONE, 0, 1)
+    assert redone.attempts == 2
+    other = await world.finished(bob if hung.id == ann.id else ann)
+    assert (other.status, other.attempts) == (Status.DONE, 1)
+    assert len(world.fake.videos(ANN.id)) == 1 and len(world.fake.videos(BOB.id)) == 1
+    # And both consumers still serve: a new job is delivered too.
+    late = await world.submit(BOB)
+    workers.wake()
+    await world.fake.wait_for_video(BOB.id, count=2, timeout=120)
+    assert (await world.finished(late)).status is Status.DONE
+
+
+async def test_cancel_reaches_whichever_consumer_runs_the_job(world: World, generator):
+    gated = GatedGenerator(generator)
+    job = await world.submit(ANN)
+    # Two consumers; only one job, so the module's one generator never runs twice at once.
+    workers = await world.start_workers([InlineRunner(gated), InlineRunner(gated)])
+
+    await world.fake.wait_for_text(ANN.id, "step 1/2", timeout=60)
+    (running,) = await SqlQueue(world.store.db).running()
+    assert await SqlQueue(world.store.db).cancel(job.id, ANN.id, now=world.clock()) is not None
+    assert await workers.cancel(job.id)  # found on gpu0 or gpu1, whichever claimed it
+    gated.gate.set()
+
+    done = await world.finished(job)
+    assert done.status is Status.CANCELLED and done.worker_id == running.worker_id
+    assert await workers.cancel(job.id + 1) is False  # a job no consumer runs
+
+
+async def test_pause_and_resume_act_on_every_consumer(world: World, generator):
+    # Two consumers over one generator: only one job is ever queued, so it never runs twice.
+    workers = await world.start_workers([InlineRunner(generator), InlineRunner(generator)])
+    await workers.pause()
+    assert [worker.paused for worker in workers.workers] == [True, True]
+    assert await world.store.get_flag("paused") == "1"
+    job = await world.submit(ANN)
+
+    await workers.resume()
+
+    assert [worker.paused for worker in workers.workers] == [False, False]
+    await world.fake.wait_for_video(ANN.id, timeout=60)
+    assert (await world.finished(job)).status is Status.DONE
