@@ -26,6 +26,9 @@ class Status(enum.StrEnum):
     EXPIRED = "expired"  # waited longer than the queue's time-to-live
 
 
+#: The error stored on a job that kept dying under its consumer (the queue gives it up).
+GIVE_UP_TEXT = "This photo failed several times and was given up."
+
 ACTIVE = frozenset({Status.QUEUED, Status.RUNNING, Status.SENDING})
 TERMINAL = frozenset({Status.DONE, Status.FAILED, Status.CANCELLED, Status.EXPIRED})
 

@@ -27,6 +27,7 @@ from typing import Any
 from bot.db import Database, Dialect
 from bot.jobs import (
     ACTIVE,
+    GIVE_UP_TEXT,
     TERMINAL,
     Charge,
     Job,
@@ -44,8 +45,6 @@ from generator.options import Backend
 
 logger = logging.getLogger(__name__)
 
-#: What the user is told when a job keeps dying under the consumer (the worker sends it).
-GIVE_UP_TEXT = "This photo failed several times and was given up."
 #: The channel ``enqueue`` (and ``requeue``) notify after commit: consumers wait on it.
 JOBS_CHANNEL = "jobs"
 

@@ -29,10 +29,9 @@ from bot import delivery, texts
 from bot.config import Settings
 from bot.delivery import DeliveryFailed
 from bot.gpu import GenerationRunner, VeoBudget, WorkerCrashed, WorkerLost
-from bot.jobs import Charge, Job, JobQueue, Outcome, Status, can_retry
+from bot.jobs import GIVE_UP_TEXT, Charge, Job, JobQueue, Outcome, Status, can_retry
 from bot.keyboards import result_keyboard
 from bot.limits import veo_allowance_for
-from bot.queue import GIVE_UP_TEXT
 from bot.statuscard import StatusCards
 from bot.store import Flag, Store
 from bot.upkeep import Upkeep

@@ -401,3 +401,15 @@ async def test_jobs_survive_closing_and_reopening(tmp_path: Path) -> None:
         assert recovered.id == alice.id and recovered.status is Status.QUEUED
     finally:
         await reopened.close()
+
+
+def test_the_sql_queue_implements_every_method_of_the_protocol() -> None:
+    import inspect
+
+    from bot.jobs import JobQueue
+
+    wanted = {name for name in vars(JobQueue) if not name.startswith("_")}
+    for name in wanted:
+        assert inspect.signature(getattr(SqlQueue, name)) == inspect.signature(
+            getattr(JobQueue, name)
+        ), name
