@@ -303,6 +303,10 @@ class JobQueue(Protocol):
     async def running(self) -> list[Job]:
         """Jobs some consumer runs now (every consumer's), oldest claim first."""
 
+    async def wait_for_jobs(self, timeout: float) -> bool:  # noqa: ASYNC109 (a wait, bounded)
+        """Wait up to ``timeout`` seconds for news of a queued job (an enqueue or a requeue,
+        from this process or, on PostgreSQL, any host); whether some came."""
+
     # -- reads for history, limits, ETAs, stats and the sweep --
 
     async def history(self, user_id: int, limit: int = 10) -> list[Job]:

@@ -359,6 +359,10 @@ class SqlQueue:
             self.db, "SELECT * FROM jobs WHERE status = :s_running ORDER BY started_at, id", {}
         )
 
+    async def wait_for_jobs(self, timeout: float) -> bool:  # noqa: ASYNC109 (a wait, bounded)
+        """Wait up to ``timeout`` seconds for ``enqueue``/``requeue`` news on ``JOBS_CHANNEL``."""
+        return await self.db.wait(JOBS_CHANNEL, timeout)
+
     async def position(self, job_id: int) -> int | None:
         """1-based place in the claim order among queued jobs; ``None`` if not queued."""
         row = await self.db.fetchone(

@@ -137,11 +137,12 @@ class World:
         """One consumer over ``runner``, wired as ``bot.__main__`` wires them."""
         return await self.start_workers([runner], settings)
 
-    async def start_workers(self, runners, settings: Settings | None = None) -> Workers:
+    async def start_workers(
+        self, runners, settings: Settings | None = None, queue: SqlQueue | None = None
+    ) -> Workers:
         settings = settings or self.settings()
-        workers = build_workers(
-            settings, self.store, SqlQueue(self.store.db), runners, clock=self.clock
-        )
+        queue = queue or SqlQueue(self.store.db)
+        workers = build_workers(settings, self.store, queue, runners, clock=self.clock)
         workers.cards.bind(self.bot)
         self.workers.append(workers)
         await workers.start()
@@ -395,9 +396,13 @@ def gated_child_generator(marker: str, settings: GeneratorSettings):
 
         async def generate(self, request, out_path, *, on_progress, **kw):
             def progress(event):
-                on_progress(event)
-                if event.step == 1 and os.path.exists(marker):
+                # The marker goes before the step is reported: the test kills on that report,
+                # and the next process must not find the marker and hang as well.
+                hang = event.step == 1 and os.path.exists(marker)
+                if hang:
                     os.unlink(marker)
+                on_progress(event)
+                if hang:
                     threading.Event().wait()  # a hung GPU: only a kill ends this
 
             return await inner.generate(request, out_path, on_progress=progress, **kw)
@@ -662,10 +667,13 @@ def rendezvous_child_generator(
                 on_progress(event)
                 if event.stage == "denoising" and event.step == 1 and not met.is_set():
                     Path(seen_dir, f"device-{device}").touch()
+                    # Gone before the meeting, so no later process can find it and hang.
+                    hang = hang_marker is not None and os.path.exists(hang_marker)
+                    if hang:
+                        os.unlink(hang_marker)
                     meeting.wait()
                     met.set()  # one meeting only: a respawned process does not wait again
-                    if hang_marker is not None and os.path.exists(hang_marker):
-                        os.unlink(hang_marker)
+                    if hang:
                         threading.Event().wait()  # a hung GPU: only a kill ends this
 
             return await inner.generate(request, out_path, on_progress=progress, **kw)
@@ -777,4 +785,29 @@ async def test_pause_and_resume_act_on_every_consumer(world: World, generator):
 
     assert [worker.paused for worker in workers.workers] == [False, False]
     await world.fake.wait_for_video(ANN.id, timeout=60)
+    assert (await world.finished(job)).status is Status.DONE
+
+
+class ListeningQueue(SqlQueue):
+    """The real queue, saying when a consumer starts waiting for news of jobs."""
+
+    def __init__(self, db) -> None:
+        super().__init__(db)
+        self.listening = asyncio.Event()
+
+    async def wait_for_jobs(self, timeout: float) -> bool:  # noqa: ASYNC109
+        self.listening.set()
+        return await super().wait_for_jobs(timeout)
+
+
+async def test_an_idle_consumer_hears_of_a_job_queued_without_a_wake(world: World, generator):
+    queue = ListeningQueue(world.store.db)
+    await world.start_workers([InlineRunner(generator)], queue=queue)
+    await queue.listening.wait()  # idle: it found nothing and waits
+    # Nobody calls wake(): the queue's own news (db.notify after the enqueue commits; on
+    # PostgreSQL that is NOTIFY, heard on every host) starts the job, long before the
+    # consumer would look again by itself (IDLE_SWEEP_S, 30 s).
+    job = await world.submit(ANN)
+
+    await world.fake.wait_for_video(ANN.id, timeout=20)
     assert (await world.finished(job)).status is Status.DONE
