@@ -181,10 +181,10 @@ def run(settings: Settings, *, cpu_inline: bool) -> None:
     """Open the store, build the worker and the app, and serve until a stop signal."""
     # Imported here so --check-config stays quick and needs neither torch nor a network.
     from bot.app import build_app
+    from bot.consumers import build_workers
     from bot.gpu import InlineRunner, ProcessRunner, consumer_devices, visible_cuda_devices
     from bot.queue import SqlQueue
     from bot.store import Store
-    from bot.worker import build_workers
 
     settings.photos_dir.mkdir(parents=True, exist_ok=True)
     # PTB runs on the thread's current loop; open the store on that same loop first.
