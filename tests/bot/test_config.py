@@ -13,6 +13,7 @@ from bot.__main__ import main
 from bot.config import (
     AccessSettings,
     DataSettings,
+    GpuSettings,
     LimitSettings,
     Settings,
     TelegramSettings,
@@ -20,6 +21,7 @@ from bot.config import (
     load_settings,
     summary,
 )
+from bot.gpu import consumer_devices, visible_cuda_devices
 from generator.config import (
     AutoSettings,
     ConfigError,
@@ -39,6 +41,7 @@ SECTIONS = {
     "access": AccessSettings,
     "limits": LimitSettings,
     "worker": WorkerSettings,
+    "gpu": GpuSettings,
     "data": DataSettings,
     "image": ImageSettings,
     "svd": SvdSettings,
@@ -215,3 +218,18 @@ def test_a_systemd_credential_named_telegram_token_is_the_token(tmp_path: Path) 
     settings = load_settings(None, {"CREDENTIALS_DIRECTORY": str(tmp_path)})
 
     assert settings.telegram.token == TOKEN
+
+
+def test_gpu_devices_are_one_consumer_each_and_each_device_once(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, '[gpu]\ndevices = ["0", "1"]\n'), {})
+    assert consumer_devices(settings.gpu.devices, visible=[]) == ["0", "1"]
+    # Left empty: every visible CUDA device, or one consumer where there is no CUDA.
+    assert consumer_devices((), visible=["0", "1", "2"]) == ["0", "1", "2"]
+    assert consumer_devices((), visible=[]) == [None]
+    assert visible_cuda_devices({"CUDA_VISIBLE_DEVICES": "2,3"}) == ["2", "3"]
+    assert visible_cuda_devices({"CUDA_VISIBLE_DEVICES": "-1"}) == []
+
+    with pytest.raises(ConfigError, match=r"gpu\.devices: each device once"):
+        load_settings(write(tmp_path, '[gpu]\ndevices = ["0", "0"]\n'), {})
+    with pytest.raises(ConfigError, match=r"gpu\.devices\[0\]: one device per entry"):
+        load_settings(write(tmp_path, '[gpu]\ndevices = ["0,1"]\n'), {})
