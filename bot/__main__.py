@@ -182,22 +182,24 @@ def run(settings: Settings, *, cpu_inline: bool) -> None:
     # Imported here so --check-config stays quick and needs neither torch nor a network.
     from bot.app import build_app
     from bot.gpu import InlineRunner, ProcessRunner
+    from bot.queue import SqlQueue
     from bot.store import Store
-    from bot.worker import Worker
+    from bot.worker import build_workers
 
     settings.photos_dir.mkdir(parents=True, exist_ok=True)
     # PTB runs on the thread's current loop; open the store on that same loop first.
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     store = loop.run_until_complete(Store.open(settings.db_path))
+    queue = SqlQueue(store.db)
     if cpu_inline or not settings.worker.gpu_process:
         from generator.router import Generator
 
-        runner = InlineRunner(Generator(settings.generator, credentials=settings.veo))
+        runners = [InlineRunner(Generator(settings.generator, credentials=settings.veo))]
     else:
-        runner = ProcessRunner(settings.generator, warm_up=True)
-    worker = Worker(store=store, settings=settings, runner=runner)
-    app = build_app(settings, store, worker)
+        runners = [ProcessRunner(settings.generator, warm_up=True)]
+    workers = build_workers(settings, store, queue, runners)
+    app = build_app(settings, store, workers, queue=queue, cards=workers.cards)
     telegram = settings.telegram
     log.info("starting in %s mode; %s", telegram.mode, summary(settings).replace("\n", "; "))
     # Until SIGTERM/SIGINT; each update is confirmed to Telegram only once handled, and

@@ -10,7 +10,7 @@ update whose handler had started comes again.
 
 Example::
 
-    app = build_app(settings, store, worker)
+    app = build_app(settings, store, workers, queue=queue, cards=cards)
     run(app, settings.telegram)  # until SIGTERM/SIGINT, with PTB's whole lifecycle
 """
 

@@ -1,12 +1,13 @@
-"""The job record, its states, and the queue interface the handlers and the GPU consumer use.
+"""The job record, its states, and the queue interface the handlers and the GPU consumers use.
 
-Today the queue is SQLite (``bot.queue.SqliteQueue``); one GPU consumer per GPU, or a
-PostgreSQL queue serving several GPU hosts, implement the same ``JobQueue`` protocol.
+``bot.queue.SqlQueue`` implements ``JobQueue`` over SQLite or PostgreSQL (``bot.db``); the
+handlers, the consumers and the status cards know only the protocol.
 """
 
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -52,6 +53,40 @@ class JobOptions:
     duration: int | None = None  # Veo seconds (4/6/8); None = backend default
     custom_elements: tuple[str, ...] = ()
     motion: int | None = None  # explicit motion bucket (More/Less motion buttons)
+
+
+def options_to_json(options: JobOptions) -> str:
+    """Serialise ``JobOptions`` (enums by value, ``custom_elements`` as a list)."""
+    return json.dumps(
+        {
+            "backend": options.backend.value,
+            "intensity": options.intensity.value,
+            "photo_type": options.photo_type.value,
+            "duration": options.duration,
+            "custom_elements": list(options.custom_elements),
+            "motion": options.motion,
+        },
+        sort_keys=True,
+    )
+
+
+def options_from_json(text: str) -> JobOptions:
+    """Parse what ``options_to_json`` wrote; missing keys take their defaults.
+
+    Raises ``ValueError`` on malformed JSON or an unknown enum value.
+    """
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"options must be a JSON object, got {type(data).__name__}")
+    default = JobOptions()
+    return JobOptions(
+        backend=Backend(data.get("backend", default.backend)),
+        intensity=Intensity(data.get("intensity", default.intensity)),
+        photo_type=PhotoType(data.get("photo_type", default.photo_type)),
+        duration=data.get("duration"),
+        custom_elements=tuple(data.get("custom_elements") or ()),
+        motion=data.get("motion"),
+    )
 
 
 @dataclass(frozen=True)
@@ -139,6 +174,33 @@ class Outcome:
     video_width: int | None = None
     video_height: int | None = None
     seed: int | None = None
+
+
+@dataclass(frozen=True)
+class JobFiles:
+    """What the jobs table points at in the data folder, for the sweep (``bot.upkeep``).
+
+    ``active_*`` belong to queued, running or sending jobs and must stay; ``photos`` is
+    every photo any job names.
+    """
+
+    active_photos: frozenset[str]
+    active_job_ids: frozenset[int]
+    ended_job_ids: frozenset[int]
+    photos: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Numbers for the admin's /stats. Keys of the dicts are status and backend values."""
+
+    by_status: dict[str, int]  # every job ever, by current status
+    by_backend: dict[str, int]  # jobs that ran, by the backend that made the clip
+    median_seconds: dict[str, float]  # run time of done jobs, by backend
+    veo_spend_today: float
+    veo_spend_month: float
+    failure_rate: float  # failed / (done + failed) among jobs finished this month
+    total: int
 
 
 def is_stale(job: Job, now: float, timeout: float) -> bool:
@@ -234,3 +296,32 @@ class JobQueue(Protocol):
 
     async def queued(self) -> list[Job]:
         """Queued jobs in claim order."""
+
+    async def running(self) -> list[Job]:
+        """Jobs some consumer runs now (every consumer's), oldest claim first."""
+
+    # -- reads for history, limits, ETAs, stats and the sweep --
+
+    async def history(self, user_id: int, limit: int = 10) -> list[Job]:
+        """The user's jobs, newest first."""
+
+    async def active_count(self, user_id: int) -> int:
+        """How many of the user's jobs are queued, running or sending."""
+
+    async def jobs_since(self, user_id: int, since: float) -> int:
+        """Jobs the user asked for since ``since`` that cost something (the daily limit)."""
+
+    async def veo_spend(self, *, since: float, user_id: int | None = None) -> float:
+        """US dollars recorded on jobs created since ``since`` (one user's or everyone's)."""
+
+    async def recent_durations(self, backend: Backend, limit: int = 20) -> list[float]:
+        """Run times of recent done jobs on ``backend``, newest first."""
+
+    async def stats(self, *, now: float, day_start: float, month_start: float) -> Stats:
+        """Counts, medians, Veo spend and the failure rate for the admin."""
+
+    async def photo_in_use(self, photo_path: str) -> bool:
+        """Whether any job was made from this photo file."""
+
+    async def files(self) -> JobFiles:
+        """What jobs point at in the data folder (the sweep keeps the active ones)."""

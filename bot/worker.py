@@ -1,16 +1,19 @@
-"""The GPU consumer: claims queued jobs one at a time, runs them, and delivers the clips.
+"""The GPU consumers: each ``Worker`` claims queued jobs one at a time, runs them on its own
+runner (one GPU process per device), records the outcome and delivers the clip; ``Workers``
+is the group the handlers see (wake, cancel, pause, resume all of them).
 
 The job row is the truth: every transition is written (under ``asyncio.shield``) before the
 user is told, so a crash at any point leaves a row that ``start`` knows how to pick up
-(running -> requeued or given up; sending with a video on disk -> delivered once).
+(running -> requeued or given up; sending with a video on disk -> delivered once). Status
+messages are ``bot.statuscard``'s, the data folder ``bot.upkeep``'s.
 
 Example::
 
-    worker = Worker(store=store, settings=settings, runner=ProcessRunner(settings.generator))
-    worker.bind(application)
-    await worker.start()
+    workers = build_workers(settings, store, queue, [ProcessRunner(...), ProcessRunner(...)])
+    workers.cards.bind(app.bot)      # build_app does this
+    await workers.start()
     ...
-    await worker.stop()
+    await workers.stop()
 """
 
 from __future__ import annotations
@@ -21,19 +24,19 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from bot import delivery, eta, texts
+from bot import delivery, texts
 from bot.config import Settings
-from bot.delivery import DeliveryFailed, StatusEditor
+from bot.delivery import DeliveryFailed
 from bot.gpu import GenerationRunner, VeoBudget, WorkerCrashed, WorkerLost
-from bot.jobs import Charge, Job, Outcome, Status, can_retry
-from bot.keyboards import result_keyboard, status_keyboard
-from bot.limits import day_start, month_start, veo_allowance
+from bot.jobs import Charge, Job, JobQueue, Outcome, Status, can_retry
+from bot.keyboards import result_keyboard
+from bot.limits import veo_allowance_for
 from bot.queue import GIVE_UP_TEXT
-from bot.store import Store
+from bot.statuscard import StatusCards
+from bot.store import Flag, Store
 from bot.upkeep import Upkeep
-from generator.clip import Clip, Progress
+from generator.clip import Clip
 from generator.errors import (
     Cancelled,
     GeneratorError,
@@ -45,8 +48,6 @@ from generator.options import Request
 
 log = logging.getLogger(__name__)
 
-#: Positions at which a waiting job's status message is refreshed (Telegram edit limits).
-MILESTONES = frozenset({1, 2, 3, 5, 10})
 #: When idle, look for expired jobs this often even if nothing wakes the worker.
 IDLE_SWEEP_S = 30.0
 #: After the grace period and a cancel, how long a job may take to notice it.
@@ -99,116 +100,68 @@ def remove_files(*paths: Path | None) -> None:
 
 
 class Worker:
-    """The single GPU consumer of ``store.queue``.
+    """One GPU consumer of the queue, with its own runner (its own GPU process and models).
 
     Args:
-        store: the open store (its ``queue`` is claimed from).
+        queue: the shared job queue.
         settings: the bot's settings (worker timings, limits, data folder).
         runner: where clips are made (``ProcessRunner`` or ``InlineRunner``).
+        cards: the status-card keeper (shared by every consumer in the process).
+        upkeep: expiry and the data-folder sweep, run between jobs.
         clock: UNIX seconds; injected so tests control heartbeats, TTLs and throttles.
-        worker_id: recorded on claimed rows.
+        worker_id: recorded on claimed rows; a restart takes back this id's running jobs.
     """
 
     def __init__(
         self,
         *,
-        store: Store,
+        queue: JobQueue,
         settings: Settings,
         runner: GenerationRunner,
+        cards: StatusCards,
+        upkeep: Upkeep,
         clock: Callable[[], float] = time.time,
         worker_id: str = "gpu0",
     ) -> None:
-        self.store = store
-        self.queue = store.queue
+        self.queue = queue
         self.settings = settings
         self.runner = runner
+        self.cards = cards
+        self.upkeep = upkeep
         self.clock = clock
         self.worker_id = worker_id
-        self.running_job_id: int | None = None
-        self.current_progress: Progress | None = None
-        self._app: Any = None
-        self._bot: Any = None
-        self._editor: StatusEditor | None = None
+        self.paused = False  # set by ``Workers`` from the stored flag
+        self._running_job_id: int | None = None
         self._wake = asyncio.Event()
-        self._paused = False
         self._stopping = False
         self._stopped = asyncio.Event()  # set by stop(): ends waits for the GPU process
         self._shutdown_cancel = False
         self._loop_task: asyncio.Task | None = None
-        self._shown_position: dict[int, int] = {}
-        self.upkeep = Upkeep(store, settings, clock=clock)
 
-    # --- wiring and control ---
+    # --- control ---
 
-    def bind(self, application: Any) -> None:
-        """Take the bot of a PTB ``Application`` (anything with a ``bot`` will do)."""
-        self._app = application
-        self._bot = application.bot
-        self._editor = StatusEditor(
-            self._bot, interval_s=self.settings.worker.progress_edit_interval_s, clock=self.clock
-        )
-
-    @property
-    def editor(self) -> StatusEditor:
-        if self._editor is None:
-            raise RuntimeError("call bind(application) first")
-        return self._editor
-
-    @property
-    def paused(self) -> bool:
-        return self._paused
+    async def recover_own(self) -> None:
+        """Our own running rows were orphaned by the restart (and other consumers' stale
+        ones are fair game): requeue them or give them up."""
+        await self._recover(orphaned_by=self.worker_id)
 
     async def start(self) -> None:
-        """Recover what a previous run left behind, then start the consumer loop."""
-        if self._bot is None:
-            raise RuntimeError("call bind(application) first")
-        self._paused = await self.store.get_flag("paused") is not None
-        # Our own running rows were orphaned by the restart (and other consumers' stale
-        # ones are fair game): requeue them or give them up.
-        await self._recover(orphaned_by=self.worker_id)
-        for job in await self.queue.sending():
-            await self._redeliver(job)
-        await self._refresh_positions(force=True)
+        """Start the runner (the GPU process loads its model) and the consumer loop."""
         start_runner = getattr(self.runner, "start", None)
         if start_runner is not None:
-            await start_runner()  # the GPU process loads the model before the first job
+            await start_runner()
         # A task this worker owns, not ``application.create_task``: ``Application.stop()``
         # awaits those, and this loop only ends in ``stop()``, which runs in ``post_stop``.
-        self._loop_task = asyncio.create_task(self._consume(), name="gpu-worker")
-        log.info("worker %s started%s", self.worker_id, " (paused)" if self._paused else "")
-
-    async def _recover(self, *, orphaned_by: str | None = None) -> None:
-        recovered = await self.queue.recover(
-            now=self.clock(),
-            stale_after=self.settings.worker.stale_after_s,
-            max_crashes=self.settings.worker.max_crashes,
-            orphaned_by=orphaned_by,
-        )
-        for job in recovered:
-            if job.status is Status.FAILED:
-                await self._tell(job, texts.given_up())
-            elif job.status is Status.CANCELLED:
-                await self._tell(job, texts.cancelled())
+        self._loop_task = asyncio.create_task(self._consume(), name=f"consumer-{self.worker_id}")
+        log.info("worker %s started%s", self.worker_id, " (paused)" if self.paused else "")
 
     def wake(self) -> None:
         """A job was queued (or something changed): look at the queue now."""
         self._wake.set()
 
-    async def pause(self) -> None:
-        """Stop claiming new jobs (the running one finishes). Survives restarts."""
-        self._paused = True
-        await self.store.set_flag("paused", "1")
-        log.info("worker %s paused", self.worker_id)
-
-    async def resume(self) -> None:
-        self._paused = False
-        await self.store.set_flag("paused", None)
-        self.wake()
-        log.info("worker %s resumed", self.worker_id)
-
-    async def cancel_running(self, job_id: int) -> bool:
-        """Stop ``job_id`` at its next step if it is the one running (the owner asked)."""
-        if self.running_job_id != job_id:
+    async def cancel(self, job_id: int) -> bool:
+        """Stop ``job_id`` at its next step if this consumer runs it (the owner asked)."""
+        if self._running_job_id != job_id:
             return False
         await self.runner.cancel()
         return True
@@ -224,7 +177,8 @@ class Worker:
             done, _ = await asyncio.wait({task}, timeout=self.settings.worker.shutdown_grace_s)
             if not done:
                 log.info(
-                    "job %s still running after the grace period; stopping it", self.running_job_id
+                    "job %s still running after the grace period; stopping it",
+                    self._running_job_id,
                 )
                 self._shutdown_cancel = True
                 await self.runner.cancel()
@@ -242,13 +196,11 @@ class Worker:
         while not self._stopping:
             # Cleared before looking, so a wake() during the look is not lost.
             self._wake.clear()
-            if self._paused:
+            if self.paused:
                 await self._wake.wait()
                 continue
             try:
-                await self._expire()
-                await self._sweep_photos()
-                await self._recover()  # another consumer's job whose heartbeat stopped
+                await self._between_jobs()
                 # No claim for an engine that is gone: the job would pay for its death.
                 ready = await self._engine_ready()
                 job = await self.queue.claim(self.worker_id, now=self.clock()) if ready else None
@@ -259,11 +211,35 @@ class Worker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), IDLE_SWEEP_S)
                 continue
-            await self._refresh_positions()
+            await self.cards.refresh_positions()
             try:
                 await self._run(job)
             except Exception:  # a database or Telegram failure while recording: keep serving
                 log.exception("! job %s: could not record its outcome", job.id)
+
+    async def _between_jobs(self) -> None:
+        """Expire old queued jobs, keep the data folder bounded, and take back the jobs of
+        a consumer whose heartbeat stopped (another process, or another host)."""
+        for job in await self.queue.expire(now=self.clock(), ttl=self.settings.limits.queue_ttl_s):
+            await self.cards.tell(job, texts.expired())
+        try:
+            await self.upkeep.sweep_if_due()
+        except Exception:  # a full disk or a locked file must not stop the queue
+            log.exception("data folder sweep failed")
+        await self._recover()
+
+    async def _recover(self, *, orphaned_by: str | None = None) -> None:
+        recovered = await self.queue.recover(
+            now=self.clock(),
+            stale_after=self.settings.worker.stale_after_s,
+            max_crashes=self.settings.worker.max_crashes,
+            orphaned_by=orphaned_by,
+        )
+        for job in recovered:
+            if job.status is Status.FAILED:
+                await self.cards.tell(job, texts.given_up())
+            elif job.status is Status.CANCELLED:
+                await self.cards.tell(job, texts.cancelled())
 
     async def _engine_ready(self) -> bool:
         """Whether the runner has a live, started GPU process (respawned first if it died
@@ -287,54 +263,32 @@ class Worker:
         log.error("! the GPU process cannot start (%s); no job is claimed until it can", exc)
         return False
 
-    async def _sweep_photos(self) -> None:
-        """Keep the data folder bounded (``bot.upkeep``): at most once an hour, between jobs."""
-        try:
-            await self.upkeep.sweep_if_due()
-        except Exception:  # a full disk or a locked file must not stop the queue
-            log.exception("data folder sweep failed")
-
-    async def _expire(self) -> None:
-        for job in await self.queue.expire(now=self.clock(), ttl=self.settings.limits.queue_ttl_s):
-            await self._tell(job, texts.expired())
-
     async def _run(self, job: Job) -> None:
         """One job from claim to a terminal row (or back in the queue). Never raises."""
-        log.info("→ %s", job.info())
-        self.running_job_id, self.current_progress = job.id, None
+        log.info("→ %s (%s)", job.info(), self.worker_id)
+        self._running_job_id = job.id
         self._shutdown_cancel = False
         heartbeat = asyncio.create_task(self._heartbeat(job), name=f"heartbeat-{job.id}")
-        pump_wake = asyncio.Event()
-        pump = asyncio.create_task(self._progress_pump(job, pump_wake), name=f"progress-{job.id}")
-
-        def on_progress(event: Progress) -> None:
-            self.current_progress = event
-            pump_wake.set()
 
         async def on_veo_operation(name: str) -> None:
             await asyncio.shield(self.queue.set_veo_operation(job.id, name))
 
         try:
-            if job.status_message_id is not None:
-                await self.editor.edit(
-                    job.chat_id,
-                    job.status_message_id,
-                    texts.progress_card("loading", 0, 0, 0.0, str(job.options.backend)),
-                    status_keyboard(job.id),
-                    force=True,
+            async with self.cards.running(job):
+                out_path = self.settings.data_dir / "videos" / f"{job.id}.mp4"
+                await asyncio.to_thread(out_path.parent.mkdir, parents=True, exist_ok=True)
+                allowed = await veo_allowance_for(
+                    self.queue, self.settings, job.user_id, self.clock()
                 )
-            out_path = self.settings.data_dir / "videos" / f"{job.id}.mp4"
-            await asyncio.to_thread(out_path.parent.mkdir, parents=True, exist_ok=True)
-            budget = await self._veo_budget(job)
-            async with delivery.uploading_video(self._bot, job.chat_id):
-                clip = await self.runner.run(
-                    request_for(job),
-                    out_path,
-                    on_progress=on_progress,
-                    on_veo_operation=on_veo_operation,
-                    resume_veo_operation=job.veo_operation,
-                    veo_budget_ok=budget,
-                )
+                async with delivery.uploading_video(self.cards.bot, job.chat_id):
+                    clip = await self.runner.run(
+                        request_for(job),
+                        out_path,
+                        on_progress=lambda event: self.cards.report(job, event),
+                        on_veo_operation=on_veo_operation,
+                        resume_veo_operation=job.veo_operation,
+                        veo_budget_ok=VeoBudget(allowed),
+                    )
         except Cancelled as exc:
             await self._cancelled(job, exc)
         except TransientError as exc:
@@ -358,14 +312,13 @@ class Worker:
             await self._deliver(job, clip)
         finally:
             heartbeat.cancel()
-            pump.cancel()
-            for task in (heartbeat, pump):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            self.running_job_id, self.current_progress = None, None
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            self._running_job_id = None
 
     async def _heartbeat(self, job: Job) -> None:
-        """Beat every ``heartbeat_s``; also notice a cancel asked for through the database."""
+        """Beat every ``heartbeat_s``; also notice a cancel asked for through the database
+        (from another process or host)."""
         while True:
             await asyncio.sleep(self.settings.worker.heartbeat_s)  # a timer, not synchronisation
             try:
@@ -374,34 +327,6 @@ class Worker:
                     await self.runner.cancel()
             except Exception:
                 log.exception("heartbeat for job %s failed", job.id)
-
-    async def _progress_pump(self, job: Job, wake: asyncio.Event) -> None:
-        """Show the latest progress in the status message; the editor throttles."""
-        if job.status_message_id is None:
-            return
-        while True:
-            await wake.wait()
-            wake.clear()
-            event = self.current_progress
-            if event is None:
-                continue
-            backend = event.backend or job.options.backend
-            await self.editor.edit(
-                job.chat_id,
-                job.status_message_id,
-                texts.progress_card(event.stage, event.step, event.total, event.elapsed, backend),
-                status_keyboard(job.id),
-            )
-
-    async def _veo_budget(self, job: Job) -> VeoBudget:
-        limits, now = self.settings.limits, self.clock()
-        allowed = veo_allowance(
-            user_daily_usd=limits.veo_user_daily_usd,
-            month_usd=limits.veo_month_usd,
-            user_spent_today=await self.store.veo_spend(since=day_start(now), user_id=job.user_id),
-            spent_this_month=await self.store.veo_spend(since=month_start(now)),
-        )
-        return VeoBudget(allowed)
 
     # --- outcomes ---
 
@@ -415,7 +340,7 @@ class Worker:
             self.queue.finish(job.id, Outcome(Status.CANCELLED, cost_usd=cost), now=self.clock())
         )
         log.info("← %s cancelled", done.info())
-        await self._tell(done, texts.cancelled())
+        await self.cards.tell(done, texts.cancelled())
 
     async def _transient(self, job: Job, exc: TransientError) -> None:
         charge = charge_for(exc)
@@ -426,7 +351,7 @@ class Worker:
             )
             log.info("↻ %s: %s: %s", back.info(), type(exc).__name__, exc)
             if back.status is Status.CANCELLED:
-                await self._tell(back, texts.cancelled())
+                await self.cards.tell(back, texts.cancelled())
             return
         if charge is Charge.CRASH:
             # The engine died under this photo every time: "will be retried" is no longer true.
@@ -453,7 +378,7 @@ class Worker:
             )
         )
         log.info("← %s failed", done.info())
-        await self._tell(done, told or texts.failed(user_text))
+        await self.cards.tell(done, told or texts.failed(user_text))
 
     async def _deliver(self, job: Job, clip: Clip) -> None:
         video = clip.video
@@ -481,15 +406,17 @@ class Worker:
         if sending.status is not Status.SENDING:
             log.info("%s changed while it ran; not delivering", sending.info())
             return
-        await self._send(sending, thumbnail=video.thumbnail, seconds=clip.seconds)
+        await self.send(sending, thumbnail=video.thumbnail, seconds=clip.seconds)
 
-    async def _send(self, job: Job, *, thumbnail: Path | None, seconds: float) -> None:
+    async def send(self, job: Job, *, thumbnail: Path | None, seconds: float) -> None:
+        """Upload a sending job's clip and record it done (or failed: Telegram refused)."""
         if job.video_path is None:
             raise RuntimeError("broken invariant: job.video_path is not None")
+        bot = self.cards.bot
         try:
-            async with delivery.uploading_video(self._bot, job.chat_id):
+            async with delivery.uploading_video(bot, job.chat_id):
                 sent = await delivery.send_video(
-                    self._bot,
+                    bot,
                     chat_id=job.chat_id,
                     video_path=Path(job.video_path),
                     reply_to=job.photo_message_id,
@@ -523,19 +450,14 @@ class Worker:
             )
             log.info("← %s not delivered: %s", done.info(), exc.reason)
             if exc.reason != delivery.USER_BLOCKED:
-                await self._tell(done, texts.failed(texts.delivery_failed()))
+                await self.cards.tell(done, texts.failed(texts.delivery_failed()))
             return
         log.info("← %s delivered", done.info())
         # Telegram keeps the clip (/history resends it by file id): free the disk.
         await asyncio.to_thread(remove_files, Path(job.video_path), thumbnail)
-        if job.status_message_id is not None:
-            self.editor.forget(job.chat_id, job.status_message_id)
-            # The clip itself is the news now; the progress card would only be clutter.
-            await delivery.delete_quietly(self._bot, job.chat_id, job.status_message_id)
+        await self.cards.delivered(job)
 
-    # --- restart and queue upkeep ---
-
-    async def _redeliver(self, job: Job) -> None:
+    async def redeliver(self, job: Job) -> None:
         """A clip made before the restart: send it once, or requeue if its file is gone."""
         path = Path(job.video_path) if job.video_path else None
         if path is None or not await asyncio.to_thread(path.exists):
@@ -545,49 +467,98 @@ class Worker:
         log.info("→ %s re-delivering after restart", job.info())
         thumbnail = path.with_suffix(".jpg")
         seconds = (job.heartbeat_at or self.clock()) - (job.started_at or job.created_at)
-        await self._send(
+        await self.send(
             job,
             thumbnail=thumbnail if await asyncio.to_thread(thumbnail.exists) else None,
             seconds=seconds,
         )
 
-    async def _refresh_positions(self, *, force: bool = False) -> None:
-        """Update waiting jobs' status messages at milestone positions (or all, at start)."""
-        try:
-            waiting = await self.queue.queued()
-        except Exception:
-            log.exception("could not list the queue")
-            return
-        present = set()
-        for position, job in enumerate(waiting, start=1):
-            present.add(job.id)
-            if job.status_message_id is None or self._shown_position.get(job.id) == position:
-                continue
-            if not force and position not in MILESTONES:
-                continue
-            wait = await eta.queue_wait(
-                self.store, position, now=self.clock(), running_job_id=self.running_job_id
-            )
-            shown = await self.editor.edit(
-                job.chat_id,
-                job.status_message_id,
-                texts.queue_card(position, wait),
-                status_keyboard(job.id),
-                force=True,
-            )
-            if shown:
-                self._shown_position[job.id] = position
-        for job_id in set(self._shown_position) - present:
-            del self._shown_position[job_id]
 
-    async def _tell(self, job: Job, text: str) -> None:
-        if job.status_message_id is not None:
-            self.editor.forget(job.chat_id, job.status_message_id)
-        await delivery.tell(
-            self._bot,
-            self.editor,
-            chat_id=job.chat_id,
-            status_message_id=job.status_message_id,
-            reply_to=job.photo_message_id,
-            text=text,
-        )
+class Workers:
+    """Every GPU consumer of this process, as the handlers see them (``bot.context.Consumers``):
+    wake, cancel, pause and resume reach all of them.
+
+    Args:
+        workers: one per GPU (``[gpu] devices``), each with its own runner and ``worker_id``.
+        store: where the paused flag is kept (so a restart, or another host, sees it).
+    """
+
+    def __init__(self, workers: list[Worker], *, store: Store) -> None:
+        if not workers:
+            raise ValueError("at least one worker")
+        self.workers = workers
+        self.store = store
+        self.cards = workers[0].cards
+
+    @property
+    def size(self) -> int:
+        return len(self.workers)
+
+    async def start(self) -> None:
+        """Recover what a previous run left behind, re-deliver made clips once, then start
+        every consumer."""
+        paused = await self.store.get_flag(Flag.PAUSED) is not None
+        for worker in self.workers:
+            worker.paused = paused
+            await worker.recover_own()
+        first = self.workers[0]
+        for job in await first.queue.sending():
+            await first.redeliver(job)
+        await first.cards.refresh_positions(force=True)
+        await asyncio.gather(*(worker.start() for worker in self.workers))
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(worker.stop() for worker in self.workers))
+
+    def wake(self) -> None:
+        for worker in self.workers:
+            worker.wake()
+
+    async def cancel(self, job_id: int) -> bool:
+        """Stop ``job_id`` on whichever consumer runs it; False when none here does (the
+        heartbeat of a consumer elsewhere sees the stored flag)."""
+        results = [await worker.cancel(job_id) for worker in self.workers]
+        return any(results)
+
+    async def pause(self) -> None:
+        """Stop claiming new jobs on every consumer (running ones finish). Survives restarts."""
+        await self.store.set_flag(Flag.PAUSED, "1")
+        for worker in self.workers:
+            worker.paused = True
+        log.info("consumers paused")
+
+    async def resume(self) -> None:
+        await self.store.set_flag(Flag.PAUSED, None)
+        for worker in self.workers:
+            worker.paused = False
+            worker.wake()
+        log.info("consumers resumed")
+
+
+def build_workers(
+    settings: Settings,
+    store: Store,
+    queue: JobQueue,
+    runners: list[GenerationRunner],
+    *,
+    clock: Callable[[], float] = time.time,
+) -> Workers:
+    """One consumer per runner (``gpu0``, ``gpu1``...), sharing one status-card keeper
+    (``workers.cards``, to bind to the app's bot) and one upkeep."""
+    cards = StatusCards(queue, settings, consumers=len(runners), clock=clock)
+    upkeep = Upkeep(store, queue, settings, clock=clock)
+    return Workers(
+        [
+            Worker(
+                queue=queue,
+                settings=settings,
+                runner=runner,
+                cards=cards,
+                upkeep=upkeep,
+                clock=clock,
+                worker_id=f"gpu{n}",
+            )
+            for n, runner in enumerate(runners)
+        ],
+        store=store,
+    )

@@ -16,14 +16,16 @@ from typing import Any
 
 import pytest
 
-from bot.app import BotData, build_app
+from bot.app import build_app
 from bot.config import AccessSettings, LimitSettings, Settings, TelegramSettings
+from bot.context import BotData
 from bot.eta import estimate_wait, running_remaining
 from bot.handlers import check_access, result_options, shift_motion
 from bot.jobs import JobOptions, Outcome, Status
 from bot.keyboards import result_keyboard
 from bot.limits import Refused, Usage, check_limits
-from bot.store import Card, Store
+from bot.queue import SqlQueue
+from bot.store import Card, Flag, Store
 from generator.config import VeoCredentials
 from generator.options import Backend, Intensity
 from tests.support.fake_botapi import TOKEN, FakeBotApi, FakeUser
@@ -37,36 +39,35 @@ STRANGER = FakeUser(909, "Sam")
 
 
 class RecordingWorker:
-    """Stands in for bot.worker.Worker: records what the handlers asked of it."""
+    """Stands in for bot.worker.Workers (``bot.context.Consumers``): records what the
+    handlers asked of the consumers; pause and resume keep the stored flag as they do."""
 
-    def __init__(self) -> None:
+    size = 1
+
+    def __init__(self, store: Store | None = None) -> None:
+        self.store = store
         self.wakes = 0
         self.woken = asyncio.Event()
         self.cancelled: list[int] = []
-        self.running_job_id: int | None = None
-        self.current_progress: Any = None
-        self._paused = False
-
-    def bind(self, application: Any) -> None:
-        self.application = application
-
-    @property
-    def paused(self) -> bool:
-        return self._paused
+        self.paused = False
 
     def wake(self) -> None:
         self.wakes += 1
         self.woken.set()
 
-    async def cancel_running(self, job_id: int) -> bool:
+    async def cancel(self, job_id: int) -> bool:
         self.cancelled.append(job_id)
         return True
 
     async def pause(self) -> None:
-        self._paused = True
+        self.paused = True
+        if self.store is not None:
+            await self.store.set_flag(Flag.PAUSED, "1")
 
     async def resume(self) -> None:
-        self._paused = False
+        self.paused = False
+        if self.store is not None:
+            await self.store.set_flag(Flag.PAUSED, None)
 
     async def start(self) -> None: ...
 
@@ -81,6 +82,7 @@ class Bot:
     store: Store
     worker: RecordingWorker
     settings: Settings
+    app: Any
 
     async def card_for(self, user: FakeUser, caption: str | None = None) -> int:
         """Send a photo; return the id of the settings card answering it, once it has buttons."""
@@ -139,14 +141,14 @@ async def bot(
     changes = getattr(request, "param", {})
     settings = make_settings(fake_botapi, tmp_path, **changes)
     store = await Store.open(tmp_path / "bot.sqlite3")
-    worker = RecordingWorker()
-    app = build_app(settings, store, worker, clock=lambda: NOW, rate_limiter=False)  # type: ignore[arg-type]
+    worker = RecordingWorker(store)
+    app = build_app(settings, store, worker, clock=lambda: NOW, rate_limiter=False)
     async with app:
         await app.start()
         assert app.updater is not None
         await app.updater.start_polling(poll_interval=0.0, timeout=1)
         try:
-            yield Bot(fake_botapi, store, worker, settings)
+            yield Bot(fake_botapi, store, worker, settings, app)
         finally:
             await app.updater.stop()
             await app.stop()
@@ -308,7 +310,7 @@ async def test_animate_twice_quickly_makes_one_job(bot: Bot) -> None:
     await bot.answers(2)
     status = await bot.fake.wait_for_text(ANN.id, "queue")
 
-    jobs = await bot.store.history(ANN.id)
+    jobs = await SqlQueue(bot.store.db).history(ANN.id)
     assert len(jobs) == 1
     assert jobs[0].status is Status.QUEUED and jobs[0].status_message_id == card_id
     assert status.message_id == card_id  # the card became the status message
@@ -340,7 +342,7 @@ async def test_queue_limit_refuses_with_the_reason(bot: Bot) -> None:
     alerts = await bot.answers(2)
 
     assert alerts[1].show_alert and "already have 1 clip" in (alerts[1].text or "")
-    assert len(await bot.store.history(ANN.id)) == 1
+    assert len(await SqlQueue(bot.store.db).history(ANN.id)) == 1
     assert "🎬 Animate" in labels(bot.fake.message(ANN.id, second).buttons)  # card kept
 
 
@@ -359,7 +361,7 @@ async def test_veo_budget_refuses_veo_and_turns_auto_into_svd(bot: Bot) -> None:
     bot.fake.press_button(ANN, auto_card, "Animate")
     status = await bot.fake.wait_for_text(ANN.id, "local engine")
 
-    (job,) = await bot.store.history(ANN.id)
+    (job,) = await SqlQueue(bot.store.db).history(ANN.id)
     assert job.options.backend is Backend.SVD and job.options.duration is None
     assert status.message_id == auto_card
 
@@ -373,7 +375,7 @@ async def test_cancel_a_queued_job_from_its_status_message(bot: Bot) -> None:
     status = await bot.fake.wait_for_text(ANN.id, "Cancelled")
 
     assert status.message_id == card_id and status.buttons == []
-    (job,) = await bot.store.history(ANN.id)
+    (job,) = await SqlQueue(bot.store.db).history(ANN.id)
     assert job.status is Status.CANCELLED
     assert bot.worker.cancelled == []
 
@@ -382,21 +384,21 @@ async def test_cancel_a_running_job_asks_the_worker_to_stop(bot: Bot) -> None:
     card_id = await bot.card_for(ANN)
     bot.fake.press_button(ANN, card_id, "Animate")
     await bot.fake.wait_for_text(ANN.id, "queue")
-    running = await bot.store.queue.claim("gpu0", now=NOW)
+    running = await SqlQueue(bot.store.db).claim("gpu0", now=NOW)
     assert running is not None
 
     bot.fake.press_button(ANN, card_id, "Cancel")
     await bot.fake.wait_for_text(ANN.id, "Stopping")
 
     assert bot.worker.cancelled == [running.id]
-    assert await bot.store.queue.cancel_requested(running.id)
+    assert await SqlQueue(bot.store.db).cancel_requested(running.id)
 
 
 async def test_someone_elses_job_cannot_be_cancelled(bot: Bot) -> None:
     card_id = await bot.card_for(ANN)
     bot.fake.press_button(ANN, card_id, "Animate")
     await bot.fake.wait_for_text(ANN.id, "queue")
-    (job,) = await bot.store.history(ANN.id)
+    (job,) = await SqlQueue(bot.store.db).history(ANN.id)
     bot.fake.send_command(BOB, "/help")
     reply = await bot.fake.wait_for_text(BOB.id, "/queue")
 
@@ -404,7 +406,7 @@ async def test_someone_elses_job_cannot_be_cancelled(bot: Bot) -> None:
     alerts = await bot.answers(2)
 
     assert alerts[-1].show_alert and "someone else's" in (alerts[-1].text or "")
-    assert (await bot.store.queue.get(job.id)).status is Status.QUEUED  # type: ignore[union-attr]
+    assert (await SqlQueue(bot.store.db).get(job.id)).status is Status.QUEUED  # type: ignore[union-attr]
 
 
 async def test_cancel_command_cancels_the_latest_job(bot: Bot) -> None:
@@ -415,7 +417,7 @@ async def test_cancel_command_cancels_the_latest_job(bot: Bot) -> None:
     bot.fake.send_command(ANN, "/cancel")
     await bot.fake.wait_for_text(ANN.id, "Cancelled. (#")
 
-    (job,) = await bot.store.history(ANN.id)
+    (job,) = await SqlQueue(bot.store.db).history(ANN.id)
     assert job.status is Status.CANCELLED
     assert bot.fake.message(ANN.id, card_id).content == "✖ Cancelled."
 
@@ -428,12 +430,12 @@ async def test_more_motion_under_a_video_queues_a_new_job_each_press(bot: Bot) -
     card_id = await bot.card_for(ANN)
     bot.fake.press_button(ANN, card_id, "Animate")
     await bot.fake.wait_for_text(ANN.id, "queue")
-    (done,) = await bot.store.history(ANN.id)
-    await bot.store.queue.claim("gpu0", now=NOW)
-    await bot.store.queue.finish(
+    (done,) = await SqlQueue(bot.store.db).history(ANN.id)
+    await SqlQueue(bot.store.db).claim("gpu0", now=NOW)
+    await SqlQueue(bot.store.db).finish(
         done.id, Outcome(Status.DONE, used_backend=Backend.SVD), now=NOW + 60
     )
-    app_bot = bot.worker.application.bot
+    app_bot = bot.app.bot
     video = await app_bot.send_message(ANN.id, "(the clip)", reply_markup=result_keyboard(done.id))
 
     bot.fake.press_button(ANN, video.message_id, "More motion")
@@ -445,7 +447,7 @@ async def test_more_motion_under_a_video_queues_a_new_job_each_press(bot: Bot) -
         )
     )
 
-    jobs = await bot.store.history(ANN.id)
+    jobs = await SqlQueue(bot.store.db).history(ANN.id)
     more, other = sorted((j for j in jobs if j.id != done.id), key=lambda j: j.id)
     assert more.options.intensity is Intensity.DRAMATIC
     assert more.photo_path == done.photo_path and more.status is Status.QUEUED
@@ -503,7 +505,7 @@ async def test_history_queue_and_settings_commands(bot: Bot) -> None:
     card_id = await bot.card_for(ANN)
     bot.fake.press_button(ANN, card_id, "Animate")
     await bot.fake.wait_for_text(ANN.id, "queue")
-    (job,) = await bot.store.history(ANN.id)
+    (job,) = await SqlQueue(bot.store.db).history(ANN.id)
 
     bot.fake.send_command(ANN, "/queue")
     await bot.fake.wait_for_text(ANN.id, f"#{job.id}: number 1 in the queue")
@@ -605,7 +607,7 @@ def test_other_engine_moves_between_local_engines_when_veo_is_not_set_up() -> No
 
 def test_bot_data_is_typed() -> None:
     fields = {f.name for f in dataclasses.fields(BotData)}
-    assert {"settings", "store", "worker", "clock"} <= fields
+    assert {"settings", "store", "queue", "consumers", "cards", "clock"} <= fields
 
 
 def test_eta_counts_the_jobs_ahead_and_the_running_one() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bot.jobs import Charge, JobOptions, NewJob, Outcome, Status
-from bot.queue import GIVE_UP_TEXT, SqliteQueue
+from bot.queue import GIVE_UP_TEXT, SqlQueue
 from bot.store import Store
 from generator.options import Backend
 
@@ -37,11 +37,11 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 
 @pytest.fixture
-def queue(store: Store) -> SqliteQueue:
-    return store.queue
+def queue(store: Store) -> SqlQueue:
+    return SqlQueue(store.db)
 
 
-async def test_double_enqueue_with_same_key_makes_one_job(queue: SqliteQueue) -> None:
+async def test_double_enqueue_with_same_key_makes_one_job(queue: SqlQueue) -> None:
     first = await queue.enqueue(new_job(ALICE, "card-7-0"), now=10.0)
     again = await queue.enqueue(new_job(ALICE, "card-7-0"), now=11.0)
 
@@ -53,11 +53,11 @@ async def test_double_enqueue_with_same_key_makes_one_job(queue: SqliteQueue) ->
     assert await queue.by_dedupe_key("card-7-1") is None
 
 
-async def test_claim_on_empty_queue_returns_none(queue: SqliteQueue) -> None:
+async def test_claim_on_empty_queue_returns_none(queue: SqlQueue) -> None:
     assert await queue.claim("gpu0", now=1.0) is None
 
 
-async def test_claim_marks_running_and_counts_the_attempt(queue: SqliteQueue) -> None:
+async def test_claim_marks_running_and_counts_the_attempt(queue: SqlQueue) -> None:
     job = await queue.enqueue(new_job(ALICE, "a"), now=1.0)
 
     claimed = await queue.claim("gpu0", now=5.0)
@@ -68,7 +68,7 @@ async def test_claim_marks_running_and_counts_the_attempt(queue: SqliteQueue) ->
     assert await queue.claim("gpu0", now=6.0) is None
 
 
-async def test_claims_are_fair_between_users(queue: SqliteQueue) -> None:
+async def test_claims_are_fair_between_users(queue: SqlQueue) -> None:
     for n in range(3):
         await queue.enqueue(new_job(ALICE, f"a{n}"), now=1.0 + n)
     await queue.enqueue(new_job(BOB, "b0"), now=4.0)
@@ -83,7 +83,7 @@ async def test_claims_are_fair_between_users(queue: SqliteQueue) -> None:
     assert owners == [ALICE, BOB, ALICE, ALICE]
 
 
-async def test_position_simulates_the_round_robin(queue: SqliteQueue) -> None:
+async def test_position_simulates_the_round_robin(queue: SqlQueue) -> None:
     alice = [await queue.enqueue(new_job(ALICE, f"a{n}"), now=1.0 + n) for n in range(3)]
     bob = await queue.enqueue(new_job(BOB, "b0"), now=4.0)
 
@@ -100,7 +100,7 @@ async def test_position_simulates_the_round_robin(queue: SqliteQueue) -> None:
     assert await queue.position(alice[0].id) is None  # running, not queued
 
 
-async def test_position_matches_the_actual_claim_order(queue: SqliteQueue) -> None:
+async def test_position_matches_the_actual_claim_order(queue: SqlQueue) -> None:
     keys = [(ALICE, "a0"), (ALICE, "a1"), (BOB, "b0"), (CAROL, "c0"), (BOB, "b1"), (ALICE, "a2")]
     for n, (user, key) in enumerate(keys):
         await queue.enqueue(new_job(user, key), now=float(n))
@@ -122,11 +122,11 @@ async def test_two_consumers_never_claim_the_same_job(tmp_path: Path) -> None:
     first, second = await Store.open(path), await Store.open(path)
     try:
         for n in range(6):
-            await first.queue.enqueue(new_job(ALICE + n % 2, f"k{n}"), now=float(n))
+            await SqlQueue(first.db).enqueue(new_job(ALICE + n % 2, f"k{n}"), now=float(n))
 
         async def drain(store: Store, name: str) -> list[int]:
             ids = []
-            while (job := await store.queue.claim(name, now=50.0)) is not None:
+            while (job := await SqlQueue(store.db).claim(name, now=50.0)) is not None:
                 ids.append(job.id)
             return ids
 
@@ -139,7 +139,7 @@ async def test_two_consumers_never_claim_the_same_job(tmp_path: Path) -> None:
     assert not set(got_a) & set(got_b)
 
 
-async def test_concurrent_claims_on_one_connection_take_distinct_jobs(queue: SqliteQueue) -> None:
+async def test_concurrent_claims_on_one_connection_take_distinct_jobs(queue: SqlQueue) -> None:
     for n in range(4):
         await queue.enqueue(new_job(ALICE + n, f"k{n}"), now=float(n))
 
@@ -150,7 +150,7 @@ async def test_concurrent_claims_on_one_connection_take_distinct_jobs(queue: Sql
     assert claimed.count(None) == 2
 
 
-async def test_recover_requeues_stale_job_with_attempts_left(queue: SqliteQueue) -> None:
+async def test_recover_requeues_stale_job_with_attempts_left(queue: SqlQueue) -> None:
     job = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
     await queue.claim("gpu0", now=1.0)
     await queue.heartbeat(job.id, now=50.0)
@@ -167,7 +167,7 @@ async def test_recover_requeues_stale_job_with_attempts_left(queue: SqliteQueue)
 
 
 async def test_a_restarting_consumer_takes_back_only_its_own_running_jobs(
-    queue: SqliteQueue,
+    queue: SqlQueue,
 ) -> None:
     mine = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
     theirs = await queue.enqueue(new_job(BOB, "b"), now=0.0)
@@ -187,7 +187,7 @@ async def test_a_restarting_consumer_takes_back_only_its_own_running_jobs(
     assert (swept.id, swept.status) == (theirs.id, Status.QUEUED)
 
 
-async def test_a_job_requeued_with_a_delay_waits_and_others_go_first(queue: SqliteQueue) -> None:
+async def test_a_job_requeued_with_a_delay_waits_and_others_go_first(queue: SqlQueue) -> None:
     flaky = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
     await queue.claim("gpu0", now=1.0)
     back = await queue.requeue(flaky.id, now=10.0, delay_s=60.0)
@@ -202,7 +202,7 @@ async def test_a_job_requeued_with_a_delay_waits_and_others_go_first(queue: Sqli
 
 
 async def test_restarts_do_not_spend_attempts_but_a_job_that_always_crashes_is_given_up(
-    queue: SqliteQueue,
+    queue: SqlQueue,
 ) -> None:
     job = await queue.enqueue(new_job(ALICE, "a", max_attempts=3), now=0.0)
     for run in range(1, 5):
@@ -226,7 +226,7 @@ async def test_restarts_do_not_spend_attempts_but_a_job_that_always_crashes_is_g
     assert await queue.claim("gpu0", now=100.0) is None
 
 
-async def test_requeue_counts_the_charge_it_is_given(queue: SqliteQueue) -> None:
+async def test_requeue_counts_the_charge_it_is_given(queue: SqlQueue) -> None:
     job = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
     charges = [Charge.FAILURE, Charge.CRASH, Charge.NONE, Charge.FAILURE]
     for at, charge in enumerate(charges, start=1):
@@ -241,7 +241,7 @@ async def test_requeue_counts_the_charge_it_is_given(queue: SqliteQueue) -> None
     assert (done.status, done.failures, done.crashes) == (Status.FAILED, 3, 1)
 
 
-async def test_recover_leaves_sending_jobs_for_redelivery(queue: SqliteQueue) -> None:
+async def test_recover_leaves_sending_jobs_for_redelivery(queue: SqlQueue) -> None:
     job = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
     await queue.claim("gpu0", now=1.0)
     await queue.mark_sending(job.id, Outcome(Status.SENDING, video_path="/v/a.mp4"), now=2.0)
@@ -251,7 +251,7 @@ async def test_recover_leaves_sending_jobs_for_redelivery(queue: SqliteQueue) ->
     assert (stored.id, stored.status, stored.video_path) == (job.id, Status.SENDING, "/v/a.mp4")
 
 
-async def test_recover_cancels_a_job_its_owner_asked_to_stop(queue: SqliteQueue) -> None:
+async def test_recover_cancels_a_job_its_owner_asked_to_stop(queue: SqlQueue) -> None:
     job = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
     await queue.claim("gpu0", now=1.0)
     await queue.cancel(job.id, ALICE, now=2.0)
@@ -261,7 +261,7 @@ async def test_recover_cancels_a_job_its_owner_asked_to_stop(queue: SqliteQueue)
     assert recovered.status is Status.CANCELLED
 
 
-async def test_expire_only_takes_queued_jobs_past_the_ttl(queue: SqliteQueue) -> None:
+async def test_expire_only_takes_queued_jobs_past_the_ttl(queue: SqlQueue) -> None:
     old = await queue.enqueue(new_job(ALICE, "old"), now=0.0)
     fresh = await queue.enqueue(new_job(BOB, "fresh"), now=500.0)
     carol = await queue.enqueue(new_job(CAROL, "c"), now=0.0)
@@ -277,7 +277,7 @@ async def test_expire_only_takes_queued_jobs_past_the_ttl(queue: SqliteQueue) ->
     assert [job.id for job in await queue.queued()] == [fresh.id]
 
 
-async def test_owner_cancels_a_queued_job_at_once(queue: SqliteQueue) -> None:
+async def test_owner_cancels_a_queued_job_at_once(queue: SqlQueue) -> None:
     job = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
 
     assert await queue.cancel(job.id, BOB, now=1.0) is None  # not Bob's
@@ -289,7 +289,7 @@ async def test_owner_cancels_a_queued_job_at_once(queue: SqliteQueue) -> None:
     assert await queue.cancel(job.id, ALICE, now=4.0) is None  # already finished
 
 
-async def test_owner_cancel_of_a_running_job_raises_the_flag(queue: SqliteQueue) -> None:
+async def test_owner_cancel_of_a_running_job_raises_the_flag(queue: SqlQueue) -> None:
     job = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
     await queue.claim("gpu0", now=1.0)
 
@@ -304,7 +304,7 @@ async def test_owner_cancel_of_a_running_job_raises_the_flag(queue: SqliteQueue)
     assert done.status is Status.CANCELLED
 
 
-async def test_cancel_of_sending_or_unknown_job_returns_none(queue: SqliteQueue) -> None:
+async def test_cancel_of_sending_or_unknown_job_returns_none(queue: SqlQueue) -> None:
     job = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
     await queue.claim("gpu0", now=1.0)
     await queue.mark_sending(job.id, Outcome(Status.SENDING, video_path="/v.mp4"), now=2.0)
@@ -313,7 +313,7 @@ async def test_cancel_of_sending_or_unknown_job_returns_none(queue: SqliteQueue)
     assert await queue.cancel(999, ALICE, now=3.0) is None
 
 
-async def test_finish_keeps_stored_values_for_fields_left_none(queue: SqliteQueue) -> None:
+async def test_finish_keeps_stored_values_for_fields_left_none(queue: SqlQueue) -> None:
     job = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
     await queue.claim("gpu0", now=1.0)
     await queue.set_veo_operation(job.id, "operations/123")
@@ -345,7 +345,7 @@ async def test_finish_keeps_stored_values_for_fields_left_none(queue: SqliteQueu
 
 
 async def test_finish_rejects_non_terminal_status_and_first_outcome_wins(
-    queue: SqliteQueue,
+    queue: SqlQueue,
 ) -> None:
     job = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
     await queue.claim("gpu0", now=1.0)
@@ -358,7 +358,7 @@ async def test_finish_rejects_non_terminal_status_and_first_outcome_wins(
     assert (after.status, after.error, after.finished_at) == (Status.FAILED, "Out of memory.", 2.0)
 
 
-async def test_requeue_keeps_attempts_and_job_runs_again(queue: SqliteQueue) -> None:
+async def test_requeue_keeps_attempts_and_job_runs_again(queue: SqlQueue) -> None:
     job = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
     await queue.claim("gpu0", now=1.0)
 
@@ -370,7 +370,7 @@ async def test_requeue_keeps_attempts_and_job_runs_again(queue: SqliteQueue) -> 
     assert again is not None and (again.id, again.attempts) == (job.id, 2)
 
 
-async def test_heartbeat_keeps_a_running_job_alive(queue: SqliteQueue) -> None:
+async def test_heartbeat_keeps_a_running_job_alive(queue: SqlQueue) -> None:
     job = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
     await queue.claim("gpu0", now=0.0)
 
@@ -384,18 +384,20 @@ async def test_heartbeat_keeps_a_running_job_alive(queue: SqliteQueue) -> None:
 async def test_jobs_survive_closing_and_reopening(tmp_path: Path) -> None:
     path = tmp_path / "bot.sqlite3"
     store = await Store.open(path)
-    alice = await store.queue.enqueue(new_job(ALICE, "a"), now=0.0)
-    bob = await store.queue.enqueue(new_job(BOB, "b"), now=1.0)
-    await store.queue.claim("gpu0", now=2.0)  # Alice's, the oldest
+    alice = await SqlQueue(store.db).enqueue(new_job(ALICE, "a"), now=0.0)
+    bob = await SqlQueue(store.db).enqueue(new_job(BOB, "b"), now=1.0)
+    await SqlQueue(store.db).claim("gpu0", now=2.0)  # Alice's, the oldest
     await store.close()
 
     reopened = await Store.open(path)
     try:
-        assert await reopened.queue.get(bob.id) == bob
-        stored = await reopened.queue.get(alice.id)
+        assert await SqlQueue(reopened.db).get(bob.id) == bob
+        stored = await SqlQueue(reopened.db).get(alice.id)
         assert stored is not None and stored.status is Status.RUNNING
         # After a restart, the orphaned running job goes back to the queue.
-        [recovered] = await reopened.queue.recover(now=3.0, stale_after=0, max_crashes=CRASHES)
+        [recovered] = await SqlQueue(reopened.db).recover(
+            now=3.0, stale_after=0, max_crashes=CRASHES
+        )
         assert recovered.id == alice.id and recovered.status is Status.QUEUED
     finally:
         await reopened.close()

@@ -12,7 +12,6 @@ import signal
 import sqlite3
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 
 import imageio.v2 as imageio
 import pytest
@@ -23,8 +22,9 @@ from bot.config import LimitSettings, Settings, WorkerSettings
 from bot.delivery import USER_BLOCKED
 from bot.gpu import InlineRunner, ProcessRunner, WorkerCrashed, WorkerLost
 from bot.jobs import Job, JobOptions, NewJob, Outcome, Status
+from bot.queue import SqlQueue
 from bot.store import Store
-from bot.worker import Worker, request_for, retry_delay
+from bot.worker import Workers, build_workers, request_for, retry_delay
 from generator.config import GeneratorSettings, ImageSettings, VeoCredentials, VeoSettings
 from generator.encode import encode_frames
 from generator.errors import BudgetExceeded, InvalidImage, RateLimited, TransientError
@@ -98,7 +98,7 @@ class World:
             clock,
         )
         self.tiny_svd_dir = tiny_svd_dir
-        self.workers: list[Worker] = []
+        self.workers: list[Workers] = []
         self.count = 0
 
     def settings(self, **limits: float) -> Settings:
@@ -119,7 +119,7 @@ class World:
             photo = write_photo(self.tmp_path / f"photo-{self.count}.jpg", (48, 32))
         pushed = self.fake.send_photo(user, photo_bytes())
         card = await self.bot.send_message(user.id, "card")
-        return await self.store.queue.enqueue(
+        return await SqlQueue(self.store.db).enqueue(
             NewJob(
                 user_id=user.id,
                 chat_id=user.id,
@@ -132,23 +132,25 @@ class World:
             now=self.clock(),
         )
 
-    async def start_worker(self, runner, settings: Settings | None = None) -> Worker:
-        worker = Worker(
-            store=self.store,
-            settings=settings or self.settings(),
-            runner=runner,
-            clock=self.clock,
+    async def start_worker(self, runner, settings: Settings | None = None) -> Workers:
+        """One consumer over ``runner``, wired as ``bot.__main__`` wires them."""
+        return await self.start_workers([runner], settings)
+
+    async def start_workers(self, runners, settings: Settings | None = None) -> Workers:
+        settings = settings or self.settings()
+        workers = build_workers(
+            settings, self.store, SqlQueue(self.store.db), runners, clock=self.clock
         )
-        worker.bind(SimpleNamespace(bot=self.bot))
-        self.workers.append(worker)
-        await worker.start()
-        return worker
+        workers.cards.bind(self.bot)
+        self.workers.append(workers)
+        await workers.start()
+        return workers
 
     async def finished(self, job: Job) -> Job:
         """Wait until the job's row is terminal: the worker tells the user right after."""
 
         async def row() -> Job | None:
-            got = await self.store.queue.get(job.id)
+            got = await SqlQueue(self.store.db).get(job.id)
             return got if got is not None and not got.active else None
 
         # The user is told (an edit, a message or a video) after each terminal write, so
@@ -240,9 +242,9 @@ async def test_cancelling_the_running_job_stops_it_at_the_next_step(world: World
     worker = await world.start_worker(InlineRunner(gated))
 
     await world.fake.wait_for_text(ANN.id, "step 1/2", timeout=60)
-    assert worker.running_job_id == job.id
-    assert await world.store.queue.cancel(job.id, ANN.id, now=world.clock()) is not None
-    assert await worker.cancel_running(job.id)
+    assert [running.id for running in await SqlQueue(world.store.db).running()] == [job.id]
+    assert await SqlQueue(world.store.db).cancel(job.id, ANN.id, now=world.clock()) is not None
+    assert await worker.cancel(job.id)
     gated.gate.set()
 
     done = await world.finished(job)
@@ -260,9 +262,9 @@ async def test_stop_cancels_a_job_past_the_grace_period_and_requeues_it(world: W
 
     await worker.stop()
 
-    back = await world.store.queue.get(job.id)
+    back = await SqlQueue(world.store.db).get(job.id)
     assert back is not None and back.status is Status.QUEUED  # waits for the next start
-    assert worker.running_job_id is None
+    assert await SqlQueue(world.store.db).running() == []
     assert texts.cancelled() not in [m.content for m in world.fake.messages(ANN.id).values()]
 
 
@@ -290,7 +292,7 @@ async def test_pause_survives_a_restart_and_resume_runs_the_queue(world: World, 
     job = await world.submit(ANN)
 
     after = await world.start_worker(InlineRunner(generator))
-    assert after.paused
+    assert all(worker.paused for worker in after.workers)
     await after.resume()
 
     await world.fake.wait_for_video(ANN.id, timeout=60)
@@ -299,7 +301,7 @@ async def test_pause_survives_a_restart_and_resume_runs_the_queue(world: World, 
 
 async def test_job_left_running_by_a_dead_worker_is_delivered_once(world: World, generator):
     job = await world.submit(ANN)
-    claimed = await world.store.queue.claim("gpu0", now=world.clock())
+    claimed = await SqlQueue(world.store.db).claim("gpu0", now=world.clock())
     assert claimed is not None and claimed.status is Status.RUNNING  # then that worker died
 
     await world.start_worker(InlineRunner(generator))
@@ -314,13 +316,13 @@ async def test_job_stuck_in_sending_is_redelivered_once(world: World, generator,
     import numpy as np
 
     job = await world.submit(ANN)
-    await world.store.queue.claim("crashed-gpu", now=world.clock())
+    await SqlQueue(world.store.db).claim("crashed-gpu", now=world.clock())
     frames = [np.full((32, 32, 3), 40 * i, dtype=np.uint8) for i in range(3)]
     video_path = tmp_path / "data" / "videos" / f"{job.id}.mp4"
     video_path.parent.mkdir(parents=True)
     info = encode_frames(frames, 7, video_path, generator.settings.encode)
     made = info.path.read_bytes()
-    await world.store.queue.mark_sending(
+    await SqlQueue(world.store.db).mark_sending(
         job.id,
         Outcome(
             Status.SENDING,
@@ -506,7 +508,7 @@ async def test_no_job_is_claimed_while_the_gpu_process_cannot_start(world: World
         await asyncio.wait_for(seen.event.wait(), 60)
     finally:
         logging.getLogger("bot.worker").removeHandler(seen)
-    waiting = await world.store.queue.get(job.id)
+    waiting = await SqlQueue(world.store.db).get(job.id)
     # The photo is not handed to an engine that is not there: it waits, uncharged.
     assert waiting is not None and (waiting.status, waiting.attempts) == (Status.QUEUED, 0)
 
@@ -566,9 +568,9 @@ async def test_veo_job_interrupted_by_a_crash_resumes_its_operation_without_payi
     veo = VeoBackend(veo_settings, key, sleep=no_wait)
     prepared = prepare_image(Path(job.photo_path), settings.image)
     operation = await veo.submit(prepared, request_for(job))
-    claimed = await world.store.queue.claim("gpu0", now=world.clock())
+    claimed = await SqlQueue(world.store.db).claim("gpu0", now=world.clock())
     assert claimed is not None and claimed.id == job.id
-    await world.store.queue.set_veo_operation(job.id, operation)
+    await SqlQueue(world.store.db).set_veo_operation(job.id, operation)
 
     # The second life: a new worker resumes polling that operation.
     generator = Generator(
