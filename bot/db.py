@@ -215,7 +215,7 @@ async def open_database(url_or_path: str | Path) -> Database:
     """
     text = str(url_or_path)
     if text.startswith(("postgresql://", "postgres://")):
-        from bot.db_postgres import PostgresDatabase  # type: ignore[import-not-found]
+        from bot.db_postgres import PostgresDatabase
 
         return await PostgresDatabase.open(text)
     if text.startswith("sqlite:///"):
