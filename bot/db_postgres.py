@@ -33,10 +33,11 @@ from psycopg.adapt import Buffer, Loader
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from bot.db import Dialect, Row
-from bot.schema import POSTGRES_MIGRATIONS
+from bot.schema import POSTGRES_MIGRATIONS, Dialect
 
 logger = logging.getLogger(__name__)
+
+Row = Mapping[str, Any]  # bot.db.Row; not imported: bot.db imports this module
 
 #: Connections per process: handlers, the consumers' heartbeats and claims run at once.
 POOL_SIZE = 8

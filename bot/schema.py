@@ -7,6 +7,20 @@ tables only.
 
 from __future__ import annotations
 
+import enum
+
+
+class Dialect(enum.StrEnum):
+    """Which SQL the database speaks; the few queries that differ are chosen by it.
+
+    Defined here, not in ``bot.db`` (which re-exports it): ``bot.db`` opens
+    ``bot.db_postgres``, which needs it too, and neither may import the other back.
+    """
+
+    SQLITE = "sqlite"
+    POSTGRES = "postgres"
+
+
 #: Forward-only schema migrations; migration ``n`` (0-based) moves ``PRAGMA user_version``
 #: from ``n`` to ``n + 1``. Append new scripts, never edit a shipped one.
 SQLITE_MIGRATIONS: tuple[str, ...] = (
