@@ -267,7 +267,9 @@ class SqlQueue:
         """
         changed: list[Job] = []
         async with self.db.transaction() as db:
-            rows = await _all(db, "SELECT * FROM jobs WHERE status = :s_running ORDER BY id", {})
+            rows = await _all(
+                db, f"SELECT * FROM jobs WHERE status = :s_running ORDER BY id{_locked(db)}", {}
+            )
             for job in rows:
                 orphaned = orphaned_by is not None and job.worker_id == orphaned_by
                 if stale_after > 0 and not orphaned and not is_stale(job, now, stale_after):
@@ -314,7 +316,7 @@ class SqlQueue:
         ``None`` when the job is not ``user_id``'s, unknown, sending or already finished.
         """
         async with self.db.transaction() as db:
-            row = await _one(db, "SELECT * FROM jobs WHERE id = :id", {"id": job_id})
+            row = await _one(db, f"SELECT * FROM jobs WHERE id = :id{_locked(db)}", {"id": job_id})
             if row is None or row.user_id != user_id:
                 return None
             if row.status is Status.QUEUED:
@@ -575,10 +577,18 @@ async def _all(db: Database, sql: str, params: Mapping[str, Any]) -> list[Job]:
 
 
 async def _get(db: Database, job_id: int) -> Job:
-    job = await _one(db, "SELECT * FROM jobs WHERE id = :id", {"id": job_id})
+    """The job, read inside a transaction to decide a write (so locked on PostgreSQL)."""
+    job = await _one(db, f"SELECT * FROM jobs WHERE id = :id{_locked(db)}", {"id": job_id})
     if job is None:
         raise LookupError(f"no job {job_id}")
     return job
+
+
+def _locked(db: Database) -> str:
+    """``FOR UPDATE`` on PostgreSQL, for a read that decides a write in the same transaction:
+    the row stays as read until the commit, and a second host's read waits and then sees the
+    new row (SQLite's ``BEGIN IMMEDIATE`` already keeps every other writer out)."""
+    return " FOR UPDATE" if db.dialect is Dialect.POSTGRES else ""
 
 
 async def _cancel_flag(db: Database, job_id: int) -> bool:

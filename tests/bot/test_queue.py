@@ -450,3 +450,39 @@ async def test_on_postgres_an_enqueue_wakes_a_consumer_on_another_host(postgres_
         await consumer.close()
 
     assert claimed is not None and claimed.dedupe_key == "a"
+
+
+async def _until_one_waits_on_a_lock(store: Store) -> None:
+    """Return once a statement of another connection waits on a row lock (pg_stat_activity)."""
+    # The server's own view of who waits, polled: there is no event to wait on.
+    while True:
+        waiting = await store.db.fetchone(
+            "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND datname = current_database()"
+        )
+        if waiting:
+            return
+        await asyncio.sleep(0.01)
+
+
+async def test_on_postgres_two_hosts_recovering_at_once_take_a_stale_job_back_once(
+    postgres_url: str,
+) -> None:
+    first, second = await Store.open(postgres_url), await Store.open(postgres_url)
+    try:
+        await SqlQueue(first.db).enqueue(new_job(ALICE, "a"), now=0.0)
+        await SqlQueue(first.db).claim("host3", now=1.0)  # host3 dies; its lease goes stale
+        async with first.transaction():
+            [mine] = await SqlQueue(first.db).recover(now=100.0, stale_after=60, max_crashes=9)
+            theirs = asyncio.create_task(
+                SqlQueue(second.db).recover(now=100.0, stale_after=60, max_crashes=9)
+            )
+            await asyncio.wait_for(_until_one_waits_on_a_lock(first), 10)
+        # The second host read the job after the first's commit: queued, nothing to take.
+        assert await theirs == []
+        stored = await SqlQueue(first.db).get(mine.id)
+    finally:
+        await first.close()
+        await second.close()
+
+    assert stored is not None and (stored.status, stored.crashes) == (Status.QUEUED, 1)
