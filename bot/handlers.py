@@ -26,11 +26,13 @@ from bot.config import Settings
 from bot.context import BotData
 from bot.jobs import ACTIVE, Job, JobOptions, NewJob, Status
 from bot.keyboards import (
+    CardField,
     CardOption,
     EngineButton,
     HistoryResend,
     JobCancel,
     ResultAction,
+    ResultChoice,
     history_keyboard,
     result_keyboard,
     settings_keyboard,
@@ -103,7 +105,7 @@ def shift_motion(options: JobOptions, delta: int) -> JobOptions:
 
 def result_options(
     options: JobOptions,
-    action: str,
+    action: ResultChoice,
     used: Backend | None,
     veo_available: bool,
     local_engines: Sequence[Backend] = (Backend.SVD,),
@@ -114,12 +116,11 @@ def result_options(
     configured, else by the next offered local engine (``local_engines``, in card order); a
     Veo clip by the first local engine. It raises ``Refused`` when there is no other engine.
     """
-    if action == "again":
+    action = ResultChoice(action)
+    if action is ResultChoice.AGAIN:
         return options
-    if action in ("more", "less"):
-        return shift_motion(options, 1 if action == "more" else -1)
-    if action != "other":
-        raise ValueError(f"unknown result action {action!r}")
+    if action in (ResultChoice.MORE, ResultChoice.LESS):
+        return shift_motion(options, 1 if action is ResultChoice.MORE else -1)
     made_with = used or options.backend
     if made_with.local:
         others = [b for b in local_engines if b is not made_with]
@@ -471,7 +472,7 @@ async def on_card_option(update: Update, context: Context) -> None:
     if card is None:
         return
     if (
-        choice.field == "b" and not _offered(data.settings, Backend(choice.value))
+        choice.field is CardField.BACKEND and not _offered(data.settings, Backend(choice.value))
     ) or await data.queue.photo_in_use(card.photo_path):
         # A card whose photo has a job is a status message or a video now, not a card.
         await query.answer(texts.stale_button(), show_alert=True)

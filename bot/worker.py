@@ -299,7 +299,7 @@ class Worker:
             await self._fail(job, exc.user_text, told=texts.engine_down(exc.user_text))
         except GeneratorError as exc:
             log.info("! %s: %s: %s", job.info(), type(exc).__name__, exc)
-            await self._fail(job, exc.user_text, cost=getattr(exc, "cost_usd", None))
+            await self._fail(job, exc.user_text)
         except asyncio.CancelledError:
             # stop() gave up on the runner: the job goes back, not counted against the user.
             await asyncio.shield(self.queue.requeue(job.id, now=self.clock()))
@@ -331,13 +331,14 @@ class Worker:
     # --- outcomes ---
 
     async def _cancelled(self, job: Job, exc: Cancelled) -> None:
-        cost = getattr(exc, "cost_usd", None)
         if self._shutdown_cancel:
             await asyncio.shield(self.queue.requeue(job.id, now=self.clock()))
             log.info("↻ job %s requeued at shutdown", job.id)
             return
         done = await asyncio.shield(
-            self.queue.finish(job.id, Outcome(Status.CANCELLED, cost_usd=cost), now=self.clock())
+            self.queue.finish(
+                job.id, Outcome(Status.CANCELLED, cost_usd=exc.cost_usd or None), now=self.clock()
+            )
         )
         log.info("← %s cancelled", done.info())
         await self.cards.tell(done, texts.cancelled())
@@ -365,14 +366,13 @@ class Worker:
         job: Job,
         user_text: str,
         *,
-        cost: float | None = None,
         charge: Charge = Charge.NONE,
         told: str | None = None,
     ) -> None:
         done = await asyncio.shield(
             self.queue.finish(
                 job.id,
-                Outcome(Status.FAILED, error=user_text, cost_usd=cost),
+                Outcome(Status.FAILED, error=user_text),
                 now=self.clock(),
                 charge=charge,
             )
