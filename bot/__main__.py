@@ -181,7 +181,7 @@ def run(settings: Settings, *, cpu_inline: bool) -> None:
     """Open the store, build the worker and the app, and serve until a stop signal."""
     # Imported here so --check-config stays quick and needs neither torch nor a network.
     from bot.app import build_app
-    from bot.gpu import InlineRunner, ProcessRunner
+    from bot.gpu import InlineRunner, ProcessRunner, consumer_devices, visible_cuda_devices
     from bot.queue import SqlQueue
     from bot.store import Store
     from bot.worker import build_workers
@@ -197,7 +197,11 @@ def run(settings: Settings, *, cpu_inline: bool) -> None:
 
         runners = [InlineRunner(Generator(settings.generator, credentials=settings.veo))]
     else:
-        runners = [ProcessRunner(settings.generator, warm_up=True)]
+        # One GPU process per device, each a consumer of the same queue with its own models.
+        devices = consumer_devices(settings.gpu.devices, visible_cuda_devices())
+        runners = [
+            ProcessRunner(settings.generator, warm_up=True, device=device) for device in devices
+        ]
     workers = build_workers(settings, store, queue, runners)
     app = build_app(settings, store, workers, queue=queue, cards=workers.cards)
     telegram = settings.telegram

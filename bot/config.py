@@ -133,6 +133,28 @@ class WorkerSettings:
 
 
 @dataclass(frozen=True)
+class GpuSettings:
+    """Which GPUs make clips: one GPU process, one consumer of the queue, per device."""
+
+    # CUDA device indices (as CUDA_VISIBLE_DEVICES names them); empty: every visible CUDA
+    # device, or one consumer on a machine without CUDA (CPU, Apple MPS)
+    devices: tuple[str, ...] = ()
+
+    def validate(self, name: str) -> None:
+        for n, device in enumerate(self.devices):
+            _check(
+                bool(device.strip()) and "," not in device,
+                f"{name}.devices[{n}]",
+                f'one device per entry (an index like "0"), got {device!r}',
+            )
+        _check(
+            len(set(self.devices)) == len(self.devices),
+            f"{name}.devices",
+            "each device once (two processes on one GPU would fight over its memory)",
+        )
+
+
+@dataclass(frozen=True)
 class DataSettings:
     """Where the database, photos and clips live."""
 
@@ -168,6 +190,7 @@ class Settings:
     access: AccessSettings = field(default_factory=AccessSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
+    gpu: GpuSettings = field(default_factory=GpuSettings)
     generator: GeneratorSettings = field(default_factory=GeneratorSettings)
     data_dir: Path = Path("data")
     veo: VeoCredentials = field(default_factory=VeoCredentials)
@@ -197,7 +220,7 @@ class Settings:
         return user_id in self.access.admins
 
 
-BOT_TABLES = ("telegram", "access", "limits", "worker", "data", "database", "service")
+BOT_TABLES = ("telegram", "access", "limits", "worker", "gpu", "data", "database", "service")
 GENERATOR_TABLES = ("image", "svd", "ltx", "wan", "engines", "veo", "auto", "encode")
 
 
@@ -322,6 +345,7 @@ def parse_settings(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         access=load_section(AccessSettings, data.get("access"), "access"),
         limits=load_section(LimitSettings, data.get("limits"), "limits"),
         worker=load_section(WorkerSettings, data.get("worker"), "worker"),
+        gpu=load_section(GpuSettings, data.get("gpu"), "gpu"),
         generator=generator,
         data_dir=data_dir,
         veo=veo_credentials(generator.veo, env),
@@ -370,6 +394,7 @@ def summary(settings: Settings) -> str:
         f"Veo ${lim.veo_user_daily_usd:.2f}/user/day, ${lim.veo_month_usd:.2f}/month",
         f"worker: {'GPU process' if w.gpu_process else 'inline'}, grace {w.shutdown_grace_s:g} s, "
         f"{w.max_attempts} attempts",
+        f"gpu: devices {', '.join(settings.gpu.devices) or 'every visible CUDA device'}",
         f"data: {settings.data_dir}",
         f"database: {database_summary(settings)}; role {settings.role}",
         f"svd: {g.svd.model} ({g.svd.frames} frames, {g.svd.steps} steps, {g.svd.fps} fps)",

@@ -25,6 +25,8 @@ import logging
 import multiprocessing
 import os
 import queue
+import shutil
+import subprocess
 import threading
 import traceback
 from collections.abc import Awaitable, Callable
@@ -249,6 +251,48 @@ class ChildGone:
 
 ToChild = RunJob | CancelRun | Close
 FromChild = Ready | Started | Report | VeoOperation | Finished | Failed | ChildGone
+
+
+def visible_cuda_devices(env: dict[str, str] | None = None) -> list[str]:
+    """The CUDA devices this machine shows the bot: ``CUDA_VISIBLE_DEVICES`` when set, else
+    what ``nvidia-smi`` lists; none without NVIDIA (CPU, MPS).
+
+    Asked of the environment and ``nvidia-smi`` rather than torch: the bot's own process must
+    not create a CUDA context (hundreds of MB on the first GPU) to count the GPUs.
+    """
+    env = dict(os.environ) if env is None else env
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return []
+    try:
+        out = subprocess.run(
+            [exe, "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()]
+
+
+def consumer_devices(configured: tuple[str, ...], visible: list[str]) -> list[str | None]:
+    """One entry per GPU consumer: the device its GPU process may use (``[gpu] devices``,
+    else every visible CUDA device), or ``[None]``: one consumer that sees what the
+    machine has (CPU, MPS, or the one GPU).
+
+    >>> consumer_devices((), ["0", "1"]), consumer_devices((), []), consumer_devices(("1",), [])
+    (['0', '1'], [None], ['1'])
+    """
+    if configured:
+        return list(configured)
+    if len(visible) > 1:
+        return list(visible)
+    return [None]
 
 
 class InlineRunner:
@@ -623,5 +667,7 @@ __all__ = [
     "VeoBudget",
     "WorkerCrashed",
     "WorkerLost",
+    "consumer_devices",
     "default_generator",
+    "visible_cuda_devices",
 ]

@@ -14,6 +14,7 @@ from bot.config import (
     AccessSettings,
     DatabaseSettings,
     DataSettings,
+    GpuSettings,
     LimitSettings,
     ServiceSettings,
     Settings,
@@ -22,6 +23,7 @@ from bot.config import (
     load_settings,
     summary,
 )
+from bot.gpu import consumer_devices, visible_cuda_devices
 from generator.config import (
     AutoSettings,
     ConfigError,
@@ -41,6 +43,7 @@ SECTIONS = {
     "access": AccessSettings,
     "limits": LimitSettings,
     "worker": WorkerSettings,
+    "gpu": GpuSettings,
     "data": DataSettings,
     "database": DatabaseSettings,
     "service": ServiceSettings,
@@ -259,3 +262,18 @@ def test_the_role_is_one_of_all_frontend_and_consumer(tmp_path: Path) -> None:
     assert load_settings(write(tmp_path, '[service]\nrole = "consumer"\n'), {}).role == "consumer"
     with pytest.raises(ConfigError, match=r"service\.role: must be one of all, frontend, consumer"):
         load_settings(write(tmp_path, '[service]\nrole = "gpu"\n'), {})
+
+
+def test_gpu_devices_are_one_consumer_each_and_each_device_once(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, '[gpu]\ndevices = ["0", "1"]\n'), {})
+    assert consumer_devices(settings.gpu.devices, visible=[]) == ["0", "1"]
+    # Left empty: every visible CUDA device, or one consumer where there is no CUDA.
+    assert consumer_devices((), visible=["0", "1", "2"]) == ["0", "1", "2"]
+    assert consumer_devices((), visible=[]) == [None]
+    assert visible_cuda_devices({"CUDA_VISIBLE_DEVICES": "2,3"}) == ["2", "3"]
+    assert visible_cuda_devices({"CUDA_VISIBLE_DEVICES": "-1"}) == []
+
+    with pytest.raises(ConfigError, match=r"gpu\.devices: each device once"):
+        load_settings(write(tmp_path, '[gpu]\ndevices = ["0", "0"]\n'), {})
+    with pytest.raises(ConfigError, match=r"gpu\.devices\[0\]: one device per entry"):
+        load_settings(write(tmp_path, '[gpu]\ndevices = ["0,1"]\n'), {})
