@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import stat
 import tomllib
 from collections.abc import Mapping
@@ -180,6 +181,16 @@ class ServiceSettings:
     """What this process does."""
 
     role: str = choice("all", *ROLES)
+    # Names this process's consumers in the jobs table (<name>/gpu0...) when the database is
+    # shared; "" = the host name. Each process sharing one database needs its own; a
+    # restarted process takes back the running jobs of its own name at once.
+    name: str = ""
+
+    def consumer_name(self, shared: bool) -> str:
+        """The prefix of this process's consumer ids: none on a database of its own."""
+        if not shared:
+            return ""
+        return self.name or socket.gethostname()
 
 
 @dataclass(frozen=True)
@@ -197,7 +208,7 @@ class Settings:
     keep_photos_days: int = 30
     max_disk_mb: int = 4096
     database_url: str = field(default="", repr=False)  # "" = SQLite at db_path
-    role: str = "all"
+    service: ServiceSettings = field(default_factory=ServiceSettings)
 
     @property
     def db_path(self) -> Path:
@@ -352,7 +363,7 @@ def parse_settings(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         keep_photos_days=data_settings.keep_photos_days,
         max_disk_mb=data_settings.max_disk_mb,
         database_url=database_url(data.get("database"), env),
-        role=load_section(ServiceSettings, data.get("service"), "service").role,
+        service=load_section(ServiceSettings, data.get("service"), "service"),
     )
 
 
@@ -396,7 +407,7 @@ def summary(settings: Settings) -> str:
         f"{w.max_attempts} attempts",
         f"gpu: devices {', '.join(settings.gpu.devices) or 'every visible CUDA device'}",
         f"data: {settings.data_dir}",
-        f"database: {database_summary(settings)}; role {settings.role}",
+        f"database: {database_summary(settings)}; role {settings.service.role}",
         f"svd: {g.svd.model} ({g.svd.frames} frames, {g.svd.steps} steps, {g.svd.fps} fps)",
         f"ltx: {g.ltx.model if g.ltx.enabled else 'disabled'}"
         + (f" + {g.ltx.transformer}" if g.ltx.enabled and g.ltx.transformer else ""),

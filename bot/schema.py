@@ -108,6 +108,12 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_photo ON jobs (photo_path);
     CREATE INDEX cards_photo_message ON cards (chat_id, photo_message_id);
     """,
+    # 5: Telegram's file id of the photo, so a consumer on another host (no shared disk)
+    # fetches it through the Bot API.
+    """
+    ALTER TABLE jobs ADD COLUMN photo_file_id TEXT;
+    ALTER TABLE cards ADD COLUMN photo_file_id TEXT;
+    """,
 )
 
 #: PostgreSQL's list (``bot.db_postgres``): the same tables as ``SQLITE_MIGRATIONS`` in PostgreSQL's
@@ -188,5 +194,10 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
         user_id BIGINT PRIMARY KEY,
         told_at DOUBLE PRECISION NOT NULL
     );
+    """,
+    # SQLite's 5: the photo's Telegram file id, for consumers on other hosts.
+    """
+    ALTER TABLE jobs ADD COLUMN photo_file_id TEXT;
+    ALTER TABLE cards ADD COLUMN photo_file_id TEXT;
     """,
 )

@@ -259,7 +259,8 @@ def test_the_database_password_stays_out_of_reprs_and_the_summary() -> None:
 
 
 def test_the_role_is_one_of_all_frontend_and_consumer(tmp_path: Path) -> None:
-    assert load_settings(write(tmp_path, '[service]\nrole = "consumer"\n'), {}).role == "consumer"
+    consumer = load_settings(write(tmp_path, '[service]\nrole = "consumer"\n'), {})
+    assert consumer.service.role == "consumer"
     with pytest.raises(ConfigError, match=r"service\.role: must be one of all, frontend, consumer"):
         load_settings(write(tmp_path, '[service]\nrole = "gpu"\n'), {})
 

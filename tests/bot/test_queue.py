@@ -486,3 +486,28 @@ async def test_on_postgres_two_hosts_recovering_at_once_take_a_stale_job_back_on
         await second.close()
 
     assert stored is not None and (stored.status, stored.crashes) == (Status.QUEUED, 1)
+
+
+async def test_a_consumer_whose_lease_was_taken_back_records_nothing(queue: SqlQueue) -> None:
+    job = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
+    await queue.claim("host1/gpu0", now=1.0)
+    # host1 stalls past the stale limit; host2 takes the job back and runs it.
+    await queue.recover(now=200.0, stale_after=60.0, max_crashes=CRASHES)
+    await queue.claim("host2/gpu0", now=201.0)
+
+    # host1 comes back to life: its heartbeat, clip and failure are all ignored.
+    await queue.heartbeat(job.id, now=202.0, worker_id="host1/gpu0")
+    made = Outcome(Status.SENDING, video_path="/data/host1.mp4")
+    sent = await queue.mark_sending(job.id, made, now=203.0, worker_id="host1/gpu0")
+    assert sent.status is Status.RUNNING
+    failed = Outcome(Status.FAILED, error="boom")
+    await queue.finish(job.id, failed, now=204.0, worker_id="host1/gpu0")
+    await queue.requeue(job.id, now=204.0, worker_id="host1/gpu0")
+    held = await queue.get(job.id)
+    assert held is not None
+    assert (held.status, held.worker_id, held.heartbeat_at) == (Status.RUNNING, "host2/gpu0", 201.0)
+    assert held.video_path is None
+
+    # The holder's outcome counts.
+    done = await queue.finish(job.id, Outcome(Status.DONE), now=300.0, worker_id="host2/gpu0")
+    assert done.status is Status.DONE
