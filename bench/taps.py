@@ -7,6 +7,10 @@ their card at the same moment, and the tap's latency is the time from the tap re
 fake Telegram to the bot's ``answerCallbackQuery`` arriving there. Every tap changes the
 card, so every tap also asks for a card edit, which Telegram's 30 messages/s limit throttles.
 
+The fake Telegram runs in a process of its own (as the real one is not in the bot's process),
+so its request parsing and checks do not take the bot's interpreter lock; ``--same-process``
+runs it in the bot's process instead, as earlier versions of this benchmark did.
+
 Example::
 
     .venv/bin/python -m bench.taps --users 200 --rounds 3
@@ -17,11 +21,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import multiprocessing
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from telegram import Bot
 
@@ -31,8 +37,9 @@ from bot.gpu import InlineRunner
 from bot.intake import serve
 from bot.jobs import JobOptions
 from bot.keyboards import CardOption, settings_keyboard
+from bot.queue import SqlQueue
 from bot.store import Card, Store
-from bot.worker import Worker
+from bot.worker import build_workers
 from generator.config import VeoCredentials
 from generator.options import Intensity
 from generator.router import Generator
@@ -47,7 +54,107 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def make_cards(fake: FakeBotApi, store: Store, users: list[FakeUser]) -> dict[int, int]:
+class FakeInProcess:
+    """The loopback Bot API in the bot's own process (``--same-process``)."""
+
+    def __init__(self) -> None:
+        self.fake = FakeBotApi()
+
+    def __enter__(self) -> FakeInProcess:
+        self.fake.start()
+        self.base_url, self.base_file_url = self.fake.base_url, self.fake.base_file_url
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.fake.stop()
+
+    async def polling(self) -> None:
+        await self.fake.wait_for(lambda: self.fake.polling, timeout=60, what="the bot polling")
+
+    async def press(self, taps: list[tuple[int, int, str]]) -> dict[str, float]:
+        return _press(self.fake, taps)
+
+    async def answers(self, ids: list[str]) -> tuple[dict[str, float], int, float]:
+        return await _answers(self.fake, ids)
+
+
+def _press(fake: FakeBotApi, taps: list[tuple[int, int, str]]) -> dict[str, float]:
+    pressed: dict[str, float] = {}
+    for user_id, message_id, data in taps:
+        push = fake.press(FakeUser(user_id, f"User{user_id}"), message_id, data, strict=False)
+        pressed[push.callback_query_id or ""] = time.monotonic()
+    return pressed
+
+
+async def _answers(fake: FakeBotApi, ids: list[str]) -> tuple[dict[str, float], int, float]:
+    """When each tap was answered; card edits so far and their rate."""
+    got: dict[str, float] = {}
+    seen = [0]
+
+    def answered() -> bool:
+        # Incremental: this runs after every request the bot makes.
+        new = fake.sent_since(seen[0])
+        seen[0] += len(new)
+        for c in new:
+            if c.method == "answerCallbackQuery" and c.ok:
+                got[c.params["callback_query_id"]] = c.at
+        return all(q in got for q in ids)
+
+    await fake.wait_for(answered, timeout=600, what="answers")
+    edits = fake.calls("editMessageText")
+    span = edits[-1].at - edits[0].at if len(edits) > 1 else 0.0
+    return got, len(edits), (len(edits) / span if span else 0.0)
+
+
+def _fake_child(conn: Any) -> None:
+    """Serve the loopback Bot API and obey the benchmark's commands until ``stop``."""
+    with FakeBotApi() as fake:
+        conn.send((fake.base_url, fake.base_file_url))
+        while True:
+            command, arg = conn.recv()
+            if command == "stop":
+                return
+            if command == "polling":
+                asyncio.run(fake.wait_for(lambda: fake.polling, timeout=60, what="polling"))
+                conn.send(None)
+            elif command == "press":
+                conn.send(_press(fake, arg))
+            elif command == "answers":
+                conn.send(asyncio.run(_answers(fake, arg)))
+
+
+class FakeInOwnProcess:
+    """The loopback Bot API in a child process, driven over a pipe (the default)."""
+
+    def __enter__(self) -> FakeInOwnProcess:
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_fake_child, args=(child,), daemon=True)
+        self.process.start()
+        self.base_url, self.base_file_url = self.conn.recv()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.conn.send(("stop", None))
+        self.process.join(timeout=10)
+
+    async def _ask(self, command: str, arg: Any = None) -> Any:
+        self.conn.send((command, arg))
+        return await asyncio.to_thread(self.conn.recv)
+
+    async def polling(self) -> None:
+        await self._ask("polling")
+
+    async def press(self, taps: list[tuple[int, int, str]]) -> dict[str, float]:
+        return await self._ask("press", taps)
+
+    async def answers(self, ids: list[str]) -> tuple[dict[str, float], int, float]:
+        return await self._ask("answers", ids)
+
+
+async def make_cards(
+    fake: FakeInProcess | FakeInOwnProcess, store: Store, users: list[FakeUser]
+) -> dict[int, int]:
     """One settings card per user, sent by a plain Bot (setup is not what is measured)."""
     cards: dict[int, int] = {}
     async with Bot(TOKEN, base_url=fake.base_url) as bot:
@@ -72,9 +179,11 @@ async def make_cards(fake: FakeBotApi, store: Store, users: list[FakeUser]) -> d
     return cards
 
 
-async def measure(n_users: int, rounds: int, data_dir: Path) -> list[float]:
+async def measure(
+    n_users: int, rounds: int, data_dir: Path, *, same_process: bool = False
+) -> list[float]:
     users = [FakeUser(10_000 + i, f"User{i}") for i in range(n_users)]
-    with FakeBotApi() as fake:
+    with FakeInProcess() if same_process else FakeInOwnProcess() as fake:
         settings = Settings(
             telegram=TelegramSettings(
                 token=TOKEN, base_url=fake.base_url, base_file_url=fake.base_file_url
@@ -85,44 +194,23 @@ async def measure(n_users: int, rounds: int, data_dir: Path) -> list[float]:
         settings.photos_dir.mkdir(parents=True, exist_ok=True)
         store = await Store.open(settings.db_path)
         generator = Generator(settings.generator, credentials=VeoCredentials())
-        worker = Worker(store=store, settings=settings, runner=InlineRunner(generator))
-        app = build_app(settings, store, worker)  # with the production rate limiter
+        queue = SqlQueue(store.db)
+        workers = build_workers(settings, store, queue, [InlineRunner(generator)])
+        # with the production rate limiter
+        app = build_app(settings, store, workers, queue=queue, cards=workers.cards)
         cards = await make_cards(fake, store, users)
         stop = asyncio.Event()
         running = asyncio.create_task(serve(app, settings.telegram, stop))
-        await fake.wait_for(lambda: fake.polling, timeout=60, what="the bot polling")
+        await fake.polling()
         latencies: list[float] = []
         for r in range(rounds):
             value = ROUNDS[r % len(ROUNDS)].value
-            pressed: dict[str, float] = {}
-            seen = [len(fake.sent())]
-            for user in users:
-                push = fake.press(user, cards[user.id], CardOption("i", value).pack(), strict=False)
-                pressed[push.callback_query_id or ""] = time.monotonic()
-
-            got: dict[str, float] = {}
-
-            def answered(
-                got: dict[str, float] = got,
-                seen: list[int] = seen,
-                pressed: dict[str, float] = pressed,
-            ) -> bool:
-                # Incremental: this runs on the bot's own loop after every request it makes.
-                new = fake.sent_since(seen[0])
-                seen[0] += len(new)
-                for c in new:
-                    if c.method == "answerCallbackQuery" and c.ok:
-                        got[c.params["callback_query_id"]] = c.at
-                return all(q in got for q in pressed)
-
-            await fake.wait_for(answered, timeout=600, what=f"round {r + 1} answers")
+            data = CardOption("i", value).pack()
+            pressed = await fake.press([(u.id, cards[u.id], data) for u in users])
+            got, edits, rate = await fake.answers(list(pressed))
             latencies += [got[q] - t for q, t in pressed.items()]
-            edits = fake.calls("editMessageText")
-            polls = len(fake.calls("getUpdates"))
-            span = edits[-1].at - edits[0].at if len(edits) > 1 else 0.0
             print(
-                f"round {r + 1}: {n_users} taps answered; card edits so far {len(edits)} "
-                f"({len(edits) / span if span else 0:.1f}/s); getUpdates calls {polls}",
+                f"round {r + 1}: {n_users} taps answered; card edits so far {edits} ({rate:.1f}/s)",
                 flush=True,
             )
         stop.set()
@@ -134,10 +222,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--same-process", action="store_true", help="run the fake Telegram in the bot's process"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
-        latencies = asyncio.run(measure(args.users, args.rounds, Path(tmp)))
+        latencies = asyncio.run(
+            measure(args.users, args.rounds, Path(tmp), same_process=args.same_process)
+        )
     ms = [x * 1000 for x in latencies]
     print(
         f"{len(ms)} taps by {args.users} users: answer latency median "

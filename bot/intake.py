@@ -10,7 +10,7 @@ update whose handler had started comes again.
 
 Example::
 
-    app = build_app(settings, store, workers, queue=queue, cards=cards)
+    app = build_app(settings, store, workers, queue=queue, cards=workers.cards)
     run(app, settings.telegram)  # until SIGTERM/SIGINT, with PTB's whole lifecycle
 """
 
@@ -44,6 +44,13 @@ POLL_TIMEOUT_S = 30
 #: While an update is unconfirmed, Telegram answers ``getUpdates`` at once with it: between
 #: polls that bring nothing new, wait for a handler to finish or this long, never spin.
 BUSY_POLL_S = 0.1
+#: While handlers run, polls are at least this far apart: each one brings back the whole
+#: unconfirmed window (up to 100 updates) to decode again, and under a burst of taps polling
+#: after every finished handler cost more than the handlers (bench/taps.py). Taps arriving
+#: meanwhile wait at most this long to be fetched.
+MIN_BUSY_GAP_S = 0.02
+#: Telegram's most updates in one ``getUpdates`` answer.
+WINDOW = 100
 #: A handler running this long stops holding the offset back (it keeps running), so one hung
 #: download cannot stall every later update behind ``getUpdates``' 100-update window.
 STUCK_AFTER_S = 120.0
@@ -180,6 +187,19 @@ async def _offset_moved(intake: Intake, within: float) -> None:
             await intake.offset_moved.wait()
 
 
+async def _next_busy_poll(intake: Intake, *, fresh: bool, full: bool) -> None:
+    """Wait before polling again while handlers run (Telegram would answer at once).
+
+    A full window can only move on when the offset does; a partial one with fresh updates
+    may have more arriving behind it; one that brought nothing new waits for the offset or
+    ``BUSY_POLL_S``. Never sooner than ``MIN_BUSY_GAP_S``, so a burst of finishing handlers
+    makes one poll, not one each.
+    """
+    await asyncio.sleep(MIN_BUSY_GAP_S)
+    if full or not fresh:
+        await _offset_moved(intake, BUSY_POLL_S)
+
+
 async def poll(intake: Intake, stop: asyncio.Event, *, long_poll_s: int = POLL_TIMEOUT_S) -> None:
     """Long-poll ``getUpdates`` until ``stop``, confirming only handled updates."""
     bot = intake.app.bot
@@ -219,14 +239,14 @@ async def poll(intake: Intake, stop: asyncio.Event, *, long_poll_s: int = POLL_T
             if not finished:
                 break
             backoff = 0.0
-            fresh = [u for u in raw or [] if intake.is_new(u["update_id"])]
+            raw = raw or []
+            fresh = [u for u in raw if intake.is_new(u["update_id"])]
             for data in fresh:
                 intake.submit(Update.de_json(data, bot))
-            if fresh or not intake.busy:
-                continue
-            # Only updates we already handle came back: wait for the offset to move or a
-            # moment for new ones, instead of asking Telegram in a tight loop.
-            await _until(_offset_moved(intake, BUSY_POLL_S), stop)
+            if intake.busy:
+                await _until(
+                    _next_busy_poll(intake, fresh=bool(fresh), full=len(raw) >= WINDOW), stop
+                )
             continue
         await _until(asyncio.sleep(backoff), stop)
 

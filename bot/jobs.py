@@ -26,6 +26,9 @@ class Status(enum.StrEnum):
     EXPIRED = "expired"  # waited longer than the queue's time-to-live
 
 
+#: The error stored on a job that kept dying under its consumer (the queue gives it up).
+GIVE_UP_TEXT = "This photo failed several times and was given up."
+
 ACTIVE = frozenset({Status.QUEUED, Status.RUNNING, Status.SENDING})
 TERMINAL = frozenset({Status.DONE, Status.FAILED, Status.CANCELLED, Status.EXPIRED})
 
@@ -319,6 +322,10 @@ class JobQueue(Protocol):
 
     async def running(self) -> list[Job]:
         """Jobs some consumer runs now (every consumer's), oldest claim first."""
+
+    async def wait_for_jobs(self, timeout: float) -> bool:  # noqa: ASYNC109 (a wait, bounded)
+        """Wait up to ``timeout`` seconds for news of a queued job (an enqueue or a requeue,
+        from this process or, on PostgreSQL, any host); whether some came."""
 
     # -- reads for history, limits, ETAs, stats and the sweep --
 

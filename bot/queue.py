@@ -27,6 +27,7 @@ from typing import Any
 from bot.db import Database, Dialect
 from bot.jobs import (
     ACTIVE,
+    GIVE_UP_TEXT,
     TERMINAL,
     Charge,
     Job,
@@ -44,8 +45,6 @@ from generator.options import Backend
 
 logger = logging.getLogger(__name__)
 
-#: What the user is told when a job keeps dying under the consumer (the worker sends it).
-GIVE_UP_TEXT = "This photo failed several times and was given up."
 #: The channel ``enqueue`` (and ``requeue``) notify after commit: consumers wait on it.
 JOBS_CHANNEL = "jobs"
 
@@ -385,6 +384,10 @@ class SqlQueue:
         return await _all(
             self.db, "SELECT * FROM jobs WHERE status = :s_running ORDER BY started_at, id", {}
         )
+
+    async def wait_for_jobs(self, timeout: float) -> bool:  # noqa: ASYNC109 (a wait, bounded)
+        """Wait up to ``timeout`` seconds for ``enqueue``/``requeue`` news on ``JOBS_CHANNEL``."""
+        return await self.db.wait(JOBS_CHANNEL, timeout)
 
     async def position(self, job_id: int) -> int | None:
         """1-based place in the claim order among queued jobs; ``None`` if not queued."""

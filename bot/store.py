@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections import OrderedDict
 from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -25,6 +26,10 @@ from bot.db import Database, open_database
 from bot.jobs import JobOptions, options_from_json, options_to_json
 
 logger = logging.getLogger(__name__)
+
+
+#: Users whose /allow or /deny answer is remembered in memory (the guard asks on every update).
+ALLOWED_CACHE_SIZE = 10_000
 
 
 class Flag(enum.StrEnum):
@@ -71,6 +76,7 @@ class Store:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._allowed: OrderedDict[int, bool | None] = OrderedDict()
 
     @classmethod
     async def open(cls, url_or_path: str | Path) -> Store:
@@ -118,14 +124,28 @@ class Store:
                 "allowed_by = excluded.allowed_by, allowed_at = excluded.allowed_at",
                 {"id": user_id, "allowed": int(allowed), "by": by, "now": now},
             )
+        self._remember_allowed(user_id, allowed)
         logger.info("user %s %s by %s", user_id, "allowed" if allowed else "denied", by)
 
     async def allowed_override(self, user_id: int) -> bool | None:
-        """The stored /allow (True) or /deny (False); ``None`` when the config decides."""
+        """The stored /allow (True) or /deny (False); ``None`` when the config decides.
+
+        Asked on every update (the access guard), so answers are remembered: only
+        ``set_allowed`` changes them, through this object. Bounded, as strangers are many.
+        """
+        if user_id in self._allowed:
+            self._allowed.move_to_end(user_id)
+            return self._allowed[user_id]
         row = await self.db.fetchone("SELECT allowed FROM users WHERE id = :id", {"id": user_id})
-        if row is None or row["allowed"] is None:
-            return None
-        return bool(row["allowed"])
+        allowed = None if row is None or row["allowed"] is None else bool(row["allowed"])
+        self._remember_allowed(user_id, allowed)
+        return allowed
+
+    def _remember_allowed(self, user_id: int, allowed: bool | None) -> None:
+        self._allowed[user_id] = allowed
+        self._allowed.move_to_end(user_id)
+        while len(self._allowed) > ALLOWED_CACHE_SIZE:
+            self._allowed.popitem(last=False)
 
     async def touch_user(self, user_id: int, name: str, *, now: float) -> None:
         """Record that the user was seen, under this display name."""

@@ -32,10 +32,9 @@ from bot import delivery, texts
 from bot.config import Settings
 from bot.delivery import DeliveryFailed
 from bot.gpu import GenerationRunner, VeoBudget, WorkerCrashed, WorkerLost
-from bot.jobs import Charge, Job, JobQueue, Outcome, Status, can_retry
+from bot.jobs import GIVE_UP_TEXT, Charge, Job, JobQueue, Outcome, Status, can_retry
 from bot.keyboards import result_keyboard
 from bot.limits import veo_allowance_for
-from bot.queue import GIVE_UP_TEXT
 from bot.statuscard import StatusCards
 from bot.store import Flag, Store
 from bot.upkeep import Upkeep
@@ -211,14 +210,29 @@ class Worker:
                 log.exception("queue unavailable; retrying")
                 job = None
             if job is None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), IDLE_SWEEP_S)
+                await self._idle(IDLE_SWEEP_S)
                 continue
             await self.cards.refresh_positions()
             try:
                 await self._run(job)
             except Exception:  # a database or Telegram failure while recording: keep serving
                 log.exception("! job %s: could not record its outcome", job.id)
+
+    async def _idle(self, seconds: float) -> None:
+        """Wait for a ``wake()`` (this process's front end), news from the queue (a job
+        queued elsewhere), or ``seconds``, whichever comes first."""
+        woken = asyncio.ensure_future(self._wake.wait())
+        news = asyncio.ensure_future(self.queue.wait_for_jobs(seconds))
+        try:
+            await asyncio.wait({woken, news}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+            if news.done() and not news.cancelled() and news.exception() is not None:
+                # The database cannot listen now: wait out the interval, not a busy loop.
+                log.warning("waiting for queue news failed: %s", news.exception())
+                await asyncio.wait({woken}, timeout=seconds)
+        finally:
+            for task in (woken, news):
+                task.cancel()
+            await asyncio.gather(woken, news, return_exceptions=True)
 
     async def _between_jobs(self) -> None:
         """Expire old queued jobs, keep the data folder bounded, and take back the jobs of

@@ -491,7 +491,7 @@ async def test_admin_pause_resume_and_stats(bot: Bot) -> None:
 
     bot.fake.send_command(ADMIN, "/stats")
     stats = await bot.fake.wait_for_text(ADMIN.id, "Jobs:")
-    assert "Queue: paused" in stats.content
+    assert "Queue: paused, 1 GPU consumer" in stats.content
 
     bot.fake.send_command(ADMIN, "/resume")
     await bot.fake.wait_for_text(ADMIN.id, "Resumed")
@@ -614,6 +614,9 @@ def test_eta_counts_the_jobs_ahead_and_the_running_one() -> None:
     history = {Backend.SVD: [60.0, 80.0, 70.0], Backend.VEO: []}
     assert estimate_wait(1, history, None) == 70.0
     assert estimate_wait(3, history, 30.0) == 30.0 + 3 * 70.0
+    # Two consumers take the jobs ahead two at a time.
+    assert estimate_wait(3, history, 30.0, consumers=2) == 30.0 + 2 * 70.0
+    assert estimate_wait(2, history, None, consumers=2) == 70.0
     assert estimate_wait(2, {Backend.SVD: []}, 10.0) is None  # no history: no made-up number
     assert running_remaining(NOW - 50.0, NOW, history) == 20.0
     assert running_remaining(NOW - 500.0, NOW, history) == 0.0

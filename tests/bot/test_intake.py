@@ -5,6 +5,7 @@ wait for Telegram's rate limit."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import socket
@@ -21,7 +22,7 @@ from telegram.ext import Application
 
 from bot.app import ReplyFirstRateLimiter, build_app
 from bot.config import AccessSettings
-from bot.intake import confirm_offset, serve
+from bot.intake import MIN_BUSY_GAP_S, confirm_offset, serve
 from bot.jobs import JobOptions, Outcome, Status
 from bot.keyboards import CardOption, result_keyboard, settings_keyboard
 from bot.queue import SqlQueue
@@ -279,3 +280,47 @@ async def test_taps_are_answered_while_card_edits_wait_for_telegrams_rate_limit(
     finally:
         stop.set()
         await running
+
+
+async def test_a_burst_of_taps_is_fetched_without_polling_after_every_finished_handler(
+    fake_botapi, tmp_path
+):
+    # Telegram answers getUpdates at once while updates are unconfirmed, with the whole
+    # window again: polling after each finished tap decoded the same updates over and over.
+    fake = fake_botapi
+    users = [FakeUser(6000 + i, f"User{i}") for i in range(40)]
+    settings = make_settings(
+        fake, tmp_path, access=AccessSettings(allowed_users=frozenset(u.id for u in users))
+    )
+    store = await Store.open(settings.db_path)
+    app = build_app(settings, store, RecordingWorker(store), rate_limiter=False)
+    cards: dict[int, int] = {}
+    async with Bot(TOKEN, base_url=fake.base_url) as plain:
+        for user in users:
+            card = await plain.send_message(
+                user.id, "card", reply_markup=settings_keyboard(JobOptions())
+            )
+            await store.save_card(
+                Card(user.id, card.message_id, user.id, 1, "/gone.jpg", JobOptions(), 0.0)
+            )
+            cards[user.id] = card.message_id
+    stop = asyncio.Event()
+    running = asyncio.create_task(serve(app, settings.telegram, stop))
+    try:
+        await fake.wait_for(lambda: fake.polling, what="the bot polling")
+        for user in users:
+            fake.press(user, cards[user.id], CardOption("i", Intensity.DRAMATIC.value).pack())
+        await fake.wait_for(lambda: len(fake.alerts) == len(users), what="every tap answered")
+        await fake.wait_for(lambda: fake.pending_updates == 0, what="every tap confirmed")
+    finally:
+        stop.set()
+        await running
+    # (The one short poll at exit, limit=1, only confirms what was handled.)
+    polls = [c for c in fake.calls("getUpdates") if c.ok and c.params.get("limit") != 1]
+    gaps = [
+        later.at - earlier.at
+        for earlier, later in itertools.pairwise(polls)
+        if earlier.result  # the bot had updates in hand: it was busy when it asked again
+    ]
+    assert gaps, "the taps came in some poll"
+    assert min(gaps) >= MIN_BUSY_GAP_S

@@ -511,3 +511,15 @@ async def test_a_consumer_whose_lease_was_taken_back_records_nothing(queue: SqlQ
     # The holder's outcome counts.
     done = await queue.finish(job.id, Outcome(Status.DONE), now=300.0, worker_id="host2/gpu0")
     assert done.status is Status.DONE
+
+
+def test_the_sql_queue_implements_every_method_of_the_protocol() -> None:
+    import inspect
+
+    from bot.jobs import JobQueue
+
+    wanted = {name for name in vars(JobQueue) if not name.startswith("_")}
+    for name in wanted:
+        assert inspect.signature(getattr(SqlQueue, name)) == inspect.signature(
+            getattr(JobQueue, name)
+        ), name
