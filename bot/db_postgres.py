@@ -197,12 +197,14 @@ class _Listener:
     async def wait(self, channel: str, timeout: float) -> bool:  # noqa: ASYNC109 (the seam)
         event = self._events.setdefault(channel, asyncio.Event())
         try:
+            # Before the timeout starts: once this returns, every later notice is heard.
+            await self._listen(channel)
+        except psycopg.Error as exc:
+            logger.warning("cannot listen for wake-ups (%s); polling", type(exc).__name__)
+            await asyncio.sleep(timeout)  # the caller's poll interval, as if nothing came
+            return False
+        try:
             async with asyncio.timeout(timeout):
-                try:
-                    await self._listen(channel)
-                except psycopg.Error as exc:
-                    logger.warning("cannot listen for wake-ups (%s); polling", type(exc).__name__)
-                    await asyncio.Event().wait()  # sleep out the timeout
                 await event.wait()
         except TimeoutError:
             return False
@@ -214,7 +216,9 @@ class _Listener:
             connection = self._connection
             if connection is None or connection.closed:
                 await self._stop_reader()
-                connection = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
+                connection = await psycopg.AsyncConnection.connect(
+                    self._url, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT_S)
+                )
                 self._connection, self._channels = connection, set()
             if channel in self._channels and self._reader is not None and not self._reader.done():
                 return
