@@ -33,13 +33,13 @@ from telegram import Bot
 
 from bot.app import build_app
 from bot.config import AccessSettings, Settings, TelegramSettings
+from bot.consumers import build_workers
 from bot.gpu import InlineRunner
 from bot.intake import serve
 from bot.jobs import JobOptions
 from bot.keyboards import CardOption, settings_keyboard
 from bot.queue import SqlQueue
 from bot.store import Card, Store
-from bot.worker import build_workers
 from generator.config import VeoCredentials
 from generator.options import Intensity
 from generator.router import Generator

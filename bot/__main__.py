@@ -239,8 +239,8 @@ def run(settings: Settings, *, cpu_inline: bool) -> None:
 
 def _workers(settings: Settings, store: Any, queue: Any, *, cpu_inline: bool) -> Any:
     """This host's GPU consumers: one per device (or one making clips in this process)."""
+    from bot.consumers import build_workers
     from bot.gpu import InlineRunner, ProcessRunner, consumer_devices, visible_cuda_devices
-    from bot.worker import build_workers
 
     if cpu_inline or not settings.worker.gpu_process:
         from generator.router import Generator

@@ -25,7 +25,7 @@ from bot.store import Flag, Store
 from bot.upkeep import Upkeep
 
 if TYPE_CHECKING:  # a front end never loads the GPU side
-    from bot.worker import Workers
+    from bot.consumers import Workers
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ STRANGER = FakeUser(909, "Sam")
 
 
 class RecordingWorker:
-    """Stands in for bot.worker.Workers (``bot.context.Consumers``): records what the
+    """Stands in for bot.consumers.Workers (``bot.context.Consumers``): records what the
     handlers asked of the consumers; pause and resume keep the stored flag as they do."""
 
     size = 1

@@ -3,7 +3,7 @@
 Everything is real except Telegram (tests/support/fake_botapi.py) and the model weights
 (tests/support/tiny_svd.py: 2 frames, 2 steps on CPU; tests/support/tiny_ltx.py and
 tests/support/tiny_wan.py: 9 frames, 2 steps): ``build_app`` with its handlers, the SQLite
-store, ``bot.worker.Workers`` (one consumer) with an ``InlineRunner`` over ``Generator``.
+store, ``bot.consumers.Workers`` (one consumer) with an ``InlineRunner`` over ``Generator``.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import pytest
 
 from bot.app import build_app
 from bot.config import AccessSettings, Settings, TelegramSettings, WorkerSettings
+from bot.consumers import Workers, build_workers
 from bot.gpu import InlineRunner
 from bot.jobs import Job, Status
 from bot.queue import SqlQueue
 from bot.store import Store
-from bot.worker import Workers, build_workers
 from generator.config import AutoSettings, GeneratorSettings, ImageSettings, VeoCredentials
 from generator.encode import probe_video
 from generator.options import Backend

@@ -8,11 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bot.config import Settings
+from bot.consumers import Workers
 from bot.queue import SqlQueue
 from bot.roles import ListeningConsumers, RemoteConsumers
 from bot.store import Flag, Store
 from bot.upkeep import Upkeep
-from bot.worker import Worker, Workers
+from bot.worker import Worker
 
 
 async def _until(condition: Callable[[], bool]) -> None:

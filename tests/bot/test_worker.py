@@ -20,12 +20,13 @@ from telegram import Bot
 
 from bot import texts
 from bot.config import LimitSettings, Settings, WorkerSettings
+from bot.consumers import Workers, build_workers
 from bot.delivery import USER_BLOCKED
 from bot.gpu import InlineRunner, ProcessRunner, WorkerCrashed, WorkerLost
 from bot.jobs import Job, JobOptions, NewJob, Outcome, Status
 from bot.queue import SqlQueue
 from bot.store import Store
-from bot.worker import Workers, build_workers, request_for, retry_delay
+from bot.worker import request_for, retry_delay
 from generator.config import GeneratorSettings, ImageSettings, VeoCredentials, VeoSettings
 from generator.encode import encode_frames
 from generator.errors import BudgetExceeded, InvalidImage, RateLimited, TransientError
