@@ -21,13 +21,21 @@ from collections.abc import Callable
 
 from bot.config import Settings
 from bot.gpu import GenerationRunner
-from bot.jobs import JobQueue
+from bot.jobs import Job, JobQueue
 from bot.statuscard import StatusCards
 from bot.store import Flag, Store
 from bot.upkeep import Upkeep
 from bot.worker import Worker
 
 log = logging.getLogger(__name__)
+
+
+def _of_this_process(job: Job, worker_id: str) -> bool:
+    """Whether ``job`` was claimed by a consumer of this process (``<name>/gpuN``, or
+    ``gpuN`` unnamed), so this process re-delivers it; another host's stays with that host."""
+    if job.worker_id is None:
+        return True
+    return job.worker_id.rpartition("/")[0] == worker_id.rpartition("/")[0]
 
 
 class Workers:
@@ -59,7 +67,8 @@ class Workers:
             await worker.recover_own()
         first = self.workers[0]
         for job in await first.queue.sending():
-            await first.redeliver(job)
+            if _of_this_process(job, first.worker_id):
+                await first.redeliver(job)
         await first.cards.refresh_positions(force=True)
         await asyncio.gather(*(worker.start() for worker in self.workers))
 
@@ -98,8 +107,10 @@ def build_workers(
     runners: list[GenerationRunner],
     *,
     clock: Callable[[], float] = time.time,
+    name: str = "",
 ) -> Workers:
-    """One consumer per runner (``gpu0``, ``gpu1``...), sharing one status-card keeper
+    """One consumer per runner (``gpu0``, ``gpu1``...; ``<name>/gpu0``... with a ``name``, as
+    each process sharing one database must have its own), sharing one status-card keeper
     (``workers.cards``, to bind to the app's bot) and one upkeep."""
     cards = StatusCards(queue, settings, consumers=len(runners), clock=clock)
     upkeep = Upkeep(store, queue, settings, clock=clock)
@@ -112,7 +123,7 @@ def build_workers(
                 cards=cards,
                 upkeep=upkeep,
                 clock=clock,
-                worker_id=f"gpu{n}",
+                worker_id=f"{name}/gpu{n}" if name else f"gpu{n}",
             )
             for n, runner in enumerate(runners)
         ],

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Mapping
@@ -30,18 +29,12 @@ from typing import Any, Protocol
 
 import aiosqlite
 
-from bot.schema import SQLITE_MIGRATIONS
+from bot.schema import SQLITE_MIGRATIONS, Dialect
 
 logger = logging.getLogger(__name__)
 
 Row = Mapping[str, Any]
-
-
-class Dialect(enum.StrEnum):
-    """Which SQL the database speaks; the few queries that differ are chosen by it."""
-
-    SQLITE = "sqlite"
-    POSTGRES = "postgres"
+__all__ = ["Database", "Dialect", "Row", "SqliteDatabase", "open_database"]
 
 
 class Database(Protocol):
@@ -215,7 +208,7 @@ async def open_database(url_or_path: str | Path) -> Database:
     """
     text = str(url_or_path)
     if text.startswith(("postgresql://", "postgres://")):
-        from bot.db_postgres import PostgresDatabase  # type: ignore[import-not-found]
+        from bot.db_postgres import PostgresDatabase
 
         return await PostgresDatabase.open(text)
     if text.startswith("sqlite:///"):

@@ -239,6 +239,7 @@ async def _enqueue(
     photo_path: str,
     dedupe_key: str,
     status_message_id: int,
+    photo_file_id: str | None,
 ) -> tuple[Job, str | None, bool]:
     """Check limits and queue one job; ``(job, note, new)``. ``Refused`` when over a limit.
 
@@ -259,6 +260,7 @@ async def _enqueue(
             chat_id=chat_id,
             photo_message_id=photo_message_id,
             photo_path=photo_path,
+            photo_file_id=photo_file_id,
             options=queued_options,
             dedupe_key=dedupe_key,
             status_message_id=status_message_id,
@@ -401,6 +403,7 @@ async def on_photo(update: Update, context: Context) -> None:
             user_id=user.id,
             photo_message_id=message.message_id,
             photo_path=str(path),
+            photo_file_id=attachment.file_id,
             options=options,
             created_at=now,
         )
@@ -514,6 +517,7 @@ async def on_animate(update: Update, context: Context) -> None:
                 chat_id=card.chat_id,
                 photo_message_id=card.photo_message_id,
                 photo_path=card.photo_path,
+                photo_file_id=card.photo_file_id,
                 dedupe_key=key,
                 status_message_id=card.message_id,
             )
@@ -670,6 +674,7 @@ async def on_result_action(update: Update, context: Context) -> None:
                 chat_id=chat_id,
                 photo_message_id=job.photo_message_id,
                 photo_path=job.photo_path,
+                photo_file_id=job.photo_file_id,
                 dedupe_key=key,
                 status_message_id=status.message_id,
             )

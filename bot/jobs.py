@@ -108,6 +108,8 @@ class NewJob:
     dedupe_key: str
     status_message_id: int | None = None  # the card that became the status message
     max_attempts: int = 3
+    # Telegram's id of the photo: a consumer on a host without the file fetches it by this.
+    photo_file_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,7 @@ class Job:
     status: Status
     dedupe_key: str
     status_message_id: int | None = None
+    photo_file_id: str | None = None  # fetch the photo by this where photo_path is not
     attempts: int = 0  # runs started (claims), whatever ended them
     max_attempts: int = 3  # the job fails at its max_attempts-th failure
     failures: int = 0  # runs in which the job itself failed (``Charge.FAILURE``)
@@ -247,23 +250,40 @@ class JobQueue(Protocol):
         mark it running, ``attempts += 1`` (a run, not yet a charge); ``None`` when nothing
         is queued."""
 
-    async def heartbeat(self, job_id: int, *, now: float) -> None:
-        """Record that the consumer running ``job_id`` is alive."""
+    async def heartbeat(self, job_id: int, *, now: float, worker_id: str | None = None) -> None:
+        """Record that the consumer running ``job_id`` is alive (with ``worker_id``: only
+        while that consumer holds it)."""
 
     async def set_veo_operation(self, job_id: int, name: str) -> None:
         """Remember a submitted Veo operation so a restart resumes it instead of paying again."""
 
-    async def mark_sending(self, job_id: int, outcome: Outcome, *, now: float) -> Job:
-        """The clip is made: record it (status ``sending``) before uploading."""
+    async def mark_sending(
+        self, job_id: int, outcome: Outcome, *, now: float, worker_id: str | None = None
+    ) -> Job:
+        """The clip is made: record it (status ``sending``) before uploading. This and the
+        other outcomes, given ``worker_id``, are ignored once that consumer lost the job (its
+        lease went stale and another took it back)."""
 
     async def finish(
-        self, job_id: int, outcome: Outcome, *, now: float, charge: Charge = Charge.NONE
+        self,
+        job_id: int,
+        outcome: Outcome,
+        *,
+        now: float,
+        charge: Charge = Charge.NONE,
+        worker_id: str | None = None,
     ) -> Job:
         """Record a terminal outcome (done, failed, cancelled, expired), counting the run that
         ended it as ``charge`` says."""
 
     async def requeue(
-        self, job_id: int, *, now: float, delay_s: float = 0.0, charge: Charge = Charge.NONE
+        self,
+        job_id: int,
+        *,
+        now: float,
+        delay_s: float = 0.0,
+        charge: Charge = Charge.NONE,
+        worker_id: str | None = None,
     ) -> Job:
         """Put a running job back in the queue (shutdown, retryable error, crash), adding one
         to the count ``charge`` names; it is not claimed again for ``delay_s`` seconds."""

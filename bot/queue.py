@@ -131,10 +131,10 @@ class SqlQueue:
         """Store a queued job and return it; the same ``dedupe_key`` returns the first job."""
         async with self.db.transaction() as db:
             inserted = await db.execute(
-                "INSERT INTO jobs (user_id, chat_id, photo_message_id, photo_path, options, "
-                "status, dedupe_key, status_message_id, max_attempts, created_at) VALUES "
-                "(:user_id, :chat_id, :photo_message_id, :photo_path, :options, :s_queued, "
-                ":dedupe_key, :status_message_id, :max_attempts, :now) "
+                "INSERT INTO jobs (user_id, chat_id, photo_message_id, photo_path, photo_file_id, "
+                "options, status, dedupe_key, status_message_id, max_attempts, created_at) "
+                "VALUES (:user_id, :chat_id, :photo_message_id, :photo_path, :photo_file_id, "
+                ":options, :s_queued, :dedupe_key, :status_message_id, :max_attempts, :now) "
                 "ON CONFLICT (dedupe_key) DO NOTHING",
                 {
                     **_STATUSES,
@@ -142,6 +142,7 @@ class SqlQueue:
                     "chat_id": new.chat_id,
                     "photo_message_id": new.photo_message_id,
                     "photo_path": new.photo_path,
+                    "photo_file_id": new.photo_file_id,
                     "options": options_to_json(new.options),
                     "dedupe_key": new.dedupe_key,
                     "status_message_id": new.status_message_id,
@@ -177,11 +178,13 @@ class SqlQueue:
             logger.info("claimed %s by %s", job.info(), worker_id)
         return job
 
-    async def heartbeat(self, job_id: int, *, now: float) -> None:
-        """Record that the consumer running ``job_id`` is alive (no-op unless running)."""
+    async def heartbeat(self, job_id: int, *, now: float, worker_id: str | None = None) -> None:
+        """Record that the consumer running ``job_id`` is alive (no-op unless running; with
+        ``worker_id``, unless that consumer still holds it)."""
+        holder = "" if worker_id is None else " AND worker_id = :worker_id"
         await self.db.execute(
-            "UPDATE jobs SET heartbeat_at = :now WHERE id = :id AND status = :s_running",
-            {**_STATUSES, "now": now, "id": job_id},
+            "UPDATE jobs SET heartbeat_at = :now WHERE id = :id AND status = :s_running" + holder,
+            {**_STATUSES, "now": now, "id": job_id, "worker_id": worker_id},
         )
 
     async def set_veo_operation(self, job_id: int, name: str) -> None:
@@ -196,18 +199,32 @@ class SqlQueue:
             raise LookupError(f"no job {job_id}")
         logger.info("%s: Veo operation %s", job.info(), name)
 
-    async def mark_sending(self, job_id: int, outcome: Outcome, *, now: float) -> Job:
+    async def mark_sending(
+        self, job_id: int, outcome: Outcome, *, now: float, worker_id: str | None = None
+    ) -> Job:
         """Record the made clip (status ``sending``) before uploading it.
 
         ``outcome.status`` is ignored. Only a running (or already sending) job moves; any
         other job is returned unchanged, so the caller can see it was cancelled or recovered.
+        With ``worker_id``, only while that consumer holds the job (see ``_lost``).
         """
         return await self._record(
-            job_id, outcome, Status.SENDING, {Status.RUNNING, Status.SENDING}, now=now
+            job_id,
+            outcome,
+            Status.SENDING,
+            {Status.RUNNING, Status.SENDING},
+            now=now,
+            worker_id=worker_id,
         )
 
     async def finish(
-        self, job_id: int, outcome: Outcome, *, now: float, charge: Charge = Charge.NONE
+        self,
+        job_id: int,
+        outcome: Outcome,
+        *,
+        now: float,
+        charge: Charge = Charge.NONE,
+        worker_id: str | None = None,
     ) -> Job:
         """Record a terminal outcome and ``finished_at``, counting the run that ended it as
         ``charge`` says (a job that failed on its last allowed try: ``Charge.FAILURE``).
@@ -225,10 +242,17 @@ class SqlQueue:
             now=now,
             finished=True,
             charge=charge,
+            worker_id=worker_id,
         )
 
     async def requeue(
-        self, job_id: int, *, now: float, delay_s: float = 0.0, charge: Charge = Charge.NONE
+        self,
+        job_id: int,
+        *,
+        now: float,
+        delay_s: float = 0.0,
+        charge: Charge = Charge.NONE,
+        worker_id: str | None = None,
     ) -> Job:
         """Put a running or sending job back in the queue, adding one to the count that
         ``charge`` names (failures, crashes, or none); with ``delay_s`` it is not claimed
@@ -240,7 +264,7 @@ class SqlQueue:
         """
         async with self.db.transaction() as db:
             job = await _get(db, job_id)
-            if job.status not in (Status.RUNNING, Status.SENDING):
+            if job.status not in (Status.RUNNING, Status.SENDING) or _lost(job, worker_id):
                 logger.warning("requeue ignored for %s", job.info())
                 return job
             job = await _put_back(db, job_id, now=now, delay_s=delay_s, charge=charge)
@@ -266,7 +290,9 @@ class SqlQueue:
         """
         changed: list[Job] = []
         async with self.db.transaction() as db:
-            rows = await _all(db, "SELECT * FROM jobs WHERE status = :s_running ORDER BY id", {})
+            rows = await _all(
+                db, f"SELECT * FROM jobs WHERE status = :s_running ORDER BY id{_locked(db)}", {}
+            )
             for job in rows:
                 orphaned = orphaned_by is not None and job.worker_id == orphaned_by
                 if stale_after > 0 and not orphaned and not is_stale(job, now, stale_after):
@@ -313,7 +339,7 @@ class SqlQueue:
         ``None`` when the job is not ``user_id``'s, unknown, sending or already finished.
         """
         async with self.db.transaction() as db:
-            row = await _one(db, "SELECT * FROM jobs WHERE id = :id", {"id": job_id})
+            row = await _one(db, f"SELECT * FROM jobs WHERE id = :id{_locked(db)}", {"id": job_id})
             if row is None or row.user_id != user_id:
                 return None
             if row.status is Status.QUEUED:
@@ -508,6 +534,7 @@ class SqlQueue:
         now: float,
         finished: bool = False,
         charge: Charge = Charge.NONE,
+        worker_id: str | None = None,
     ) -> Job:
         params: dict[str, Any] = {name: getattr(outcome, name) for name in _OUTCOME_COLUMNS}
         if outcome.used_backend is not None:
@@ -519,7 +546,7 @@ class SqlQueue:
             sets += ", finished_at = :now"
         async with self.db.transaction() as db:
             job = await _get(db, job_id)
-            if job.status not in allowed_from:
+            if job.status not in allowed_from or _lost(job, worker_id):
                 logger.warning("%s ignored for %s", status, job.info())
                 return job
             job = await _one(
@@ -578,10 +605,25 @@ async def _all(db: Database, sql: str, params: Mapping[str, Any]) -> list[Job]:
 
 
 async def _get(db: Database, job_id: int) -> Job:
-    job = await _one(db, "SELECT * FROM jobs WHERE id = :id", {"id": job_id})
+    """The job, read inside a transaction to decide a write (so locked on PostgreSQL)."""
+    job = await _one(db, f"SELECT * FROM jobs WHERE id = :id{_locked(db)}", {"id": job_id})
     if job is None:
         raise LookupError(f"no job {job_id}")
     return job
+
+
+def _lost(job: Job, worker_id: str | None) -> bool:
+    """Whether ``worker_id`` no longer holds ``job``: its lease went stale and the job was
+    taken back (and maybe claimed by another consumer) while it still ran. Its outcome is
+    then ignored, so one job is never recorded, or delivered, by two consumers."""
+    return worker_id is not None and job.worker_id != worker_id
+
+
+def _locked(db: Database) -> str:
+    """``FOR UPDATE`` on PostgreSQL, for a read that decides a write in the same transaction:
+    the row stays as read until the commit, and a second host's read waits and then sees the
+    new row (SQLite's ``BEGIN IMMEDIATE`` already keeps every other writer out)."""
+    return " FOR UPDATE" if db.dialect is Dialect.POSTGRES else ""
 
 
 async def _cancel_flag(db: Database, job_id: int) -> bool:

@@ -54,6 +54,7 @@ class Card:
     options: JobOptions
     created_at: float
     generation: int = 0
+    photo_file_id: str | None = None  # Telegram's id of the photo (``NewJob.photo_file_id``)
 
 
 def _card_from_row(row: Any) -> Card:
@@ -66,6 +67,7 @@ def _card_from_row(row: Any) -> Card:
         options=options_from_json(row["options"]),
         created_at=row["created_at"],
         generation=row["generation"],
+        photo_file_id=row["photo_file_id"],
     )
 
 
@@ -165,11 +167,12 @@ class Store:
         async with self.db.transaction() as db:
             changed = await db.execute(
                 "INSERT INTO cards (chat_id, message_id, user_id, photo_message_id, photo_path, "
-                "options, created_at, generation) VALUES (:chat_id, :message_id, :user_id, "
-                ":photo_message_id, :photo_path, :options, :created_at, :generation) "
-                "ON CONFLICT (chat_id, message_id) DO UPDATE SET "
+                "photo_file_id, options, created_at, generation) VALUES (:chat_id, :message_id, "
+                ":user_id, :photo_message_id, :photo_path, :photo_file_id, :options, :created_at, "
+                ":generation) ON CONFLICT (chat_id, message_id) DO UPDATE SET "
                 "photo_message_id = excluded.photo_message_id, "
-                "photo_path = excluded.photo_path, options = excluded.options, "
+                "photo_path = excluded.photo_path, photo_file_id = excluded.photo_file_id, "
+                "options = excluded.options, "
                 "created_at = excluded.created_at, generation = excluded.generation "
                 "WHERE cards.user_id = excluded.user_id",
                 {
@@ -178,6 +181,7 @@ class Store:
                     "user_id": card.user_id,
                     "photo_message_id": card.photo_message_id,
                     "photo_path": card.photo_path,
+                    "photo_file_id": card.photo_file_id,
                     "options": options_to_json(card.options),
                     "created_at": card.created_at,
                     "generation": card.generation,

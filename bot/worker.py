@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from telegram.error import TelegramError
 
 from bot import delivery, texts
 from bot.config import Settings
@@ -287,8 +290,12 @@ class Worker:
         async def on_veo_operation(name: str) -> None:
             await asyncio.shield(self.queue.set_veo_operation(job.id, name))
 
+        fetched: Path | None = None
         try:
             async with self.cards.running(job):
+                photo = Path(job.photo_path)
+                if job.photo_file_id and not await asyncio.to_thread(photo.exists):
+                    fetched = photo = await self._fetch_photo(job)
                 out_path = self.settings.data_dir / "videos" / f"{job.id}.mp4"
                 await asyncio.to_thread(out_path.parent.mkdir, parents=True, exist_ok=True)
                 allowed = await veo_allowance_for(
@@ -296,7 +303,7 @@ class Worker:
                 )
                 async with delivery.uploading_video(self.cards.bot, job.chat_id):
                     clip = await self.runner.run(
-                        request_for(job),
+                        dataclasses.replace(request_for(job), image=photo),
                         out_path,
                         on_progress=lambda event: self.cards.report(job, event),
                         on_veo_operation=on_veo_operation,
@@ -316,7 +323,9 @@ class Worker:
             await self._fail(job, exc.user_text)
         except asyncio.CancelledError:
             # stop() gave up on the runner: the job goes back, not counted against the user.
-            await asyncio.shield(self.queue.requeue(job.id, now=self.clock()))
+            await asyncio.shield(
+                self.queue.requeue(job.id, now=self.clock(), worker_id=self.worker_id)
+            )
             log.info("↻ job %s requeued at shutdown", job.id)
             raise
         except Exception:
@@ -329,6 +338,22 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
             self._running_job_id = None
+            if fetched is not None:
+                await asyncio.to_thread(remove_files, fetched)
+
+    async def _fetch_photo(self, job: Job) -> Path:
+        """The photo of a job queued on another host (no shared disk), fetched through the
+        Bot API by its Telegram file id into this host's photos folder; removed after the run
+        (the front end keeps its own copy for the buttons under the clip)."""
+        target = self.settings.photos_dir / f"fetched-{job.id}-{Path(job.photo_path).name}"
+        await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
+        try:
+            file = await self.cards.bot.get_file(job.photo_file_id)
+            await file.download_to_drive(target)
+        except TelegramError as exc:
+            raise TransientError(f"cannot fetch the photo from Telegram: {exc}") from exc
+        log.info("%s: photo fetched from Telegram (not on this host)", job.info())
+        return target
 
     async def _heartbeat(self, job: Job) -> None:
         """Beat every ``heartbeat_s``; also notice a cancel asked for through the database
@@ -336,7 +361,7 @@ class Worker:
         while True:
             await asyncio.sleep(self.settings.worker.heartbeat_s)  # a timer, not synchronisation
             try:
-                await self.queue.heartbeat(job.id, now=self.clock())
+                await self.queue.heartbeat(job.id, now=self.clock(), worker_id=self.worker_id)
                 if await self.queue.cancel_requested(job.id):
                     await self.runner.cancel()
             except Exception:
@@ -346,12 +371,17 @@ class Worker:
 
     async def _cancelled(self, job: Job, exc: Cancelled) -> None:
         if self._shutdown_cancel:
-            await asyncio.shield(self.queue.requeue(job.id, now=self.clock()))
+            await asyncio.shield(
+                self.queue.requeue(job.id, now=self.clock(), worker_id=self.worker_id)
+            )
             log.info("↻ job %s requeued at shutdown", job.id)
             return
         done = await asyncio.shield(
             self.queue.finish(
-                job.id, Outcome(Status.CANCELLED, cost_usd=exc.cost_usd or None), now=self.clock()
+                job.id,
+                Outcome(Status.CANCELLED, cost_usd=exc.cost_usd or None),
+                now=self.clock(),
+                worker_id=self.worker_id,
             )
         )
         log.info("← %s cancelled", done.info())
@@ -362,7 +392,9 @@ class Worker:
         if can_retry(job, charge, max_crashes=self.settings.worker.max_crashes):
             delay = retry_delay(job, exc)
             back = await asyncio.shield(
-                self.queue.requeue(job.id, now=self.clock(), delay_s=delay, charge=charge)
+                self.queue.requeue(
+                    job.id, now=self.clock(), delay_s=delay, charge=charge, worker_id=self.worker_id
+                )
             )
             log.info("↻ %s: %s: %s", back.info(), type(exc).__name__, exc)
             if back.status is Status.CANCELLED:
@@ -389,6 +421,7 @@ class Worker:
                 Outcome(Status.FAILED, error=user_text),
                 now=self.clock(),
                 charge=charge,
+                worker_id=self.worker_id,
             )
         )
         log.info("← %s failed", done.info())
@@ -415,6 +448,7 @@ class Worker:
                     seed=clip.seed,
                 ),
                 now=self.clock(),
+                worker_id=self.worker_id,
             )
         )
         if sending.status is not Status.SENDING:
@@ -454,12 +488,16 @@ class Worker:
                             video_message_id=sent.message_id,
                         ),
                         now=self.clock(),
+                        worker_id=job.worker_id,
                     )
                 )
         except DeliveryFailed as exc:
             done = await asyncio.shield(
                 self.queue.finish(
-                    job.id, Outcome(Status.FAILED, error=exc.reason), now=self.clock()
+                    job.id,
+                    Outcome(Status.FAILED, error=exc.reason),
+                    now=self.clock(),
+                    worker_id=job.worker_id,
                 )
             )
             log.info("← %s not delivered: %s", done.info(), exc.reason)
@@ -475,7 +513,9 @@ class Worker:
         """A clip made before the restart: send it once, or requeue if its file is gone."""
         path = Path(job.video_path) if job.video_path else None
         if path is None or not await asyncio.to_thread(path.exists):
-            back = await asyncio.shield(self.queue.requeue(job.id, now=self.clock()))
+            back = await asyncio.shield(
+                self.queue.requeue(job.id, now=self.clock(), worker_id=job.worker_id)
+            )
             log.info("↻ %s: its video is gone; making it again", back.info())
             return
         log.info("→ %s re-delivering after restart", job.info())

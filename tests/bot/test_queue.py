@@ -1,4 +1,5 @@
-"""The SQLite job queue: idempotent enqueue, fair atomic claims, recovery, expiry and cancel."""
+"""The job queue's contract, on SQLite and on a real PostgreSQL: idempotent enqueue, fair
+atomic claims, positions, heartbeats, recovery, expiry and cancel."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bot.jobs import Charge, JobOptions, NewJob, Outcome, Status
-from bot.queue import GIVE_UP_TEXT, SqlQueue
+from bot.queue import GIVE_UP_TEXT, JOBS_CHANNEL, SqlQueue
 from bot.store import Store
 from generator.options import Backend
 
@@ -29,9 +30,17 @@ def new_job(user_id: int, key: str, *, max_attempts: int = 3) -> NewJob:
     )
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    """Where the queue lives: a SQLite file, or a fresh database on the session's server."""
+    if request.param == "postgres":
+        return request.getfixturevalue("postgres_url")
+    return tmp_path / "bot.sqlite3"
+
+
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    store = await Store.open(tmp_path / "bot.sqlite3")
+async def store(database: str | Path) -> AsyncIterator[Store]:
+    store = await Store.open(database)
     yield store
     await store.close()
 
@@ -117,12 +126,15 @@ async def test_position_matches_the_actual_claim_order(queue: SqlQueue) -> None:
     assert claimed == predicted
 
 
-async def test_two_consumers_never_claim_the_same_job(tmp_path: Path) -> None:
-    path = tmp_path / "bot.sqlite3"
-    first, second = await Store.open(path), await Store.open(path)
+async def test_consumers_on_several_connections_never_claim_one_job_twice(
+    database: str | Path,
+) -> None:
+    # Three consumers, each with its own connection (on PostgreSQL: its own pool, as on
+    # three hosts), each with two claims in flight at once.
+    stores = [await Store.open(database) for _ in range(3)]
     try:
-        for n in range(6):
-            await SqlQueue(first.db).enqueue(new_job(ALICE + n % 2, f"k{n}"), now=float(n))
+        for n in range(24):
+            await SqlQueue(stores[0].db).enqueue(new_job(ALICE + n % 3, f"k{n}"), now=float(n))
 
         async def drain(store: Store, name: str) -> list[int]:
             ids = []
@@ -130,13 +142,15 @@ async def test_two_consumers_never_claim_the_same_job(tmp_path: Path) -> None:
                 ids.append(job.id)
             return ids
 
-        got_a, got_b = await asyncio.gather(drain(first, "gpu0"), drain(second, "gpu1"))
+        got = await asyncio.gather(
+            *(drain(store, f"host{h}-gpu{g}") for h, store in enumerate(stores) for g in (0, 1))
+        )
     finally:
-        await first.close()
-        await second.close()
+        for store in stores:
+            await store.close()
 
-    assert sorted(got_a + got_b) == [1, 2, 3, 4, 5, 6]
-    assert not set(got_a) & set(got_b)
+    taken = [job_id for ids in got for job_id in ids]
+    assert sorted(taken) == list(range(1, 25))  # every job once: none twice, none left
 
 
 async def test_concurrent_claims_on_one_connection_take_distinct_jobs(queue: SqlQueue) -> None:
@@ -381,8 +395,8 @@ async def test_heartbeat_keeps_a_running_job_alive(queue: SqlQueue) -> None:
     assert await queue.recover(now=130.0, stale_after=60.0, max_crashes=CRASHES) == []
 
 
-async def test_jobs_survive_closing_and_reopening(tmp_path: Path) -> None:
-    path = tmp_path / "bot.sqlite3"
+async def test_jobs_survive_closing_and_reopening(database: str | Path) -> None:
+    path = database
     store = await Store.open(path)
     alice = await SqlQueue(store.db).enqueue(new_job(ALICE, "a"), now=0.0)
     bob = await SqlQueue(store.db).enqueue(new_job(BOB, "b"), now=1.0)
@@ -401,6 +415,102 @@ async def test_jobs_survive_closing_and_reopening(tmp_path: Path) -> None:
         assert recovered.id == alice.id and recovered.status is Status.QUEUED
     finally:
         await reopened.close()
+
+
+async def test_on_postgres_a_claim_skips_a_job_another_host_is_claiming(
+    postgres_url: str,
+) -> None:
+    first, second = await Store.open(postgres_url), await Store.open(postgres_url)
+    try:
+        for n in range(2):
+            await SqlQueue(first.db).enqueue(new_job(ALICE + n, f"k{n}"), now=float(n))
+        async with first.transaction():
+            # The first host's claim is made but not committed: its row stays locked.
+            mine = await SqlQueue(first.db).claim("host1", now=5.0)
+            # The second host takes the next job at once instead of waiting on that lock.
+            theirs = await asyncio.wait_for(SqlQueue(second.db).claim("host2", now=5.0), 10)
+    finally:
+        await first.close()
+        await second.close()
+
+    assert mine is not None and theirs is not None
+    assert {mine.id, theirs.id} == {1, 2}
+
+
+async def test_on_postgres_an_enqueue_wakes_a_consumer_on_another_host(postgres_url: str) -> None:
+    front, consumer = await Store.open(postgres_url), await Store.open(postgres_url)
+    try:
+        assert await consumer.db.wait(JOBS_CHANNEL, timeout=0.01) is False  # listening now
+        waiting = asyncio.create_task(consumer.db.wait(JOBS_CHANNEL, timeout=30))
+        await SqlQueue(front.db).enqueue(new_job(ALICE, "a"), now=1.0)
+        assert await waiting is True
+        claimed = await SqlQueue(consumer.db).claim("host2", now=2.0)
+    finally:
+        await front.close()
+        await consumer.close()
+
+    assert claimed is not None and claimed.dedupe_key == "a"
+
+
+async def _until_one_waits_on_a_lock(store: Store) -> None:
+    """Return once a statement of another connection waits on a row lock (pg_stat_activity)."""
+    # The server's own view of who waits, polled: there is no event to wait on.
+    while True:
+        waiting = await store.db.fetchone(
+            "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND datname = current_database()"
+        )
+        if waiting:
+            return
+        await asyncio.sleep(0.01)
+
+
+async def test_on_postgres_two_hosts_recovering_at_once_take_a_stale_job_back_once(
+    postgres_url: str,
+) -> None:
+    first, second = await Store.open(postgres_url), await Store.open(postgres_url)
+    try:
+        await SqlQueue(first.db).enqueue(new_job(ALICE, "a"), now=0.0)
+        await SqlQueue(first.db).claim("host3", now=1.0)  # host3 dies; its lease goes stale
+        async with first.transaction():
+            [mine] = await SqlQueue(first.db).recover(now=100.0, stale_after=60, max_crashes=9)
+            theirs = asyncio.create_task(
+                SqlQueue(second.db).recover(now=100.0, stale_after=60, max_crashes=9)
+            )
+            await asyncio.wait_for(_until_one_waits_on_a_lock(first), 10)
+        # The second host read the job after the first's commit: queued, nothing to take.
+        assert await theirs == []
+        stored = await SqlQueue(first.db).get(mine.id)
+    finally:
+        await first.close()
+        await second.close()
+
+    assert stored is not None and (stored.status, stored.crashes) == (Status.QUEUED, 1)
+
+
+async def test_a_consumer_whose_lease_was_taken_back_records_nothing(queue: SqlQueue) -> None:
+    job = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
+    await queue.claim("host1/gpu0", now=1.0)
+    # host1 stalls past the stale limit; host2 takes the job back and runs it.
+    await queue.recover(now=200.0, stale_after=60.0, max_crashes=CRASHES)
+    await queue.claim("host2/gpu0", now=201.0)
+
+    # host1 comes back to life: its heartbeat, clip and failure are all ignored.
+    await queue.heartbeat(job.id, now=202.0, worker_id="host1/gpu0")
+    made = Outcome(Status.SENDING, video_path="/data/host1.mp4")
+    sent = await queue.mark_sending(job.id, made, now=203.0, worker_id="host1/gpu0")
+    assert sent.status is Status.RUNNING
+    failed = Outcome(Status.FAILED, error="boom")
+    await queue.finish(job.id, failed, now=204.0, worker_id="host1/gpu0")
+    await queue.requeue(job.id, now=204.0, worker_id="host1/gpu0")
+    held = await queue.get(job.id)
+    assert held is not None
+    assert (held.status, held.worker_id, held.heartbeat_at) == (Status.RUNNING, "host2/gpu0", 201.0)
+    assert held.video_path is None
+
+    # The holder's outcome counts.
+    done = await queue.finish(job.id, Outcome(Status.DONE), now=300.0, worker_id="host2/gpu0")
+    assert done.status is Status.DONE
 
 
 def test_the_sql_queue_implements_every_method_of_the_protocol() -> None:

@@ -1,4 +1,5 @@
-"""The SQLite store: migrations, pragmas, transactions, users, cards, flags, history and stats."""
+"""The store on SQLite and on a real PostgreSQL: migrations, transactions, users, cards, flags,
+history and stats (SQLite's own pragmas and upgrades on SQLite)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,14 @@ ALICE, BOB = 1, 2
 DAY = 86_400.0
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    store = await Store.open(tmp_path / "data" / "bot.sqlite3")
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """The store on a new SQLite file, or on a fresh database on the session's PostgreSQL."""
+    if request.param == "postgres":
+        where: str | Path = request.getfixturevalue("postgres_url")
+    else:
+        where = tmp_path / "data" / "bot.sqlite3"
+    store = await Store.open(where)
     yield store
     await store.close()
 
