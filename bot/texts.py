@@ -6,6 +6,7 @@ import unicodedata
 from typing import Any
 
 from bot.jobs import Job, JobOptions, Status
+from generator.errors import InvalidImage
 from generator.options import Backend, Intensity, PhotoType, motion_band
 
 # --- user text echoed back ---
@@ -238,7 +239,7 @@ def cancel_requested() -> str:
 
 
 def not_an_image() -> str:
-    return "That file isn't a photo I can use. Please send a JPEG or PNG image."
+    return InvalidImage.user_text
 
 
 def too_large(limit_bytes: int) -> str:

@@ -25,6 +25,7 @@ from bot.keyboards import result_keyboard
 from bot.limits import Refused, Usage, check_limits
 from bot.store import Card, Store
 from generator.config import VeoCredentials
+from generator.errors import InvalidImage
 from generator.options import Backend, Intensity
 from tests.support.fake_botapi import TOKEN, FakeBotApi, FakeUser
 from tests.support.images import bomb_png_bytes, photo_bytes
@@ -249,13 +250,14 @@ async def test_stale_or_unknown_buttons_get_an_alert(bot: Bot) -> None:
 
 async def test_non_image_document_gets_a_friendly_message(bot: Bot) -> None:
     bot.fake.send_document(ANN, b"%PDF-1.4 ...", file_name="cv.pdf", mime_type="application/pdf")
-    message = await bot.fake.wait_for_text(ANN.id, "isn't a photo")
+    # The same sentence the generator gives for a file it cannot read (one text, not three).
+    message = await bot.fake.wait_for_text(ANN.id, InvalidImage.user_text)
     assert message.buttons == []
 
 
 async def test_a_jpg_that_is_not_an_image_is_refused_kindly(bot: Bot) -> None:
     bot.fake.send_document(ANN, b"this is not a jpeg at all", file_name="cat.jpg")
-    await bot.fake.wait_for_text(ANN.id, "isn't a photo")
+    await bot.fake.wait_for_text(ANN.id, InvalidImage.user_text)
     photos = bot.settings.photos_dir
     assert not photos.exists() or not any(photos.iterdir())
 
