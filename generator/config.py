@@ -226,8 +226,9 @@ class WanSettings:
     device: str = "auto"  # auto | cuda | mps | cpu
     # auto (bfloat16 on GPU, float32 on CPU) | float16 | bfloat16 | float32
     dtype: str = choice("auto", "auto", "float16", "bfloat16", "float32")
-    # The VAE: float32 as the model card decodes | bfloat16 | float16 | auto (as dtype)
-    vae_dtype: str = choice("float32", "auto", "float16", "bfloat16", "float32")
+    # The VAE: auto (as dtype: bf16 on GPU, measured close to fp32) | float32 as the model
+    # card decodes | bfloat16 | float16
+    vae_dtype: str = choice("auto", "auto", "float16", "bfloat16", "float32")
     profile: Profile = Profile.AUTO
     # With height: the pixel area a clip gets; the photo's aspect is kept.
     width: int = number(1280, 32, 4096)
@@ -242,6 +243,10 @@ class WanSettings:
     # auto picks low-vram below this much free VRAM; auto's chain skips Wan on smaller cards.
     low_vram_threshold_gib: float = number(48.0, 0.0, 4096.0)
     min_vram_gib: float = number(10.0, 0.0, 4096.0)
+    # Opt-in, changes the clip: skip the other blocks of a pass when the first block's output
+    # moved less than this since the last step (diffusers' first-block cache); 0 is off.
+    first_block_cache: float = number(0.0, 0.0, 1.0)
+    guidance_batch: bool = False  # low-vram: both guidance passes in one call
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ torch and diffusers are imported when a model loads, not with this module, so
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
@@ -157,7 +158,8 @@ class WanEngine(PipelineEngine):
         the image encoder and processor it does not have are optional and stay ``None``, and
         ``expand_timesteps=True`` is passed explicitly so the photo conditions the first
         latent frame (diffusers' Wan 2.2 5B image-to-video path) whatever the folder says.
-        The VAE loads on its own in ``vae_dtype`` (fp32 as the model card loads it).
+        The VAE loads on its own in ``vae_dtype`` (``[wan] vae_dtype``: bf16 on a GPU by
+        default; fp32 as the model card loads it when asked).
         """
         from diffusers import AutoencoderKLWan, WanImageToVideoPipeline
 
@@ -275,7 +277,12 @@ class WanEngine(PipelineEngine):
             self.load(model, device)
         if self._device is None:
             raise RuntimeError("place the Wan pipeline after loading it")
-        wan_speed.apply_profile(self._pipe, profile, device=self._device)
+        wan_speed.apply_profile(
+            self._pipe,
+            profile,
+            device=self._device,
+            first_block_cache=self.settings.first_block_cache,
+        )
         log.info("Wan 2.2 profile %s on %s", profile, self._device)
         self._profile = profile
 
@@ -292,8 +299,10 @@ class WanEngine(PipelineEngine):
     ) -> list[Any]:
         """Call the pipeline once, translating out-of-memory at this edge.
 
-        ``wan_speed`` supplies the prompt embeddings (cached per prompt, so the UMT5-XXL
-        encoder runs only for a new one) and the frames as ``uint8`` made on the device.
+        ``wan_speed`` picks compiled or eager blocks for this clip's shape (a clip never
+        waits for the compiler), supplies the prompt embeddings (cached per prompt, so the
+        UMT5-XXL encoder runs only for a new one) and the frames as ``uint8`` made on the
+        device.
         """
         import torch
 
@@ -306,6 +315,9 @@ class WanEngine(PipelineEngine):
 
         try:
             with torch.inference_mode():
+                wan_speed.before_clip(
+                    pipe, height=photo.height, width=photo.width, num_frames=frames
+                )
                 embeds = wan_speed.prompt_kwargs(
                     pipe,
                     prompt,
@@ -313,18 +325,31 @@ class WanEngine(PipelineEngine):
                     guidance_scale=s.guidance_scale,
                     max_sequence_length=MAX_SEQUENCE_LENGTH,
                 )
-                video = pipe(
-                    image=photo,
-                    width=photo.width,
-                    height=photo.height,
-                    num_frames=frames,
-                    num_inference_steps=steps,
-                    guidance_scale=s.guidance_scale,
-                    generator=generator,
-                    callback_on_step_end=on_step_end,
-                    output_type="pt",
-                    **embeds,
-                ).frames[0]
+                # low-vram streams the weights from CPU memory once per call: opt-in, one a step.
+                batched = (
+                    s.guidance_batch
+                    and self._profile is Profile.LOW_VRAM
+                    and "negative_prompt_embeds" in embeds
+                )
+                with (
+                    wan_speed.GuidanceBatch(
+                        pipe.transformer, embeds["prompt_embeds"], embeds["negative_prompt_embeds"]
+                    )
+                    if batched
+                    else contextlib.nullcontext()
+                ):
+                    video = pipe(
+                        image=photo,
+                        width=photo.width,
+                        height=photo.height,
+                        num_frames=frames,
+                        num_inference_steps=steps,
+                        guidance_scale=s.guidance_scale,
+                        generator=generator,
+                        callback_on_step_end=on_step_end,
+                        output_type="pt",
+                        **embeds,
+                    ).frames[0]
                 return list(wan_speed.frames_to_uint8(video))
         except Exception as exc:
             self._raise_failed(exc, self._profile)

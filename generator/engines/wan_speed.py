@@ -1,19 +1,36 @@
-"""Memory profiles and prompt embeddings for a loaded Wan 2.2 TI2V-5B pipeline.
+"""Memory profiles, speed settings and prompt embeddings for a loaded Wan 2.2 TI2V-5B pipeline.
 
 ``generator.engines.wan`` loads one ``WanImageToVideoPipeline`` per process and calls
-:func:`apply_profile` once when it places it; the pipeline's ``__call__`` stays stock.
+:func:`apply_profile` once when it places it, and :func:`before_clip` before each clip; the
+pipeline's ``__call__`` stays stock.
 
-- ``fast``: everything on the GPU; the VAE in the dtype the engine loaded it in (``[wan]
-  vae_dtype``, fp32 by default as the model card loads it). On an H200 stock diffusers peaks
-  at 43.8 GiB, in the fp32 decode (PERF.md), so ``auto`` picks it only on large cards.
-- ``low-vram`` (a 12 GB card): the 5B transformer (10 GB in bf16) and the UMT5-XXL text
-  encoder (10.6 GiB in bf16, so ``enable_model_cpu_offload`` cannot even encode a prompt
-  under a 12 GiB cap) live in pinned CPU memory and stream to the GPU one layer ahead of
-  their use (diffusers' leaf-level group offloading with CUDA streams). The text encoder runs
-  only for a prompt the cache has not seen: prompts are built deterministically from photo
-  type x intensity x custom elements, so most clips never touch it. The VAE stays on the GPU
-  and decodes in tiles. Measured with stock diffusers on an H200 under a 12 GiB cap: 149 s a
-  clip at 8.5 GiB, against 131 s all on the GPU.
+On CUDA both profiles compute the same function as stock diffusers: one transformer pass of
+the fast profile is 1.30e-2 (relative L2) from an fp32 pass of the same weights, stock bf16's
+1.49e-2 (``bench/wan_bench.py --accuracy``, ``bench/RESULTS.md``). What changes:
+
+- the query/key/value projections fused into one matrix product per attention (diffusers'
+  ``fuse_qkv_projections``), the separate copies dropped so no weight is stored twice or
+  streamed for nothing;
+- attention pinned to cuDNN's fused kernel on Hopper (:data:`ATTENTION_BACKEND`): PyTorch 2.11
+  picks it there by itself in eager mode (1.17 s a pass; flash 1.46 s, memory-efficient
+  2.24 s), and pinning it keeps it inside the compiled graph too;
+- ``fast`` only: the transformer's 30 repeated blocks compiled (regional ``torch.compile``)
+  on a side thread behind eager clips, by the same ``BackgroundCompile`` LTX-Video uses
+  (:func:`compile_behind`): nobody waits for the compiler. A step goes from 2.34 s to 1.85 s
+  on an H200.
+
+Profiles:
+
+- ``fast``: everything on the GPU. The decode is tiled only when the memory left beside the
+  weights is under what an untiled decode needs (:func:`tile_decode`).
+- ``low-vram`` (a 12 GB card): the 5B transformer (10 GB in bf16) lives in pinned CPU memory
+  and streams to the GPU one block ahead of its use (diffusers' block-level group offloading
+  with CUDA streams); the UMT5-XXL text encoder (10.6 GiB in bf16, so
+  ``enable_model_cpu_offload`` cannot even encode a prompt under a 12 GiB cap) streams layer
+  by layer, and only for a prompt the cache has not seen: prompts are built deterministically
+  from photo type x intensity x custom elements, so most clips never touch it. The VAE stays
+  on the GPU and decodes in large tiles (:data:`LOW_VRAM_TILE`). The blocks stay eager here:
+  a side-thread compile would run blocks that the offloading hooks move under a clip.
 
 The prompt cache, the frames conversion and the allocator setting are the ones LTX-Video uses
 (``generator.engines.ltx_speed``); only Wan's ``encode_prompt`` (no attention masks) differs.
@@ -21,6 +38,7 @@ The prompt cache, the frames conversion and the allocator setting are the ones L
 Example::
 
     >>> apply_profile(pipe, Profile.LOW_VRAM, device="cuda")
+    >>> before_clip(pipe, height=704, width=1280, num_frames=121)   # compiled yet?
     >>> embeds = prompt_kwargs(pipe, prompt, negative, guidance_scale=5.0)
     >>> video = pipe(image=photo, **embeds, output_type="pt").frames[0]
     >>> frames = frames_to_uint8(video)          # (frames, height, width, 3) uint8 on the CPU
@@ -34,63 +52,187 @@ from typing import Any
 import torch
 
 from generator.engines.ltx_speed import (
+    BackgroundCompile,
     PromptKey,
     _group_offloaded,
+    compile_available,
     expandable_segments,
     frames_to_uint8,
     prompt_cache,
 )
 from generator.options import Profile
 
-__all__ = ["apply_profile", "frames_to_uint8", "prompt_kwargs"]
+__all__ = ["apply_profile", "before_clip", "compile_behind", "frames_to_uint8", "prompt_kwargs"]
 
 log = logging.getLogger(__name__)
 
+#: diffusers' attention backend on Hopper (compute capability 9); other GPUs keep PyTorch's
+#: own choice, which was not measured against it.
+ATTENTION_BACKEND = "_native_cudnn"
+#: The low-vram decode's tiles, in pixels: (tile, stride). diffusers' default (256, 192)
+#: decodes 28 overlapping tiles of a 1280x704 clip in 13.4 s; these make 6, in 7.5 s at 3.2
+#: GiB beside the weights, and differ from the untiled decode half as much.
+LOW_VRAM_TILE = (512, 448)
+#: GiB an untiled decode of 121 frames at 1280x704 needs beside the weights, by VAE dtype
+#: (measured on an H200: 21.0 in fp32, 10.5 in bf16).
+UNTILED_DECODE_GIB = {torch.float32: 22.0, torch.bfloat16: 11.0, torch.float16: 11.0}
 
-def apply_profile(pipe: Any, profile: Profile, *, device: str) -> None:
+_COMPILE_ATTR = "_wan_background_compile"
+
+
+def apply_profile(
+    pipe: Any,
+    profile: Profile,
+    *,
+    device: str,
+    compile: bool = True,
+    attention: str | None = ATTENTION_BACKEND,
+    fuse: bool = True,
+    offload: str = "block_level",
+    first_block_cache: float = 0.0,
+) -> None:
     """Place ``pipe`` for ``profile`` on ``device``; off CUDA it only moves the pipeline there.
 
     Args:
         pipe: a loaded ``WanImageToVideoPipeline``.
         profile: ``Profile.FAST`` (all on the GPU) or ``Profile.LOW_VRAM`` (transformer and
-            text encoder streamed from CPU memory layer by layer, VAE resident and tiled).
+            text encoder streamed from CPU memory, VAE resident and tiled).
         device: ``"cuda"``, ``"cuda:1"``, ``"cpu"`` or ``"mps"``.
+        compile: ``fast`` only: compile the transformer's blocks behind eager clips.
+        attention: diffusers' attention backend name, used on Hopper; ``None`` keeps
+            PyTorch's choice everywhere.
+        fuse: fuse the attention projections (same function, fewer matrix products).
+        offload: ``low-vram`` only: group offloading of the transformer, ``"block_level"``
+            or ``"leaf_level"``.
+        first_block_cache: opt-in approximation that changes the clip (``[wan]
+            first_block_cache``): above 0, diffusers' first-block cache with this threshold,
+            on the CPU and in ``fast`` (the blocks then stay eager: skipping blocks is a
+            decision on data the compiled graphs were not made for); ``low-vram`` ignores it
+            (block-level offloading prefetches blocks in the order they ran).
 
     Raises:
         ValueError: ``profile`` is ``AUTO`` (the caller resolves it by free VRAM first).
     """
     if profile not in (Profile.FAST, Profile.LOW_VRAM):
         raise ValueError(f"resolve the profile before applying it, got {profile}")
-    if not str(device).startswith("cuda"):
-        pipe.to(device)  # nothing to gain from offloading here
+    cuda = str(device).startswith("cuda")
+    if first_block_cache > 0:
+        if profile is Profile.FAST or not cuda:
+            _first_block_cache(pipe.transformer, first_block_cache)
+        else:
+            log.info("Wan 2.2: first-block cache ignored in %s", profile)
+    if not cuda:
+        pipe.to(device)  # nothing to gain from kernels, offloading or compiling here
         return
+    # 1. Same function, faster kernels: before any offloading, which must see the final layers.
+    if fuse:
+        fuse_projections(pipe.transformer)
+    if attention and torch.cuda.get_device_capability(torch.device(device))[0] == 9:
+        pipe.transformer.set_attention_backend(attention)
     if profile is Profile.FAST:
         pipe.to(device)
-        pipe.vae.disable_tiling()
+        if compile and not first_block_cache:
+            compile_behind(pipe)
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        if tile_decode(free + cached, pipe.vae.dtype):
+            pipe.vae.enable_tiling(*_tiles())
+        else:
+            pipe.vae.disable_tiling()
         return
     from diffusers.hooks import apply_group_offloading
 
-    # 1. The VAE resident (1.4 GB in bf16, 2.8 GB in fp32): it encodes the photo and decodes
+    # 2. The VAE resident (1.4 GB in bf16, 2.8 GB in fp32): it encodes the photo and decodes
     # every clip, and group offloading its 3D convolutions gains nothing.
     pipe.vae.to(device)
-    # 2. Grow memory segments in place: under a cap, fixed cached blocks fragment.
+    # 3. Grow memory segments in place: under a cap, fixed cached blocks fragment.
     expandable_segments()
-    # 3. Transformer and text encoder in pinned CPU memory, one layer ahead of their use.
-    for name in ("transformer", "text_encoder"):
+    # 4. Transformer and text encoder in pinned CPU memory, streamed ahead of their use: the
+    # transformer a block at a time (30 blocks of 0.33 GB, two transfers a step), the encoder
+    # a layer at a time (its layers are not one list of blocks).
+    for name, kind in (("transformer", offload), ("text_encoder", "leaf_level")):
         module = getattr(pipe, name)
         if _group_offloaded(module):
             continue
         module.to("cpu")
         torch.cuda.empty_cache()
+        extra = {"num_blocks_per_group": 1} if kind == "block_level" else {}
         apply_group_offloading(
             module,
             onload_device=torch.device(device),
             offload_device=torch.device("cpu"),
-            offload_type="leaf_level",
+            offload_type=kind,
             use_stream=True,
+            **extra,
         )
-    # 4. Tiles keep the decode's activations (tens of GiB for 121 frames at 1280x704) small.
-    pipe.vae.enable_tiling()
+    # 5. Tiles keep the decode's activations (tens of GiB for 121 frames at 1280x704) small.
+    pipe.vae.enable_tiling(*_tiles())
+
+
+def _first_block_cache(transformer: Any, threshold: float) -> None:
+    """diffusers' first-block cache on the transformer, once (it changes the clip)."""
+    if getattr(transformer, "_wan_first_block_cache", None) is not None:
+        return
+    from diffusers.hooks import FirstBlockCacheConfig
+
+    transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
+    transformer._wan_first_block_cache = threshold
+    log.warning("Wan 2.2: first-block cache at %s: faster, and the clips change", threshold)
+
+
+def _tiles() -> tuple[int, int, int, int]:
+    tile, stride = LOW_VRAM_TILE
+    return tile, tile, stride, stride
+
+
+def tile_decode(free_beside_weights: int, vae_dtype: torch.dtype) -> bool:
+    """Whether the decode is tiled, given the bytes free beside the resident weights."""
+    return free_beside_weights < UNTILED_DECODE_GIB.get(vae_dtype, 22.0) * 1024**3
+
+
+def fuse_projections(transformer: torch.nn.Module) -> None:
+    """Fuse each attention's projections (q, k, v in self-attention; k, v in cross-attention)
+    into one linear layer and drop the separate ones, so the weights are stored once.
+
+    Each output is the same dot product as before; only the kernel computing it changes."""
+    if getattr(transformer, "_wan_fused", False):
+        return
+    transformer.fuse_qkv_projections()
+    for module in transformer.modules():
+        if not getattr(module, "fused_projections", False):
+            continue
+        # Self-attention reads only to_qkv now; cross-attention still reads to_q.
+        unused = ("to_k", "to_v") if module.is_cross_attention else ("to_q", "to_k", "to_v")
+        for name in unused:
+            delattr(module, name)
+    transformer._wan_fused = True
+
+
+def compile_behind(pipe: Any, *, backend: str | Any = "inductor") -> BackgroundCompile | None:
+    """The pipeline's compile job, made on first use: the transformer's repeated blocks
+    compile on a side thread behind eager clips. ``None`` where inductor cannot run (no
+    Triton); tests pass a cheap ``backend``."""
+    job = getattr(pipe, _COMPILE_ATTR, None)
+    if job is None and (backend != "inductor" or compile_available()):
+        job = BackgroundCompile(pipe.transformer, backend=backend)
+        setattr(pipe, _COMPILE_ATTR, job)
+    return job
+
+
+def stop_compiling(pipe: Any) -> None:
+    """Back to eager blocks for good (before the weights move under offloading hooks)."""
+    job = getattr(pipe, _COMPILE_ATTR, None)
+    if job is not None:
+        job.wait()
+        job.swap_out()
+        delattr(pipe, _COMPILE_ATTR)
+
+
+def before_clip(pipe: Any, *, height: int, width: int, num_frames: int) -> bool:
+    """Call before each clip: compiled blocks if ready for this shape, else eager (and a shape
+    not compiled yet starts compiling behind this clip). Returns whether it runs compiled."""
+    job = getattr(pipe, _COMPILE_ATTR, None)
+    return False if job is None else job.before_clip((height, width, num_frames))
 
 
 def prompt_kwargs(
@@ -122,3 +264,69 @@ def _encode(pipe: Any, key: PromptKey, cfg: bool) -> dict[str, torch.Tensor]:
     if cfg:
         out["negative_prompt_embeds"] = negative
     return out
+
+
+class GuidanceBatch:
+    """Both guidance passes of a step in one transformer call of batch 2 (``low-vram``).
+
+    Wan's pipeline calls the transformer twice a step, conditional then unconditional, with the
+    same latents and timestep and only the text embeddings different. Under group offloading
+    every call streams all 10 GB of weights from CPU memory, so two calls a step stream them
+    twice; here the conditional call runs both passes at once and the unconditional call gets
+    its half back without running anything: the weights stream once a step. The same function
+    (each sample of a batch is computed on its own); activations double, which the 12 GB
+    profile has room for.
+
+    Use as a context manager around one clip, with the very tensors passed to the pipeline::
+
+        with GuidanceBatch(pipe.transformer, embeds["prompt_embeds"],
+                           embeds["negative_prompt_embeds"]):
+            pipe(..., **embeds)
+
+    Calls it does not recognise (other embeddings) run unchanged.
+    """
+
+    def __init__(
+        self, transformer: torch.nn.Module, positive: torch.Tensor, negative: torch.Tensor
+    ):
+        self.transformer, self.positive, self.negative = transformer, positive, negative
+        self.calls = 0  # transformer passes actually run (one a step when batched)
+        self._held: tuple[torch.Tensor, torch.Tensor] | None = None  # (latents, unconditional)
+
+    def __enter__(self) -> GuidanceBatch:
+        self._original = self.transformer.forward
+        self.transformer.forward = self._forward  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.transformer.forward = self._original  # type: ignore[method-assign]
+        self._held = None
+
+    def _forward(self, *args: Any, **kwargs: Any) -> Any:
+        text = kwargs.get("encoder_hidden_states")
+        latents = kwargs.get("hidden_states")
+        if text is self.negative and self._held is not None and self._held[0] is latents:
+            unconditional = self._held[1]
+            self._held = None
+            return (
+                (unconditional,) if not kwargs.get("return_dict", True) else _sample(unconditional)
+            )
+        self.calls += 1
+        if args or text is not self.positive or latents is None:
+            return self._original(*args, **kwargs)
+        both = dict(kwargs)
+        both["hidden_states"] = torch.cat([latents, latents])
+        both["encoder_hidden_states"] = torch.cat([self.positive, self.negative])
+        timestep = kwargs.get("timestep")
+        if isinstance(timestep, torch.Tensor) and timestep.ndim and timestep.shape[0] == 1:
+            both["timestep"] = torch.cat([timestep, timestep])
+        both["return_dict"] = False
+        conditional, unconditional = self._original(**both)[0].chunk(2)
+        self._held = (latents, unconditional)
+        return (conditional,) if not kwargs.get("return_dict", True) else _sample(conditional)
+
+
+def _sample(sample: torch.Tensor) -> Any:
+    from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+    return Transformer2DModelOutput(sample=sample)

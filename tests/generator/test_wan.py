@@ -4,18 +4,26 @@ test_engines.py does not cover."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import subprocess
+import sys
+import threading
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import PIL.Image
 import pytest
 import torch
 
 from generator.config import GeneratorSettings, WanSettings
+from generator.engines import wan_speed
 from generator.engines.catalog import build_engine
 from generator.errors import ModelUnavailable, OutOfMemory
 from generator.options import Backend, Intensity, PhotoType, Request
 
 PHOTO = Path("photo.jpg")
+REPO = Path(__file__).resolve().parents[2]
 
 
 def engine_for(settings: WanSettings):
@@ -90,3 +98,116 @@ def test_the_text_encoder_runs_only_for_a_prompt_it_has_not_seen(tiny_wan) -> No
     assert first == 2  # the prompt and the negative prompt (guidance 5)
     assert again == first
     assert len(runs) == first + 2
+
+
+def test_fused_projections_make_the_same_clip_with_each_weight_stored_once(tiny_wan) -> None:
+    engine = engine_for(tiny_wan)
+    request = Request(image=PHOTO, seed=3)
+    before = np.stack(engine.generate(photo(), request).frames)
+    transformer = engine.pipeline.transformer
+    weights = sum(p.numel() for p in transformer.parameters())
+
+    wan_speed.fuse_projections(transformer)
+    after = np.stack(engine.generate(photo(), request).frames)
+
+    assert sum(p.numel() for p in transformer.parameters()) == weights  # no second copy
+    assert all(not hasattr(m, "to_k") for m in transformer.modules() if hasattr(m, "to_qkv"))
+    assert np.abs(after.astype(int) - before.astype(int)).max() <= 1  # rounding at most
+
+
+def test_clips_stay_eager_until_the_compiled_blocks_are_ready(tiny_wan) -> None:
+    engine = engine_for(tiny_wan)
+    engine.load()
+    gate = threading.Event()
+    compiles: list[int] = []
+
+    def slow_backend(graph: torch.fx.GraphModule, _inputs: list[Any]) -> Any:
+        compiles.append(1)
+        gate.wait(60)  # a compile that takes as long as the test wants
+        return graph.forward
+
+    job = wan_speed.compile_behind(engine.pipeline, backend=slow_backend)
+    request = Request(image=PHOTO, seed=5)
+
+    first = engine.generate(photo(), request)  # eager; its blocks' inputs start the compile
+    second = engine.generate(photo(), request)  # the compile is still running: eager again
+    compiled_meanwhile = job.swapped
+    gate.set()
+    assert job.wait(60) and not job.errors
+    third = engine.generate(photo(), request)  # through the compiled blocks
+
+    assert compiles and not compiled_meanwhile and job.swapped
+    np.testing.assert_array_equal(np.stack(second.frames), np.stack(first.frames))
+    np.testing.assert_array_equal(np.stack(third.frames), np.stack(first.frames))
+    job.swap_out()
+
+
+@pytest.mark.parametrize("mode", [[], ["--accuracy"]], ids=["clips", "one-pass-accuracy"])
+def test_the_benchmark_runs_on_cpu(tmp_path: Path, mode: list[str]) -> None:
+    out = tmp_path / "wan.json"
+    proc = subprocess.run(
+        [sys.executable, "bench/wan_bench.py", "--tiny", "--steps", "2", *mode, "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    if mode:  # fp32 on the CPU: fused and compiled passes equal stock's
+        row = result["accuracy"]
+        assert row["compiled"] and not row["compile_errors"]
+        assert row["fast_rel_l2_vs_fp32"] == pytest.approx(row["stock_rel_l2_vs_fp32"], abs=1e-6)
+        return
+    runs = result["runs"]
+    assert not result["errors"]
+    assert runs["fast_first_clip_eager_while_compiling"]["compile_s"]
+    assert runs["fast"]["compiled"] and runs["fast"]["latents_rel_l2_vs_stock"] < 1e-5
+    assert runs["decode_fp32_vs_bf16"]["bf16_vs_fp32_rel_l2"] > 0  # bf16 really decoded
+
+
+def test_the_first_block_cache_is_off_unless_asked_for_and_then_skips_blocks(tiny_wan) -> None:
+    def blocks_run(settings: WanSettings) -> int:
+        engine = engine_for(settings)
+        engine.load()
+        runs: list[int] = []
+        last = engine.pipeline.transformer.blocks[-1]  # its attention runs unless skipped
+        last.attn1.register_forward_hook(lambda *_: runs.append(1))
+        clip = engine.generate(photo(), Request(image=PHOTO, seed=1, steps=4))
+        assert len(clip.frames) == 9
+        return len(runs)
+
+    default = blocks_run(tiny_wan)
+    cached = blocks_run(dataclasses.replace(tiny_wan, first_block_cache=1.0))
+
+    assert WanSettings().first_block_cache == 0.0
+    assert default == 8  # 4 steps x (prompt + negative prompt)
+    assert cached < default
+
+
+def test_guidance_batch_runs_both_passes_in_one_call_on_a_12_gb_card_for_the_same_clip(
+    tiny_wan,
+) -> None:
+    # Under offloading every transformer call streams its 10 GB of weights from CPU memory:
+    # low-vram makes one call a step instead of two, and the clip stays the same.
+    from generator.options import Profile
+
+    request = Request(image=PHOTO, seed=5)
+
+    def clip(profile: Profile) -> tuple[np.ndarray, list[int]]:
+        engine = engine_for(dataclasses.replace(tiny_wan, guidance_batch=True))
+        engine.generate(photo(), dataclasses.replace(request, profile=profile))  # placed
+        passes: list[int] = []
+        engine.pipeline.transformer.blocks[0].register_forward_pre_hook(
+            lambda _m, args: passes.append(args[0].shape[0])  # the batch of each real pass
+        )
+        frames = engine.generate(photo(), dataclasses.replace(request, profile=profile)).frames
+        return np.stack(frames), passes
+
+    fast, fast_passes = clip(Profile.FAST)
+    low, low_passes = clip(Profile.LOW_VRAM)
+
+    steps = tiny_wan.steps
+    assert fast_passes == [1] * (2 * steps)
+    assert low_passes == [2] * steps
+    assert np.abs(low.astype(int) - fast.astype(int)).max() <= 1  # rounding at most
