@@ -7,6 +7,14 @@ staying flat between jobs), then times the full-size architecture through the ba
 
     python bench/backend_check.py --out $OUT/backend.json            # on the GPU machine
     python bench/backend_check.py --tiny-only --device cpu             # the checks, on CPU
+
+Cold start (``--coldstart``, empty ``--cache-dir``): stock, then the fast and low-vram
+profiles from their first clip (eager, compiling behind it) through the switch-over to their
+steady compiled clip, each clip timed; the UNet's error against fp32; one compiled UNet pass
+profiled (which attention kernel runs). ``--restart`` then times a new process with the warm
+cache from its start (``BENCH_T0``) to its first finished clip::
+
+    BENCH_T0=$(date +%s.%N) python bench/backend_check.py --restart --out $OUT/restart.json
 """
 
 from __future__ import annotations
@@ -28,8 +36,17 @@ import itertools
 import torch
 from PIL import Image
 
-from bench.svd_bench import build_full, log, run_clip
+from bench.svd_bench import (
+    T_START,
+    build_full,
+    fp32_reference,
+    log,
+    rel_l2,
+    run_clip,
+    unet_inputs,
+)
 from generator.config import SvdSettings
+from generator.engines import svd_speed
 from generator.engines.svd import SvdBackend
 from generator.errors import Cancelled, OutOfMemory
 from generator.options import Profile
@@ -126,6 +143,207 @@ def timed(backend: SvdBackend, profile: Profile, args: argparse.Namespace) -> di
     )
 
 
+def time_stock(pipe: Any, args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
+    """Stock diffusers on the same architecture, same process, for the ratio: a 2-step
+    warm-up clip, then one timed clip."""
+    stock_args = argparse.Namespace(**vars(args), warmup_steps=2)
+    run_clip(pipe, stock_args, steps=2, chunk=8)
+    stock = run_clip(pipe, stock_args, steps=args.steps, chunk=8)
+    for key in ("frames", "latents"):
+        stock.pop(key)
+    results["stock"] = stock
+    log(f"stock {stock}")
+    return stock
+
+
+def adopt(pipe: Any, args: argparse.Namespace, *, compile: bool) -> SvdBackend:
+    """An ``SvdBackend`` running ``pipe`` as if it had loaded it."""
+    settings = SvdSettings(
+        model="random-svd-xt",
+        device=args.device,
+        frames=args.frames,
+        compile=compile,
+        cache_dir=args.cache_dir,
+    )
+    backend = SvdBackend(settings)
+    backend.adopt(pipe, model="random-svd-xt", device=args.device)
+    return backend
+
+
+def one_clip(
+    backend: SvdBackend, profile: Profile, args: argparse.Namespace, *, portrait: bool = False
+) -> dict[str, Any]:
+    """One full clip through ``generate``: seconds, whether it ran compiled, peak memory."""
+    size = (args.height, args.width) if portrait else (args.width, args.height)
+    photo = Image.new("RGB", size, (200, 120, 40))
+    warming: list[bool] = []
+
+    def on_progress(p: Any) -> None:
+        if p.stage == "denoising":
+            warming.append(p.warming)
+
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    out = backend.generate(
+        photo,
+        motion_bucket=127,
+        fps=7,
+        steps=args.steps,
+        seed=1,
+        profile=profile,
+        on_progress=on_progress,
+    )
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    row = dict(
+        s=time.perf_counter() - t,
+        since_start_s=time.time() - T_START,
+        warming=any(warming),  # ran on the not-yet-compiled path
+        portrait=portrait,
+        frames=len(out.frames),
+    )
+    if args.device.startswith("cuda"):
+        row["peak_gib"] = torch.cuda.max_memory_allocated() / GIB
+    return row
+
+
+def cold_profile(
+    backend: SvdBackend, profile: Profile, args: argparse.Namespace, deadline: float
+) -> dict[str, Any]:
+    """The first clip after placing ``profile`` (eager; the compile starts behind it and
+    pauses while it runs), the compile finishing in the idle time after it, then the steady
+    compiled clip in both orientations. ``--clips-while-compiling`` runs clips back to back
+    meanwhile instead (what a busy queue sees)."""
+    backend._profile = None  # place it again: a fresh background compile for this profile
+    clips = [one_clip(backend, profile, args)]
+    log(f"{profile} first clip {clips[0]}")
+    job = svd_speed.compile_job(backend.pipeline)
+    while args.clips_while_compiling and job is not None and job.busy:
+        if time.time() > deadline:
+            break
+        clips.append(one_clip(backend, profile, args))
+        log(f"{profile} clip while compiling {clips[-1]}")
+    row: dict[str, Any] = dict(clips=clips)
+    if job is not None:
+        t = time.time()
+        job.wait(max(1.0, deadline - t))
+        row["idle_wait_s"] = time.time() - t
+    if job is not None:
+        row["compile_s"] = {str(k): v for k, v in job.compile_s.items()}
+        row["compile_errors"] = {str(k): v for k, v in job.errors.items()}
+        row["busy_at_deadline"] = job.busy
+    if job is None or job.busy:
+        return row
+    row["steady"] = one_clip(backend, profile, args)
+    if svd_speed.SvdCompile.both_orientations:
+        row["steady_portrait"] = one_clip(backend, profile, args, portrait=True)
+    log(f"{profile} steady {row['steady']} portrait {row.get('steady_portrait')}")
+    return row
+
+
+@torch.inference_mode()
+def kernel_profile(backend: SvdBackend, args: argparse.Namespace) -> list[tuple[str, float]]:
+    """The 25 costliest CUDA kernels of one compiled UNet pass (the attention one by name)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    pipe = backend.pipeline
+    inputs = unet_inputs(pipe, args, pipe.unet.dtype)
+    pipe.unet(**inputs, return_dict=False)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        pipe.unet(**inputs, return_dict=False)
+        torch.cuda.synchronize()
+    rows = sorted(prof.key_averages(), key=lambda e: -e.device_time_total)[:25]
+    return [(e.key[:120], e.device_time_total / 1000) for e in rows]
+
+
+def build(args: argparse.Namespace) -> Any:
+    """Full-size SVD-XT with random weights, or with ``--tiny`` the test model on the CPU
+    (with torch.compile's do-nothing backend: the bench's own smoke test)."""
+    if not args.tiny:
+        return build_full(args.device, torch.float16)
+    from bench.svd_bench import build_tiny
+
+    svd_speed.compile_available = lambda device: True
+    real = torch.compile
+    torch.compile = lambda fn, **kw: real(fn, **{**kw, "backend": "eager"})
+    return build_tiny(Path(tempfile.mkdtemp()) / "tiny")
+
+
+def coldstart(args: argparse.Namespace, results: dict[str, Any], save: Any) -> None:
+    """Stock, then fast and low-vram from an empty cache (see the module docstring)."""
+    deadline = T_START + args.budget_s
+    pipe = build(args)
+    dtype = pipe.unet.dtype
+    log("built")
+    ref = fp32_reference(pipe, args)
+    with torch.inference_mode():
+        stock_out = pipe.unet(**unet_inputs(pipe, args, dtype), return_dict=False)[0]
+    results["unet_rel_l2_vs_fp32"] = {"stock": rel_l2(stock_out.float().cpu(), ref)}
+    stock = time_stock(pipe, args, results)
+    save()
+    backend = adopt(pipe, args, compile=False)
+    settings = backend.settings
+    del pipe
+    # The fast profile eager (no compile beside it): the baseline for what compiling costs.
+    one_clip(backend, Profile.FAST, argparse.Namespace(**{**vars(args), "steps": 2}))
+    results["fast_eager"] = one_clip(backend, Profile.FAST, args)
+    with torch.inference_mode():
+        out = backend.pipeline.unet(
+            **unet_inputs(backend.pipeline, args, dtype), return_dict=False
+        )[0]
+    results["unet_rel_l2_vs_fp32"]["fast_eager"] = rel_l2(out.float().cpu(), ref)
+    log(f"fast eager {results['fast_eager']} {results['unet_rel_l2_vs_fp32']}")
+    save()
+    backend.settings = dataclasses.replace(settings, compile=True)
+    for profile in [Profile(name) for name in args.profiles.split(",")]:
+        # Both orientations for the first profile; the landscape one alone after it (time).
+        svd_speed.SvdCompile.both_orientations = profile is Profile.FAST
+        if time.time() > deadline - 60:
+            results[str(profile)] = {"skipped": "out of time"}
+            break
+        try:
+            row = cold_profile(backend, profile, args, deadline)
+            first, steady = row["clips"][0]["s"], row.get("steady", {}).get("s")
+            row["first_clip_vs_stock"] = first / stock["s_per_clip"]
+            if steady:
+                row["steady_vs_stock"] = steady / stock["s_per_clip"]
+            if profile is Profile.FAST and steady:
+                with torch.inference_mode():
+                    out = backend.pipeline.unet(
+                        **unet_inputs(backend.pipeline, args, dtype), return_dict=False
+                    )[0]
+                results["unet_rel_l2_vs_fp32"]["fast_compiled"] = rel_l2(out.float().cpu(), ref)
+                if args.device.startswith("cuda"):
+                    results["kernels_ms"] = kernel_profile(backend, args)
+        except Exception as exc:  # keep the other profile's numbers
+            row = {"error": f"{type(exc).__name__}: {exc}"}
+        results[str(profile)] = row
+        log(f"{profile}: {row}")
+        save()
+
+
+def restart(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """A new process with a warm cache: seconds from its start to its first finished clip."""
+    pipe = build(args)
+    results["built_since_start_s"] = time.time() - T_START
+    backend = adopt(pipe, args, compile=True)
+    del pipe
+    backend.settings = dataclasses.replace(backend.settings, profile=Profile.FAST)
+    backend.prepare(args.width, args.height)  # what SvdEngine.load does: compile from now on
+    results["first_clip"] = one_clip(backend, Profile.FAST, args)
+    job = svd_speed.compile_job(backend.pipeline)
+    if job is not None:
+        job.wait(max(1.0, T_START + args.budget_s - time.time()))
+        results["compile_s"] = {str(k): v for k, v in job.compile_s.items()}
+        results["compile_errors"] = {str(k): v for k, v in job.errors.items()}
+        if not job.busy:
+            results["second_clip"] = one_clip(backend, Profile.FAST, args)
+    log(f"restart {results}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda")
@@ -138,6 +356,11 @@ def main() -> None:
     p.add_argument("--tiny-only", action="store_true")
     p.add_argument("--cache-dir", default="data/inductor-cache")
     p.add_argument("--out", default="backend.json")
+    p.add_argument("--coldstart", action="store_true", help="first clips from an empty cache")
+    p.add_argument("--restart", action="store_true", help="a new process with a warm cache")
+    p.add_argument("--clips-while-compiling", action="store_true", help="no idle time")
+    p.add_argument("--tiny", action="store_true", help="the test model on the CPU (smoke)")
+    p.add_argument("--budget-s", type=float, default=420.0, help="stop starting phases after")
     args = p.parse_args()
     results: dict[str, Any] = {"date": "2026-11-26", "argv": sys.argv, "torch": torch.__version__}
     out = Path(args.out)
@@ -147,31 +370,24 @@ def main() -> None:
 
     if torch.cuda.is_available():
         results["gpu"] = torch.cuda.get_device_name()
+    if args.coldstart or args.restart:
+        svd_speed.configure_torch(Path(args.cache_dir))
+        results["date"] = time.strftime("%Y-%m-%d")
+        try:
+            coldstart(args, results, save) if args.coldstart else restart(args, results)
+        finally:
+            save()
+        return
     checks(args.device, results)
     save()
     if args.tiny_only:
         return
 
-    # Stock diffusers on the same architecture, same process, for the ratio.
     pipe = build_full(args.device, torch.float16)
-    stock_args = argparse.Namespace(**vars(args), warmup_steps=2)
-    run_clip(pipe, stock_args, steps=2, chunk=8)
-    stock = run_clip(pipe, stock_args, steps=args.steps, chunk=8)
-    stock.pop("frames")
-    stock.pop("latents")
-    results["stock"] = stock
-    log(f"stock {stock}")
+    stock = time_stock(pipe, args, results)
     save()
-
-    settings = SvdSettings(
-        model="random-svd-xt",
-        device=args.device,
-        frames=args.frames,
-        compile=True,
-        cache_dir=args.cache_dir,
-    )
-    backend = SvdBackend(settings)
-    backend.adopt(pipe, model="random-svd-xt", device=args.device)
+    backend = adopt(pipe, args, compile=True)
+    settings = backend.settings
     del pipe
     for profile in [Profile(name) for name in args.profiles.split(",")]:
         if profile is Profile.LOW_VRAM and not args.compile_low_vram:

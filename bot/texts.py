@@ -184,9 +184,25 @@ def progress_bar(step: int, total: int, width: int = 10) -> str:
     return "▰" * filled + "▱" * (width - filled)
 
 
-def progress_card(stage: str, step: int, total: int, elapsed: float, backend: str) -> str:
-    """A running job's status message: SVD shows its steps, Veo the time it has taken."""
+def progress_card(
+    stage: str,
+    step: int,
+    total: int,
+    elapsed: float,
+    backend: str,
+    *,
+    warming: bool = False,
+    remaining_s: float | None = None,
+) -> str:
+    """A running job's status message: SVD shows its steps, Veo the time it has taken.
+
+    ``warming``: the clip runs on the slower path used until the engine's compiled one is
+    ready; the card says so, with the clip's own estimate of the time left.
+    """
     head = f"🎬 {STAGE_TEXTS.get(stage, 'Working…')}"
+    if warming:
+        left = f", about {human_seconds(remaining_s)} left" if remaining_s is not None else ""
+        head += f"\nFirst clip after an update: slower{left}."
     if total > 0:
         return f"{head}\n{progress_bar(step, total)} step {step}/{total}"
     engine = "Veo" if str(backend) == Backend.VEO else "local engine"

@@ -389,7 +389,15 @@ class Worker:
             await self.editor.edit(
                 job.chat_id,
                 job.status_message_id,
-                texts.progress_card(event.stage, event.step, event.total, event.elapsed, backend),
+                texts.progress_card(
+                    event.stage,
+                    event.step,
+                    event.total,
+                    event.elapsed,
+                    backend,
+                    warming=event.warming,
+                    remaining_s=event.remaining_s,
+                ),
                 status_keyboard(job.id),
             )
 

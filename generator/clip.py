@@ -16,6 +16,10 @@ class Progress:
     ``stage`` is one of ``"loading"``, ``"denoising"``, ``"decoding"``, ``"submitted"``,
     ``"polling"``, ``"downloading"``, ``"encoding"``. ``step``/``total`` count SVD
     denoising steps (0/0 where there are none); ``elapsed`` is seconds since the stage began.
+    ``warming`` says this clip runs on the slower not-yet-compiled path (the first clips after
+    an install or update, while the compiled one is built beside it), and ``remaining_s`` is
+    this clip's own estimate of the denoising left, from its steps so far (``None`` before
+    the first step or where there are no steps).
     """
 
     stage: str
@@ -23,6 +27,8 @@ class Progress:
     total: int = 0
     elapsed: float = 0.0
     backend: Backend | None = None
+    warming: bool = False
+    remaining_s: float | None = None
 
 
 #: Called with each progress event; must be cheap and must not raise.

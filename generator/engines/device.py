@@ -58,15 +58,19 @@ def step_end_callback(
     progress: ProgressFn | None,
     cancel: CancelFn | None,
     clock: Callable[[], float],
+    warming: bool = False,
 ) -> Callable[..., dict[str, Any]]:
     """A diffusers ``callback_on_step_end``: progress after each denoising step, ``decoding``
     after the last, and ``Cancelled`` raised at the next step once ``cancel`` says so (raising
     skips the remaining steps and the decode; pipelines without an interrupt flag, like SVD's,
-    stop only this way)."""
+    stop only this way). ``warming`` marks a clip on the not-yet-compiled path; each report
+    carries the denoising time left at this clip's own pace."""
     started = clock()
 
     def on_step_end(_pipe: Any, step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        report(progress, Progress("denoising", step + 1, steps, clock() - started, backend))
+        done, elapsed = step + 1, clock() - started
+        left = elapsed / done * (steps - done)
+        report(progress, Progress("denoising", done, steps, elapsed, backend, warming, left))
         if cancel is not None and cancel():
             raise Cancelled(f"cancelled after step {step + 1} of {steps}")
         if step + 1 == steps:

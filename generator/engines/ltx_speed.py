@@ -31,9 +31,7 @@ to frames; fast 0.85 s; low-vram under a 12 GiB cap 0.95 s (1.29 s for a new pro
 from __future__ import annotations
 
 import logging
-import sys
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +40,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from generator.engines import compiling
+from generator.engines.compiling import compile_available
 from generator.options import Profile
 
 log = logging.getLogger(__name__)
@@ -53,9 +53,6 @@ PROMPT_CACHE_SIZE = 32
 #: 5.9 GiB of weights under a 12 GiB cap; tiled, 9.0 and 10.8 (bench/RESULTS.md, run 2).
 #: A real 12 GB card also holds the CUDA context, so it tiles.
 UNTILED_DECODE_GIB = 6.0
-
-#: Python's thread switch interval while a compile runs behind clips (default 5 ms).
-COMPILE_SWITCH_INTERVAL_S = 0.0005
 
 _CACHE_ATTR = "_ltx_prompt_cache"
 _COMPILE_ATTR = "_ltx_background_compile"
@@ -144,15 +141,6 @@ def before_clip(pipe: Any, *, height: int, width: int, num_frames: int) -> bool:
     if job is None:
         return False
     return job.before_clip((height, width, num_frames))
-
-
-def compile_available() -> bool:
-    """Whether ``torch.compile`` can make CUDA kernels here (it needs Triton)."""
-    try:
-        from torch.utils._triton import has_triton
-    except ImportError:
-        return False
-    return bool(has_triton())
 
 
 def expandable_segments() -> bool:
@@ -306,16 +294,14 @@ def _encode(pipe: Any, key: PromptKey, cfg: bool) -> dict[str, torch.Tensor]:
 ClipShape = tuple[int, int, int]
 
 
-class BackgroundCompile:
+class BackgroundCompile(compiling.BackgroundCompile):
     """Compile the transformer's repeated blocks on a side thread while clips run eagerly.
 
     Before each clip the engine calls :meth:`before_clip` with the clip's shape. A shape
     compiled already runs compiled; any other shape runs eagerly, and its first block's inputs
-    are recorded during that clip so a side thread compiles that shape behind it. While a side
-    thread compiles, every clip runs eagerly, so the thread and the clips never share a
-    compiled graph. The compiled forward shares the blocks' weights (no extra memory), and a
-    clip never switches kernels halfway through. Landscape and portrait clips of one duration
-    have the same token count and share one graph.
+    are recorded during that clip so a side thread compiles that shape behind it
+    (``generator.engines.compiling`` holds the side thread and the switch-over). Landscape and
+    portrait clips of one duration have the same token count and share one graph.
 
     The 28 blocks of LTX-Video 2B compile in about 10 s on an H200 (bench/RESULTS.md); a clip
     served meanwhile is slower (the compiler holds Python's lock part of the time), never
@@ -332,97 +318,38 @@ class BackgroundCompile:
     def __init__(
         self, transformer: torch.nn.Module, *, backend: str | Callable[..., Any] = "inductor"
     ) -> None:
-        self._blocks = list(_repeated_blocks(transformer))
         # One compiled wrapper per block; they share one code cache, so a shape compiles once.
-        self._compiled = [
-            torch.compile(block._call_impl, backend=backend, dynamic=False)
-            for block in self._blocks
-        ]
-        self._ready: set[ClipShape] = set()
+        super().__init__(_repeated_blocks(transformer), backend=backend, name="LTX blocks")
         self._hook: Any = None
-        self._thread: threading.Thread | None = None
-        self.errors: dict[ClipShape, str] = {}
-        self.compile_s: dict[ClipShape, float] = {}
-        self.swapped = False
 
     @property
     def busy(self) -> bool:
         """Whether a side thread is compiling (or waits for a clip to record inputs from)."""
-        return self._hook is not None or (self._thread is not None and self._thread.is_alive())
-
-    def ready(self, shape: ClipShape) -> bool:
-        return shape in self._ready
+        return self._hook is not None or super().busy
 
     def before_clip(self, shape: ClipShape) -> bool:
         """Pick eager or compiled blocks for the next clip; return whether it runs compiled."""
-        if not self._blocks:
-            return False
-        if not self.busy and shape in self._ready:
-            self._swap(compiled=True)
+        if self.use(shape):
             return True
-        self._swap(compiled=False)
-        if not self.busy and shape not in self._ready and shape not in self.errors:
-            self._hook = self._blocks[0].register_forward_pre_hook(
+        if self.modules and not self.busy and not self.known(shape):
+            self._hook = self.modules[0].register_forward_pre_hook(
                 lambda _m, args, kwargs: self._capture(shape, args, kwargs), with_kwargs=True
             )
         return False
 
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the side thread has finished (tests and the benchmark only)."""
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-        return not self.busy
-
-    def swap_out(self) -> None:
-        """Go back to the eager blocks."""
-        self._swap(compiled=False)
-
-    def _swap(self, *, compiled: bool) -> None:
-        for block, fn in zip(self._blocks, self._compiled, strict=True):
-            block._compiled_call_impl = fn if compiled else None  # what nn.Module.compile sets
-        self.swapped = compiled
-
     def _capture(self, shape: ClipShape, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if self._hook is not None:
             self._hook.remove()
-        inputs = (_detached(args), _detached(kwargs))
-        # Compile under the clip's own grad/inference mode, so the graph's guards match it.
-        inference = torch.is_inference_mode_enabled()
-        self._thread = threading.Thread(
-            target=self._compile,
-            args=(shape, inference, *inputs),
-            name="ltx-compile",
-            daemon=True,
-        )
-        self._thread.start()
         self._hook = None
+        args, kwargs = _detached(args), _detached(kwargs)
 
-    def _compile(
-        self, shape: ClipShape, inference: bool, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> None:
-        start = time.perf_counter()
-        mode = torch.inference_mode() if inference else torch.no_grad()
-        # The compiler is Python holding the interpreter lock; a clip served meanwhile waits
-        # for that lock between kernel launches. Shorter turns make those waits shorter.
-        interval = sys.getswitchinterval()
-        sys.setswitchinterval(COMPILE_SWITCH_INTERVAL_S)
-        try:
-            with mode:
-                # The first call compiles the shared graph; the others only check guards.
-                for fn in self._compiled:
-                    fn(*args, **kwargs)
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-        except Exception as exc:  # any compile failure: this shape stays eager, say why
-            self.errors[shape] = f"{type(exc).__name__}: {exc}"
-            log.warning("compiling LTX blocks for %s failed; eager (%s)", shape, self.errors[shape])
-            return
-        finally:
-            sys.setswitchinterval(interval)
-        self.compile_s[shape] = time.perf_counter() - start
-        self._ready.add(shape)
-        log.info("LTX blocks compiled for %s in %.1f s", shape, self.compile_s[shape])
+        def work() -> None:
+            # The first call compiles the shared graph; the others only check guards.
+            for i in range(len(self.modules)):
+                self.call_compiled(i, *args, **kwargs)
+
+        # Compile under the clip's own grad/inference mode, so the graph's guards match it.
+        self.start([(shape, work)], inference=torch.is_inference_mode_enabled())
 
 
 def _repeated_blocks(transformer: torch.nn.Module) -> list[torch.nn.Module]:

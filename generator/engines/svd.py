@@ -17,9 +17,11 @@ Memory profiles (what each does is in ``generator.engines.svd_speed``, measured 
 bench/RESULTS.md):
 
 * ``FAST``: the whole pipeline on the device, fused QKV projections, cuDNN attention first,
-  UNet and VAE decoder ``torch.compile``-d when ``settings.compile`` (CUDA with Triton only;
-  any compile failure runs eager); VAE decoding ``settings.decode_chunk_size`` frames at once.
-  H100: 12.9 s a clip against stock diffusers' 19.0 s.
+  the exact one-token cross-attention, the VAE encoder kept in fp32; the UNet's blocks and the
+  VAE decoder ``torch.compile``-d on a side thread when ``settings.compile`` (CUDA with Triton
+  only), clips running eagerly until that is ready (``svd_speed.SvdCompile``); VAE decoding
+  ``settings.decode_chunk_size`` frames at once. H100: 12.9 s a clip against stock
+  diffusers' 19.0 s; H200: 17.4 s eager against 18.0 s stock.
 * ``LOW_VRAM``: classifier-free guidance as two batch-1 UNet passes, the image encoder in CPU
   memory between clips, decode chunk 2; the UNet stays on the GPU, so steps are barely slower.
   H100: 13.2 s at 5.7 GiB peak allocated (the seed's offload + chunking: 23.8 s at 7.6 GiB).
@@ -31,6 +33,7 @@ on top of ``FAST``; measured slower and less exact than fp16 so far, never the d
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -333,6 +336,34 @@ class SvdBackend:
         if not 0 <= motion_bucket <= 255:
             raise InvalidRequest(f"motion bucket must be 0-255, got {motion_bucket}")
 
+    def prepare(self, width: int, height: int) -> bool:
+        """Place a freshly loaded pipeline for its profile and start compiling clips of
+        ``width`` x ``height`` (and the other orientation) on a side thread, before any clip
+        asks; return whether a compile started. Nothing happens without ``settings.compile``,
+        off CUDA, or once the pipeline is placed.
+        The compile pauses while clips run (``SvdCompile``), so it uses the time between them.
+        """
+        if self._pipe is None or self._device is None or not self.settings.compile:
+            return False
+        if self._profile is not None:
+            return False  # placed already (the router loads before every job): leave it
+        if not svd_speed.compile_available(self._device):
+            return False
+        s = self.settings
+        chosen = choose_profile(s.profile, self._free_vram(), s.low_vram_threshold_gib)
+        self._apply_profile(chosen)
+        chunk = s.decode_chunk_size if chosen is Profile.FAST else svd_speed.LOW_VRAM_DECODE_CHUNK
+        svd_speed.before_clip(
+            self._pipe,
+            height=height,
+            width=width,
+            frames=s.frames,
+            decode_chunk=chunk,
+            guidance=s.max_guidance_scale > 1,
+        )
+        job = svd_speed.compile_job(self._pipe)
+        return job is not None and job.busy
+
     def _is_loaded_for(self, model: str | None, device: str | None) -> bool:
         if self._pipe is None:
             return False
@@ -406,12 +437,23 @@ class SvdBackend:
         (``svd_speed.compile_module``), so compile problems never reach the user.
         """
         pipe, s = self._pipe, self.settings
+        # Compiled blocks once ready for this shape; until then eager, compiling behind it
+        # (the compile pauses while a clip runs: see job.serving below).
+        compiled = svd_speed.before_clip(
+            pipe,
+            height=image.height,
+            width=image.width,
+            frames=frames,
+            decode_chunk=decode_chunk,
+            guidance=s.max_guidance_scale > 1,
+        )
         on_step_end = step_end_callback(
             steps=steps,
             backend=Backend.SVD,
             progress=on_progress,
             cancel=should_cancel,
             clock=self._clock,
+            warming=not compiled and svd_speed.compile_job(pipe) is not None,
         )
 
         call = dict(
@@ -429,8 +471,10 @@ class SvdBackend:
             generator=generator,
             callback_on_step_end=on_step_end,
         )
+        job = svd_speed.compile_job(pipe)
         try:
-            with torch.inference_mode():
+            # A compile beside the clip pauses until it ends (it slowed clips by 20-110%).
+            with torch.inference_mode(), job.serving() if job else contextlib.nullcontext():
                 return pipe(**call).frames[0]
         except Exception as exc:
             self._raise_failed(exc, self._profile)
@@ -445,10 +489,12 @@ class SvdBackend:
     def _recover(self) -> None:
         """Leave the pipeline ready for the next call after a run stopped half way."""
         pipe = self._pipe
-        # The pipeline upcasts an fp16 VAE to fp32 around encoding; an exception in between
-        # would leave it fp32 and break the next decode with a dtype mismatch.
-        if self._dtype is not None and pipe.vae.dtype != self._dtype:
-            pipe.vae.to(dtype=self._dtype)
+        # Stock diffusers upcasts an fp16 VAE to fp32 around encoding; an exception in between
+        # would leave the decoder fp32 and break the next decode with a dtype mismatch. (Our
+        # profiles keep only the encoder in fp32, on purpose: svd_speed.fp32_vae_encoder.)
+        decoder = pipe.vae.decoder
+        if self._dtype is not None and next(decoder.parameters()).dtype != self._dtype:
+            decoder.to(dtype=self._dtype)
         pipe.maybe_free_model_hooks()  # offload hooks back to their start state
         free_device_memory()
 
@@ -477,7 +523,10 @@ class SvdEngine(Engine):
         return self.svd.loaded
 
     def load(self, model: str | None = None, device: str | None = None) -> None:
+        """Load, then start compiling the usual clip size behind the jobs (CUDA only)."""
         self.svd.load(model, device)
+        width, height = self.spec.size
+        self.svd.prepare(width, height)
 
     def unload(self) -> None:
         self.svd.unload()

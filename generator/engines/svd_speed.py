@@ -10,7 +10,9 @@ Example::
     >>> configure_torch(Path("data/inductor-cache"))  # once, before the first compile
     >>> applied = apply_fast(pipe, device="cuda", compile=True)
     >>> applied.steps
-    ('on cuda', 'fused qkv (64 attentions)', 'cudnn attention first', 'compile unet', ...)
+    ('on cuda', 'cross-attention shortcut (32 blocks)', ..., 'fused qkv (32 attentions)')
+    >>> before_clip(pipe, height=576, width=1024, frames=25, decode_chunk=FAST_DECODE_CHUNK)
+    False                                   # eager; compiling behind it
     >>> frames = pipe(image, decode_chunk_size=FAST_DECODE_CHUNK).frames[0]
 
 Measured on an H100 (``bench/RESULTS.md``, ``bench/svd_bench.py``): stock 19.0 s a clip, fast
@@ -30,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from generator.engines import compiling
 from generator.errors import BackendUnavailable
 from generator.options import Profile
 
@@ -92,59 +95,236 @@ def compile_available(device: str) -> bool:
     return bool(has_triton())
 
 
-# --- compile with an eager fallback --------------------------------------------------------
-
-
-def compile_module(
-    module: nn.Module,
-    *,
-    label: str,
-    backend: str | Callable[..., Any] = "inductor",
-    dynamic: bool | None = None,
-) -> None:
-    """Compile ``module``'s forward in place; if compiling or a compiled call fails, run eager.
-
-    ``torch.compile`` is lazy: most failures (a missing compiler, an unsupported op) surface
-    at the first call, not here, so the fallback wraps the call. Out-of-memory is not a
-    compile failure and propagates, so the caller can retry in the low-vram profile.
-    The module object stays the same (configs, hooks, ``pipe.unet`` identity are kept).
-    """
-    if "forward" in module.__dict__:
-        return  # already compiled by us
-    eager = module.forward
-    try:
-        compiled = torch.compile(eager, backend=backend, dynamic=dynamic)
-    except Exception as exc:  # torch.compile itself refused (old torch, bad backend name)
-        log.warning("torch.compile(%s) unavailable (%s); running it eager", label, exc)
-        return
-    failed = False
-
-    def forward(*args: Any, **kwargs: Any) -> Any:
-        nonlocal failed
-        if failed:
-            return eager(*args, **kwargs)
-        try:
-            return compiled(*args, **kwargs)
-        except torch.OutOfMemoryError:
-            raise
-        except Exception as exc:  # compiling failed at first call: eager still works
-            failed = True
-            log.warning("compiled %s failed (%s: %s); running it eager", label, type(exc), exc)
-            return eager(*args, **kwargs)
-
-    forward.compiled_label = label  # type: ignore[attr-defined]
-    module.forward = forward  # type: ignore[method-assign]
+# --- compile behind eager clips --------------------------------------------------------------
 
 
 def uncompile_module(module: nn.Module) -> None:
-    """Undo :func:`compile_module` (and ``nn.Module.compile``): the next call runs eager."""
+    """Undo ``nn.Module.compile`` (and :class:`SvdCompile`'s swap): the next call runs eager."""
     module.__dict__.pop("forward", None)
     module._compiled_call_impl = None
 
 
 def is_compiled(module: nn.Module) -> bool:
-    """Whether :func:`compile_module` or ``nn.Module.compile`` wrapped this module."""
+    """Whether ``nn.Module.compile`` (or :class:`SvdCompile`) wrapped this module."""
     return "forward" in module.__dict__ or module._compiled_call_impl is not None
+
+
+#: The UNet's repeated block classes compiled one by one (regional compilation): one graph per
+#: block shape instead of one for the whole UNet; on an H100 111 s of compiling instead of
+#: 217 s for the same step time (../shared/PERF.md).
+REGIONAL_BLOCKS = ("SpatioTemporalResBlock", "TransformerSpatioTemporalModel")
+#: Graphs per block class: about 15 shapes an orientation, two orientations, two batch sizes.
+RECOMPILE_LIMIT = 256
+
+_COMPILE_ATTR = "_svd_background_compile"
+
+#: What one compiled graph set serves: (profile, height, width, frames, decode chunk, batch);
+#: the batch is 2 with classifier-free guidance (the pipeline's default), else 1.
+ClipShape = tuple[str, int, int, int, int, int]
+
+
+class SvdCompile(compiling.BackgroundCompile):
+    """Compile the UNet's repeated blocks and the VAE decoder behind eager clips.
+
+    Before each clip the engine calls :meth:`before_clip` with the clip's shape. A shape
+    compiled already runs compiled. Any other runs eagerly, at stock speed, while a side thread
+    compiles that shape and its other orientation (portrait for landscape) by running one UNet
+    pass and one decode on random inputs of those sizes, pausing while clips run
+    (``serving``); the first clip after it is done runs compiled. With a warm inductor cache
+    (``configure_torch``) the side thread only reloads kernels. A failed compile leaves that
+    shape eager (``errors`` says why).
+
+    The side thread's pass needs activation memory beside the running clip's, once per shape.
+    """
+
+    #: Compile the other orientation too (benchmarks turn it off to time one orientation).
+    both_orientations = True
+
+    def __init__(self, pipe: Any, *, backend: str | Callable[..., Any] = "inductor") -> None:
+        blocks = [m for m in base_unet(pipe).modules() if type(m).__name__ in REGIONAL_BLOCKS]
+        # Each class's forward gets its own compile cache (graphs per shape, not per block).
+        super().__init__(
+            [*blocks, pipe.vae.decoder],
+            backend=backend,
+            entry="forward",
+            name="SVD compile",
+            dynamo_config={
+                "recompile_limit": RECOMPILE_LIMIT,
+                "accumulated_recompile_limit": 4 * RECOMPILE_LIMIT,
+            },
+        )
+        self._pipe = pipe
+
+    def before_clip(self, shape: ClipShape) -> bool:
+        """Compiled modules if ``shape`` is ready, else eager and compile it (and its turn)."""
+        if self.use(shape):
+            return True
+        if not self.busy:
+            profile, height, width, frames, chunk, batch = shape
+            turned: ClipShape = (profile, width, height, frames, chunk, batch)
+            both = (shape, turned) if self.both_orientations else (shape,)
+            todo = [s for s in dict.fromkeys(both) if not self.known(s)]
+            self.start([(s, lambda s=s: self._exercise(s)) for s in todo], inference=True)
+        return False
+
+    def _exercise(self, shape: ClipShape) -> None:
+        """One UNet pass (batch two with classifier-free guidance, as the pipeline calls it)
+        and one chunked decode at ``shape``: every graph a clip of that shape runs."""
+        _profile, height, width, frames, chunk, batch = shape
+        pipe, unet = self._pipe, base_unet(self._pipe)
+        device, dtype = unet.device, unet.dtype
+        noise = torch.Generator().manual_seed(0)
+
+        def rand(*size: int) -> torch.Tensor:
+            return torch.randn(*size, generator=noise).to(device, dtype)
+
+        h, w = height // pipe.vae_scale_factor, width // pipe.vae_scale_factor
+        pipe.unet(
+            rand(batch, frames, unet.config.in_channels, h, w),
+            torch.tensor(1.0, device=device),
+            encoder_hidden_states=rand(batch, 1, unet.config.cross_attention_dim),
+            added_time_ids=torch.tensor([[6.0, 127.0, 0.02]] * batch).to(device, dtype),
+            return_dict=False,
+        )
+        pipe.decode_latents(rand(1, frames, pipe.vae.config.latent_channels, h, w), frames, chunk)
+
+
+def before_clip(
+    pipe: Any, *, height: int, width: int, frames: int, decode_chunk: int, guidance: bool = True
+) -> bool:
+    """Call before each clip: whether it runs compiled (``False`` off CUDA or while compiling).
+
+    ``guidance``: whether the clip uses classifier-free guidance (``max_guidance_scale > 1``,
+    SVD's default), which doubles the UNet's batch and so needs its own graphs.
+
+    A shape not compiled yet runs eagerly and starts compiling behind the clip (see
+    :class:`SvdCompile`), so no clip waits for the compiler.
+    """
+    job: SvdCompile | None = getattr(pipe, _COMPILE_ATTR, None)
+    if job is None:
+        return False
+    profile = getattr(pipe, _STATE, "")
+    batch = 2 if guidance else 1
+    return job.before_clip((str(profile), height, width, frames, decode_chunk, batch))
+
+
+def compile_job(pipe: Any) -> SvdCompile | None:
+    """The pipeline's background compile (``None`` when the profile compiles nothing)."""
+    return getattr(pipe, _COMPILE_ATTR, None)
+
+
+def _stop_compiling(pipe: Any) -> None:
+    """Clips run eager from now on; a side thread still compiling finishes on its own."""
+    job = compile_job(pipe)
+    if job is not None:
+        job.swap_out()
+        delattr(pipe, _COMPILE_ATTR)
+    for module in (*base_unet(pipe).modules(), pipe.vae.decoder):
+        if module._compiled_call_impl is not None:
+            module._compiled_call_impl = None
+
+
+# --- the cross-attention shortcut --------------------------------------------------------------
+
+
+class SingleTokenCrossAttention:
+    """Cross-attention to a single key token, computed as ``to_out(to_v(key))``.
+
+    SVD's cross-attention attends to one token (the photo's CLIP embedding, per frame in the
+    spatial blocks and per pixel column in the temporal ones). Softmax over one key is exactly
+    1, so every query gets that token's value: the query projection, the attention kernel and
+    the per-token output projection compute the same row for every query. This computes it
+    once per batch entry and broadcasts it; the block's ``norm2`` (which only fed ``to_q``) is
+    skipped by :func:`shortcut_cross_attention`. Anything else (a mask, several keys) goes to
+    the stock processor with the norm applied, so the function never changes.
+    """
+
+    def __init__(self, norm: nn.Module) -> None:
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        self.norm = norm
+        self.stock = AttnProcessor2_0()
+
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        single = (
+            encoder_hidden_states is not None
+            and encoder_hidden_states.ndim == 3
+            and encoder_hidden_states.shape[1] == 1
+            and hidden_states.ndim == 3
+            and attention_mask is None
+            and attn.spatial_norm is None
+            and attn.group_norm is None
+            and not attn.norm_cross
+            and not attn.residual_connection
+        )
+        if not single:
+            normed = self.norm(hidden_states)
+            return self.stock(attn, normed, encoder_hidden_states, attention_mask, temb)
+        value = attn.to_out[1](attn.to_out[0](attn.to_v(encoder_hidden_states)))
+        if attn.rescale_output_factor != 1.0:
+            value = value / attn.rescale_output_factor
+        return value.expand(hidden_states.shape[0], hidden_states.shape[1], value.shape[-1])
+
+
+def shortcut_cross_attention(unet: nn.Module) -> int:
+    """Give every transformer block's cross-attention (``attn2``) the exact single-token
+    shortcut and skip its ``norm2``; return how many blocks changed."""
+    count = 0
+    for block in unet.modules():
+        attn, norm = getattr(block, "attn2", None), getattr(block, "norm2", None)
+        if attn is None or not isinstance(norm, nn.LayerNorm) or not attn.is_cross_attention:
+            continue
+        attn.set_processor(SingleTokenCrossAttention(norm))
+        block.norm2 = nn.Identity()  # its output only fed the query projection
+        count += 1
+    return count
+
+
+def restore_cross_attention(unet: nn.Module) -> None:
+    """Undo :func:`shortcut_cross_attention`."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    for block in unet.modules():
+        attn = getattr(block, "attn2", None)
+        processor = getattr(attn, "processor", None)
+        if isinstance(processor, SingleTokenCrossAttention):
+            block.norm2 = processor.norm
+            attn.set_processor(AttnProcessor2_0())
+
+
+# --- the VAE encoder in fp32 -------------------------------------------------------------------
+
+
+def fp32_vae_encoder(pipe: Any) -> bool:
+    """Keep the VAE's encoder in fp32 and its decoder in fp16; return whether it changed.
+
+    Stock diffusers casts the whole fp16 VAE to fp32 around encoding the photo and back before
+    decoding (``force_upcast``), every clip. Keeping the encoder (and ``quant_conv``) fp32 does
+    the same arithmetic without the two casts, and no clip ever changes the decoder's weights
+    while a side thread compiles it. ``vae.dtype`` (its first weight, the encoder's) then
+    reads fp32, so the pipeline feeds the encoder fp32 and skips its casts.
+    """
+    vae = pipe.vae
+    if vae.dtype != torch.float16 or not vae.config.get("force_upcast", False):
+        return False
+    vae.encoder.to(torch.float32)
+    vae.quant_conv.to(torch.float32)
+    return True
+
+
+def restore_vae_encoder(pipe: Any) -> None:
+    """Undo :func:`fp32_vae_encoder`: the whole VAE in the decoder's dtype again."""
+    vae = pipe.vae
+    dtype = next(vae.decoder.parameters()).dtype
+    if vae.dtype != dtype:
+        vae.to(dtype)
 
 
 # --- classifier-free guidance as two batch-1 passes ----------------------------------------
@@ -238,6 +418,8 @@ def fuse_qkv(unet: nn.Module) -> int:
     count = 0
     for module in unet.modules():
         if isinstance(module, Attention) and not module.fused_projections:
+            if isinstance(module.processor, SingleTokenCrossAttention):
+                continue  # one key token: nothing left to fuse
             with torch.no_grad():
                 module.fuse_projections(fuse=True)
             module.set_processor(FusedAttnProcessor2_0())
@@ -342,11 +524,14 @@ def keep_on_device(module: nn.Module, device: str) -> None:
 
 def restore_stock(pipe: Any, device: str | None = None) -> None:
     """Undo everything this module did to ``pipe`` (and ``nn.Module.compile``)."""
+    _stop_compiling(pipe)
     unsplit_cfg(pipe)
     unet = pipe.unet
     uncompile_module(unet)
     uncompile_module(pipe.vae.decoder)
+    restore_cross_attention(unet)
     unfuse_qkv(unet)
+    restore_vae_encoder(pipe)
     target = device or str(pipe.device)
     keep_on_device(pipe.image_encoder, target)
     restore_attention_order()
@@ -355,21 +540,24 @@ def restore_stock(pipe: Any, device: str | None = None) -> None:
     pipe.to(target)
 
 
-def _compile_parts(
-    pipe: Any, modules: dict[str, nn.Module], *, device: str, compile: bool
-) -> tuple[list[str], list[str]]:
-    steps: list[str] = []
+def _common(pipe: Any, *, device: str, compile: bool) -> tuple[list[str], list[str]]:
+    """What both profiles do: the exact cross-attention shortcut, the fp32 VAE encoder,
+    cuDNN attention first, and the background compile."""
+    steps = [f"cross-attention shortcut ({shortcut_cross_attention(base_unet(pipe))} blocks)"]
     skipped: list[str] = []
-    if not compile:
-        return steps, skipped
-    if not compile_available(device):
+    if fp32_vae_encoder(pipe):
+        steps.append("vae encoder kept in fp32")
+    if device.startswith("cuda") and prefer_cudnn_attention():
+        steps.append("cudnn attention first")
+    if compile and not compile_available(device):
         skipped.append(f"compile: torch.compile with Triton unavailable for {device}")
-        return steps, skipped
-    for label, module in modules.items():
-        # Static shapes: each decode chunk size gets its own graph rather than a
-        # dynamic-shape one that is slower for every chunk.
-        compile_module(module, label=label, dynamic=False)
-        steps.append(f"compile {label}")
+    elif compile:
+        try:
+            setattr(pipe, _COMPILE_ATTR, SvdCompile(pipe))
+            steps.append("unet blocks and vae decoder compiled behind eager clips")
+        except Exception as exc:  # torch.compile itself refused (old torch, bad backend)
+            skipped.append(f"compile: {type(exc).__name__}: {exc}")
+            log.warning("torch.compile unavailable (%s); SVD runs eager", exc)
     return steps, skipped
 
 
@@ -386,12 +574,8 @@ def apply_fast(pipe: Any, *, device: str, compile: bool) -> Applied:
     """
     restore_stock(pipe, device)
     steps = [f"on {device}"]
+    more, skipped = _common(pipe, device=device, compile=compile)
     steps.append(f"fused qkv ({fuse_qkv(pipe.unet)} attentions)")
-    if device.startswith("cuda") and prefer_cudnn_attention():
-        steps.append("cudnn attention first")
-    more, skipped = _compile_parts(
-        pipe, {"unet": pipe.unet, "vae decoder": pipe.vae.decoder}, device=device, compile=compile
-    )
     setattr(pipe, _STATE, Profile.FAST.value)
     return Applied(Profile.FAST.value, tuple(steps + more), tuple(skipped))
 
@@ -411,11 +595,7 @@ def apply_low_vram(pipe: Any, *, device: str, compile: bool) -> Applied:
     if device.startswith(("cuda", "mps")):
         offload_when_idle(pipe.image_encoder, device)
         steps.append("image encoder in cpu memory between clips")
-    if device.startswith("cuda") and prefer_cudnn_attention():
-        steps.append("cudnn attention first")
-    more, skipped = _compile_parts(
-        pipe, {"unet": pipe.unet, "vae decoder": pipe.vae.decoder}, device=device, compile=compile
-    )
+    more, skipped = _common(pipe, device=device, compile=compile)
     split_cfg(pipe)
     steps.append("cfg as two batch-1 passes")
     setattr(pipe, _STATE, Profile.LOW_VRAM.value)

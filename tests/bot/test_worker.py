@@ -637,3 +637,28 @@ def test_retry_backs_off_for_services_but_not_for_a_crashed_gpu_process():
     assert retry_delay(later, TransientError()) == 120
     assert retry_delay(later, RateLimited()) == 240
     assert retry_delay(dataclasses.replace(job, failures=8), TransientError()) == 600
+
+
+class WarmingGenerator:
+    """The real generator, as an engine reports a clip on its not-yet-compiled path (the
+    tiny SVD on the CPU compiles nothing, so this marks its progress the way a GPU's would)."""
+
+    def __init__(self, inner: Generator) -> None:
+        self.inner = inner
+
+    async def generate(self, request, out_path, *, on_progress, **kw):
+        def progress(event):
+            if event.stage == "denoising":
+                event = dataclasses.replace(event, warming=True, remaining_s=75.0)
+            on_progress(event)
+
+        return await self.inner.generate(request, out_path, on_progress=progress, **kw)
+
+
+async def test_a_clip_on_the_slower_first_path_says_so_on_its_card(world: World, generator):
+    job = await world.submit(ANN)
+    await world.start_worker(InlineRunner(WarmingGenerator(generator)))
+
+    card = await world.fake.wait_for_text(ANN.id, "First clip after an update: slower", timeout=60)
+    assert "about 1 min 15 s left" in card.content
+    assert (await world.finished(job)).status is Status.DONE

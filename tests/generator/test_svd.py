@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -285,7 +286,7 @@ def test_compile_is_cuda_only_so_cpu_runs_eager(
     assert len(result.frames) == 2
 
 
-def test_compile_failure_falls_back_to_eager(
+def test_compile_refused_runs_eager(
     tiny_svd_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(svd_speed, "compile_available", lambda device: True)
@@ -302,9 +303,103 @@ def test_compile_failure_falls_back_to_eager(
         backend.generate(photo(), motion_bucket=127, fps=7, seed=4)
     expected = eager.generate(photo(), motion_bucket=127, fps=7, seed=4)
 
-    assert len(calls) == 2  # UNet and VAE decoder, once per loaded model, not per clip
-    assert any("running it eager" in r.getMessage() for r in caplog.records)
+    assert len(calls) == 1  # once per placed pipeline, not per clip
+    assert any("runs eager" in r.getMessage() for r in caplog.records)
     assert np.array_equal(as_array(first.frames), as_array(expected.frames))
+
+
+def _denoising(events: list[Progress]) -> list[Progress]:
+    return [e for e in events if e.stage == "denoising"]
+
+
+def test_the_first_clip_runs_eager_and_says_so_while_the_compile_runs_behind_it(
+    tiny_svd_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(svd_speed, "compile_available", lambda device: True)
+    gate = threading.Event()
+
+    def slow(fn):  # "compiled" = the same forward, after a compile as long as the test wants
+        def compiled(*args, **kwargs):
+            gate.wait(120)
+            return fn(*args, **kwargs)
+
+        return compiled
+
+    calls = _count_compiles(monkeypatch, slow)
+    backend = SvdBackend(tiny_settings(tiny_svd_dir, compile=True))
+    expected = SvdBackend(tiny_settings(tiny_svd_dir, compile=False)).generate(
+        photo(), motion_bucket=127, fps=7, seed=4
+    )
+    first_events: list[Progress] = []
+    later_events: list[Progress] = []
+
+    first = backend.generate(
+        photo(), motion_bucket=127, fps=7, seed=4, on_progress=first_events.append
+    )
+    job = svd_speed.compile_job(backend.pipeline)
+    assert job is not None and job.busy
+    gate.set()
+    assert job.wait(120) and not job.errors
+    later = backend.generate(
+        photo(), motion_bucket=127, fps=7, seed=4, on_progress=later_events.append
+    )
+
+    assert calls  # the side thread built the compiled twins
+    assert all(e.warming for e in _denoising(first_events))  # the card says "slower"
+    assert _denoising(first_events)[0].remaining_s is not None
+    assert _denoising(first_events)[-1].remaining_s == 0
+    assert not any(e.warming for e in _denoising(later_events))  # switched over
+    assert job.swapped
+    assert np.array_equal(as_array(first.frames), as_array(expected.frames))
+    assert np.array_equal(as_array(later.frames), as_array(expected.frames))
+
+
+def test_loading_starts_the_compile_so_a_clip_after_it_runs_compiled(
+    tiny_svd_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(svd_speed, "compile_available", lambda device: True)
+    calls = _count_compiles(monkeypatch, lambda fn: fn)
+    backend = SvdBackend(tiny_settings(tiny_svd_dir, compile=True))
+    backend.load()
+
+    assert backend.prepare(32, 32)  # as the engine does at load: before any clip
+    job = svd_speed.compile_job(backend.pipeline)
+    assert job is not None and job.wait(120) and calls
+    assert not backend.prepare(32, 32)  # placed already: the next load leaves it alone
+    events: list[Progress] = []
+    backend.generate(photo(), motion_bucket=127, fps=7, seed=4, on_progress=events.append)
+
+    assert not any(e.warming for e in _denoising(events))  # the first clip ran compiled
+    assert job.swapped
+
+
+def test_a_compile_waits_while_a_clip_runs(
+    tiny_svd_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(svd_speed, "compile_available", lambda device: True)
+    compiled_during_clip: list[bool] = []
+    serving = threading.Event()
+
+    def watched(fn):
+        def compiled(*args, **kwargs):
+            compiled_during_clip.append(serving.is_set())
+            return fn(*args, **kwargs)
+
+        return compiled
+
+    _count_compiles(monkeypatch, watched)
+    backend = SvdBackend(tiny_settings(tiny_svd_dir, compile=True))
+
+    def progress(event: Progress) -> None:
+        serving.set()  # from the first step to the end of the clip
+        if event.stage == "decoding":
+            serving.clear()
+
+    backend.generate(photo(), motion_bucket=127, fps=7, seed=4, on_progress=progress)
+    job = svd_speed.compile_job(backend.pipeline)
+    assert job is not None and job.wait(120) and not job.errors
+
+    assert compiled_during_clip and not any(compiled_during_clip)
 
 
 def test_compile_failing_on_first_use_runs_eager_with_the_same_seed(
@@ -318,17 +413,21 @@ def test_compile_failing_on_first_use_runs_eager_with_the_same_seed(
 
         return compiled
 
-    calls = _count_compiles(monkeypatch, fails_when_called)
+    _count_compiles(monkeypatch, fails_when_called)
     backend = SvdBackend(tiny_settings(tiny_svd_dir, compile=True))
 
     result = backend.generate(photo(), motion_bucket=127, fps=7, seed=4)
-    backend.generate(photo(), motion_bucket=127, fps=7, seed=4)
+    job = svd_speed.compile_job(backend.pipeline)
+    assert job is not None and job.wait(120)
+    again = backend.generate(photo(), motion_bucket=127, fps=7, seed=4)
     expected = SvdBackend(tiny_settings(tiny_svd_dir, compile=False)).generate(
         photo(), motion_bucket=127, fps=7, seed=4
     )
 
     assert np.array_equal(as_array(result.frames), as_array(expected.frames))
-    assert len(calls) == 2  # UNet and VAE decoder, once: no recompiling after a failure
+    assert np.array_equal(as_array(again.frames), as_array(expected.frames))
+    assert "no C++ compiler" in next(iter(job.errors.values()))
+    assert not job.busy and not job.swapped  # no second try: that shape stays eager
 
 
 def test_fp8_without_an_fp8_gpu_warns_and_runs_fp16(

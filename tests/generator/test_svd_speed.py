@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -17,16 +18,17 @@ from PIL import Image
 from generator.engines import svd_speed
 from generator.engines.svd_speed import (
     CfgSplitUNet,
+    SvdCompile,
     apply_fast,
     apply_fp8,
     apply_low_vram,
     apply_profile,
-    compile_module,
     configure_torch,
     fuse_qkv,
     is_compiled,
+    restore_cross_attention,
     restore_stock,
-    uncompile_module,
+    shortcut_cross_attention,
     unfuse_qkv,
 )
 from generator.errors import BackendUnavailable
@@ -134,46 +136,93 @@ def test_apply_profile_picks_by_profile_and_refuses_auto(
         apply_profile(pipe, Profile.AUTO, device="cpu", compile=False)
 
 
-def _broken_backend(gm: torch.fx.GraphModule, example_inputs: list[torch.Tensor]) -> None:
-    raise RuntimeError("no C compiler here")
-
-
-def test_compile_failure_at_first_call_falls_back_to_eager(
-    caplog: pytest.LogCaptureFixture,
+def test_the_cross_attention_shortcut_computes_the_same_unet(
+    pipe: StableVideoDiffusionPipeline,
 ) -> None:
-    torch.manual_seed(0)
-    module = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.GELU())
-    x = torch.randn(3, 4)
-    expected = module(x)
-    compile_module(module, label="toy", backend=_broken_backend)
-    assert is_compiled(module)
-    with caplog.at_level(logging.WARNING, logger="generator.engines.svd_speed"):
-        torch.testing.assert_close(module(x), expected)
-        torch.testing.assert_close(module(x), expected)  # stays eager, no second try
-    assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1
-    assert "compiled toy failed" in caplog.records[0].message
+    blocks = [m for m in pipe.unet.modules() if getattr(m, "attn2", None) is not None]
+    kinds = {type(m).__name__ for m in blocks}
+    assert kinds == {"BasicTransformerBlock", "TemporalBasicTransformerBlock"}
+    queries: list[int] = []
+    for seed in (1, 2):  # fresh inputs each time: the same function on any input
+        inputs = unet_inputs(pipe)
+        inputs["sample"] = torch.randn_like(inputs["sample"], generator=None) * seed
+        stock = pipe.unet(**inputs).sample
+        assert shortcut_cross_attention(pipe.unet) == len(blocks)
+        hooks = [m.attn2.to_q.register_forward_hook(lambda *_: queries.append(1)) for m in blocks]
+        torch.testing.assert_close(pipe.unet(**inputs).sample, stock, rtol=1e-5, atol=1e-6)
+        assert queries == []  # no query projection, so no attention over the query tokens
+        assert all(isinstance(m.norm2, torch.nn.Identity) for m in blocks)
+        for hook in hooks:
+            hook.remove()
+        restore_cross_attention(pipe.unet)
+        assert all(isinstance(m.norm2, torch.nn.LayerNorm) for m in blocks)
+        torch.testing.assert_close(pipe.unet(**inputs).sample, stock, rtol=0, atol=0)
 
 
-def test_compile_that_works_is_used_and_can_be_undone() -> None:
-    torch.manual_seed(0)
-    module = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.GELU())
-    x = torch.randn(3, 4)
-    expected = module(x)
-    compile_module(module, label="toy", backend="eager")
-    torch.testing.assert_close(module(x), expected)
-    uncompile_module(module)
-    assert not is_compiled(module)
-    torch.testing.assert_close(module(x), expected)
+def test_the_shortcut_hands_several_key_tokens_to_the_stock_attention(
+    pipe: StableVideoDiffusionPipeline,
+) -> None:
+    block = next(m for m in pipe.unet.modules() if getattr(m, "attn2", None) is not None)
+    g = torch.Generator().manual_seed(3)
+    hidden = torch.randn(2, 5, block.attn2.query_dim, generator=g)
+    keys = torch.randn(2, 3, block.attn2.cross_attention_dim, generator=g)  # three tokens
+    stock = block.attn2(block.norm2(hidden), encoder_hidden_states=keys)
+    shortcut_cross_attention(pipe.unet)
+    torch.testing.assert_close(
+        block.attn2(block.norm2(hidden), encoder_hidden_states=keys), stock, rtol=0, atol=0
+    )
 
 
-def test_compile_unavailable_leaves_the_module_eager(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("torch.compile is not supported on Python 3.14")
+def test_clips_stay_eager_until_the_compiled_blocks_are_ready(
+    pipe: StableVideoDiffusionPipeline,
+) -> None:
+    stock = make_clip(pipe)
+    apply_fast(pipe, device="cpu", compile=False)
+    gate = threading.Event()
+    compiles: list[int] = []
 
-    monkeypatch.setattr(torch, "compile", refuse)
-    module = torch.nn.Linear(4, 4)
-    compile_module(module, label="toy")
-    assert not is_compiled(module)
+    def slow_backend(graph: torch.fx.GraphModule, _inputs: list[Any]) -> Any:
+        compiles.append(1)
+        gate.wait(120)  # a compile that takes as long as the test wants
+        return graph.forward
+
+    job = SvdCompile(pipe, backend=slow_backend)
+    setattr(pipe, svd_speed._COMPILE_ATTR, job)
+    shape = {"height": 32, "width": 32, "frames": 2, "decode_chunk": 2}
+    assert not svd_speed.before_clip(pipe, **shape)  # nothing compiled: eager, compiling behind
+    assert job.busy
+    first = make_clip(pipe)  # this user gets an eager clip without waiting for the compiler
+    assert not svd_speed.before_clip(pipe, **shape) and not job.swapped  # still compiling
+    gate.set()
+    assert job.wait(120) and not job.errors, job.errors
+    assert compiles  # the compiler really ran, for the blocks and the decoder
+    assert svd_speed.before_clip(pipe, **shape) and job.swapped
+    compiled = make_clip(pipe)
+    torch.testing.assert_close(first, stock, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(compiled, first, rtol=1e-5, atol=1e-5)
+    # Another size runs eagerly again (and compiles behind it, with its other orientation).
+    assert not svd_speed.before_clip(pipe, height=32, width=64, frames=2, decode_chunk=2)
+    assert not job.swapped
+    job.wait(120)
+    assert job.ready(("fast", 64, 32, 2, 2, 2)) and job.ready(("fast", 32, 64, 2, 2, 2))
+    restore_stock(pipe, "cpu")
+    assert not any(m._compiled_call_impl for m in job.modules)
+
+
+def test_a_failed_compile_leaves_that_shape_eager(pipe: StableVideoDiffusionPipeline) -> None:
+    def broken(graph: torch.fx.GraphModule, _inputs: list[Any]) -> Any:
+        raise RuntimeError("no C compiler here")
+
+    apply_low_vram(pipe, device="cpu", compile=False)
+    job = SvdCompile(pipe, backend=broken)
+    setattr(pipe, svd_speed._COMPILE_ATTR, job)
+    stock = make_clip(pipe)
+    shape = {"height": 32, "width": 32, "frames": 2, "decode_chunk": 2}
+    assert not svd_speed.before_clip(pipe, **shape)
+    assert job.wait(120)
+    assert "no C compiler here" in job.errors[("low-vram", 32, 32, 2, 2, 2)]
+    assert not svd_speed.before_clip(pipe, **shape) and not job.busy  # no second try
+    torch.testing.assert_close(make_clip(pipe), stock, rtol=0, atol=0)
 
 
 def test_configure_torch_puts_inductor_caches_in_the_data_folder(
@@ -245,3 +294,25 @@ def test_backend_check_runs_the_generators_own_svd_path_on_cpu(tmp_path: Path) -
     checks = json.loads(out.read_text())["tiny_checks"]
     assert checks["fast_frames"] == checks["low_vram_frames"] == 4
     assert checks["cancel"] == "cancelled" and checks["after_cancel_frames"] == 4
+
+
+def test_backend_check_times_a_cold_start_on_cpu(tmp_path: Path) -> None:
+    out = tmp_path / "cold.json"
+    args = ["--coldstart", "--tiny", "--device", "cpu", "--profiles", "fast"]
+    args += ["--width", "64", "--height", "32", "--frames", "2", "--steps", "2"]
+    args += ["--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "bench/backend_check.py", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(out.read_text())
+    fast = results["fast"]
+    assert fast["clips"][0]["warming"]  # the first clip ran eager, compiling behind it
+    assert not fast["steady"]["warming"] and not fast["steady_portrait"]["warming"]
+    assert not fast["compile_errors"] and len(fast["compile_s"]) == 2  # both orientations
+    errors = results["unet_rel_l2_vs_fp32"]  # fp32 on the CPU: the shortcut is exact
+    assert errors["fast_eager"] <= errors["stock"] + 1e-6
