@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from bot import texts
 from bot.app import build_app
 from bot.config import AccessSettings, LimitSettings, Settings, TelegramSettings
 from bot.eta import estimate_wait, running_remaining
@@ -486,6 +487,18 @@ async def test_allow_persists_and_lets_the_user_in(bot: Bot) -> None:
     await bot.fake.wait_for_text(ADMIN.id, "is now denied")
     bot.fake.send_command(ANN, "/start")
     await bot.fake.wait_for_text(ANN.id, "private bot")
+
+
+@pytest.mark.parametrize(
+    "command", ["/stats", "/pause", "/resume", f"/allow {STRANGER.id}", f"/deny {BOB.id}"]
+)
+async def test_every_admin_command_refuses_a_user_and_changes_nothing(
+    bot: Bot, command: str
+) -> None:
+    assert (await bot.reply(ANN, command)).content == texts.not_admin()
+    assert not bot.worker.paused
+    assert await bot.store.allowed_override(STRANGER.id) is None
+    assert await bot.store.allowed_override(BOB.id) is None
 
 
 async def test_admin_pause_resume_and_stats(bot: Bot) -> None:
