@@ -33,12 +33,13 @@ from telegram import Bot
 
 from bot.app import build_app
 from bot.config import AccessSettings, Settings, TelegramSettings
+from bot.consumers import build_workers
 from bot.gpu import InlineRunner
 from bot.intake import serve
 from bot.jobs import JobOptions
 from bot.keyboards import CardOption, settings_keyboard
+from bot.queue import SqlQueue
 from bot.store import Card, Store
-from bot.worker import Worker
 from generator.config import VeoCredentials
 from generator.options import Intensity
 from generator.router import Generator
@@ -193,8 +194,10 @@ async def measure(
         settings.photos_dir.mkdir(parents=True, exist_ok=True)
         store = await Store.open(settings.db_path)
         generator = Generator(settings.generator, credentials=VeoCredentials())
-        worker = Worker(store=store, settings=settings, runner=InlineRunner(generator))
-        app = build_app(settings, store, worker)  # with the production rate limiter
+        queue = SqlQueue(store.db)
+        workers = build_workers(settings, store, queue, [InlineRunner(generator)])
+        # with the production rate limiter
+        app = build_app(settings, store, workers, queue=queue, cards=workers.cards)
         cards = await make_cards(fake, store, users)
         stop = asyncio.Event()
         running = asyncio.create_task(serve(app, settings.telegram, stop))

@@ -10,13 +10,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from bot.config import Settings, TelegramSettings, load_settings, summary
+from bot.config import (
+    DATABASE_URL_VARIABLE,
+    ROLES,
+    Settings,
+    TelegramSettings,
+    load_settings,
+    summary,
+)
 from generator.config import ConfigError
 from generator.logsafe import Redactor, install
 
@@ -28,7 +37,7 @@ EXIT_CONFIG = 2
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # Secrets the bot process reads once into its settings; children (the GPU process, ffmpeg,
 # compilers) never need them, so they leave the environment after loading.
-BOT_ONLY_VARIABLES = ("TELEGRAM_BOT_TOKEN", "TELEGRAM_WEBHOOK_SECRET")
+BOT_ONLY_VARIABLES = ("TELEGRAM_BOT_TOKEN", "TELEGRAM_WEBHOOK_SECRET", DATABASE_URL_VARIABLE)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -56,6 +65,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=Path,
         default=None,
         help="also append the log to this file (stderr always gets it; secrets are masked)",
+    )
+    parser.add_argument(
+        "--role",
+        choices=ROLES,
+        default=None,
+        help="all: one host (default, or [service] role); frontend: take updates and enqueue, "
+        "no GPU; consumer: make and deliver clips, take no updates (both share PostgreSQL)",
     )
     parser.add_argument(
         "--cpu-inline",
@@ -96,19 +112,27 @@ def say(line: str, redact: Redactor) -> None:
     print(f"animate-bot: {redact(line)}", file=sys.stderr)
 
 
-def load(path: Path | None, env: Mapping[str, str], redact: Redactor) -> Settings | None:
-    """Settings, or ``None`` after printing why not (the key that is wrong)."""
+def load(
+    path: Path | None, env: Mapping[str, str], redact: Redactor, role: str | None = None
+) -> Settings | None:
+    """Settings (``role`` from ``--role`` overriding ``[service] role``), or ``None`` after
+    printing why not (the key that is wrong)."""
     try:
-        return load_settings(path, env)
+        settings = load_settings(path, env)
     except ConfigError as exc:
         log.debug("config error", exc_info=True)
         say(f"config error: {exc}", redact)
         return None
+    if role is None:
+        return settings
+    return dataclasses.replace(settings, service=dataclasses.replace(settings.service, role=role))
 
 
-def check_config(path: Path | None, env: Mapping[str, str], redact: Redactor) -> int:
+def check_config(
+    path: Path | None, env: Mapping[str, str], redact: Redactor, role: str | None = None
+) -> int:
     """``--check-config``: print a summary and any problems; 0 when the bot could start."""
-    settings = load(path, env, redact)
+    settings = load(path, env, redact, role)
     if settings is None:
         return EXIT_CONFIG
     print(redact(summary(settings)))
@@ -178,33 +202,58 @@ def setup_logging(level: str, log_file: Path | None) -> None:
 
 
 def run(settings: Settings, *, cpu_inline: bool) -> None:
-    """Open the store, build the worker and the app, and serve until a stop signal."""
+    """Open the store, build the consumers and the app for this process's role, and serve
+    until a stop signal."""
     # Imported here so --check-config stays quick and needs neither torch nor a network.
     from bot.app import build_app
-    from bot.gpu import InlineRunner, ProcessRunner
+    from bot.intake import run as serve_updates
+    from bot.queue import SqlQueue
+    from bot.roles import ListeningConsumers, RemoteConsumers
     from bot.store import Store
-    from bot.worker import Worker
+    from bot.upkeep import Upkeep
 
     settings.photos_dir.mkdir(parents=True, exist_ok=True)
     # PTB runs on the thread's current loop; open the store on that same loop first.
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    store = loop.run_until_complete(Store.open(settings.db_path))
+    store = loop.run_until_complete(Store.open(settings.database))
+    queue = SqlQueue(store.db)
+    role, telegram = settings.service.role, settings.telegram
+    settled = summary(settings).replace("\n", "; ")
+    log.info("starting as %s in %s mode; %s", role, telegram.mode, settled)
+    if role == "frontend":
+        consumers = RemoteConsumers(store, upkeep=Upkeep(store, queue, settings))
+        app = build_app(settings, store, consumers, queue=queue)
+        serve_updates(app, telegram)
+        return
+    workers = _workers(settings, store, queue, cpu_inline=cpu_inline)
+    local: Any = workers
+    if role == "consumer" or settings.database_url:
+        # Other hosts enqueue, pause and resume: hear them through the database.
+        local = ListeningConsumers(workers, store, poll_s=settings.worker.heartbeat_s)
+    app = build_app(settings, store, local, queue=queue, cards=workers.cards)
+    # Until SIGTERM/SIGINT; each update is confirmed to Telegram only once handled, and
+    # post_stop then gives the running job its grace. A consumer takes no updates.
+    serve_updates(app, telegram, updates=role == "all")
+
+
+def _workers(settings: Settings, store: Any, queue: Any, *, cpu_inline: bool) -> Any:
+    """This host's GPU consumers: one per device (or one making clips in this process)."""
+    from bot.consumers import build_workers
+    from bot.gpu import InlineRunner, ProcessRunner, consumer_devices, visible_cuda_devices
+
     if cpu_inline or not settings.worker.gpu_process:
         from generator.router import Generator
 
-        runner = InlineRunner(Generator(settings.generator, credentials=settings.veo))
+        runners = [InlineRunner(Generator(settings.generator, credentials=settings.veo))]
     else:
-        runner = ProcessRunner(settings.generator, warm_up=True)
-    worker = Worker(store=store, settings=settings, runner=runner)
-    app = build_app(settings, store, worker)
-    telegram = settings.telegram
-    log.info("starting in %s mode; %s", telegram.mode, summary(settings).replace("\n", "; "))
-    # Until SIGTERM/SIGINT; each update is confirmed to Telegram only once handled, and
-    # post_stop then gives the running job its grace.
-    from bot.intake import run as serve_updates
-
-    serve_updates(app, telegram)
+        # One GPU process per device, each a consumer of the same queue with its own models.
+        devices = consumer_devices(settings.gpu.devices, visible_cuda_devices())
+        runners = [
+            ProcessRunner(settings.generator, warm_up=True, device=device) for device in devices
+        ]
+    name = settings.service.consumer_name(shared=bool(settings.database_url))
+    return build_workers(settings, store, queue, runners, name=name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -213,11 +262,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level, args.log_file)
     redact = install()  # the environment's secrets now; the token file's once it is read
     if args.check_config:
-        return check_config(args.config, os.environ, redact)
-    settings = load(args.config, os.environ, redact)
+        return check_config(args.config, os.environ, redact, args.role)
+    settings = load(args.config, os.environ, redact, args.role)
     if settings is None:
         return EXIT_CONFIG
-    redact = install([settings.telegram.token, settings.telegram.webhook_secret])
+    redact = install(
+        [settings.telegram.token, settings.telegram.webhook_secret, settings.database_url]
+    )
     for name in BOT_ONLY_VARIABLES:
         os.environ.pop(name, None)
     found = problems(settings)

@@ -1,13 +1,14 @@
-"""Wiring only: build the PTB ``Application`` from settings, store and worker.
+"""Wiring only: build the PTB ``Application`` from settings, store, queue and consumers.
 
 Example::
 
-    app = build_app(settings, store, worker)
+    app = build_app(settings, store, workers, queue=queue, cards=cards)
     bot.intake.run(app, settings.telegram)
 
 Services come in as arguments (``async with app`` in tests skips ``post_init``); handler
-bodies live in ``bot.handlers``. ``post_init`` registers the command list and starts the
-worker, ``post_stop`` stops it with its grace period, ``post_shutdown`` closes the store.
+bodies live in ``bot.handlers``, the typed ``bot_data`` in ``bot.context``. ``post_init``
+registers the command list and starts the consumers, ``post_stop`` stops them with their
+grace period, ``post_shutdown`` closes the store.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from telegram import BotCommand, Update
 from telegram.ext import (
@@ -36,14 +36,13 @@ from telegram.request import BaseRequest
 
 from bot import delivery
 from bot import handlers as h
-from bot.cardedit import CardEditor
 from bot.config import Settings
+from bot.context import BotData, Consumers
+from bot.jobs import JobQueue
 from bot.keyboards import Animate, CancelCard, CardOption, HistoryResend, JobCancel, ResultAction
+from bot.queue import SqlQueue
+from bot.statuscard import StatusCards
 from bot.store import Store
-from bot.upkeep import DiskMeter
-
-if TYPE_CHECKING:
-    from bot.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -55,27 +54,6 @@ COMMANDS = [
     BotCommand("history", "Your last clips"),
     BotCommand("settings", "Your default options"),
 ]
-
-
-@dataclass
-class BotData:
-    """The services every handler reaches through ``context.bot_data``."""
-
-    settings: Settings
-    store: Store
-    worker: Worker
-    clock: Callable[[], float] = time.time
-    # Card edits wait for Telegram's rate limit here, not in a handler's update slot.
-    editor: CardEditor = field(default_factory=CardEditor)
-    # Serialises "check limits, then enqueue" so a double tap cannot slip past a limit.
-    enqueue_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    # Photos decoded at once at intake (``limits.max_concurrent_decodes``).
-    decode_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
-    # The data folder's size against ``data.max_disk_mb``, checked before each download.
-    disk: DiskMeter = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.disk = DiskMeter(self.settings, self.clock)
 
 
 def quiet_loggers() -> None:
@@ -135,11 +113,11 @@ def add_handlers(app: Application) -> None:
 
 async def _post_init(app: Application) -> None:
     await app.bot.set_my_commands(COMMANDS)
-    await app.bot_data.worker.start()
+    await app.bot_data.consumers.start()
 
 
 async def _post_stop(app: Application) -> None:
-    await app.bot_data.worker.stop()
+    await app.bot_data.consumers.stop()
     await app.bot_data.editor.stop()
 
 
@@ -175,15 +153,19 @@ async def _post_shutdown(app: Application) -> None:
 def build_app(
     settings: Settings,
     store: Store,
-    worker: Worker,
+    consumers: Consumers,
     *,
+    queue: JobQueue | None = None,
+    cards: StatusCards | None = None,
     clock: Callable[[], float] = time.time,
     request: BaseRequest | None = None,
     rate_limiter: bool | BaseRateLimiter = True,
 ) -> Application:
     """The bot, ready for ``bot.intake.run`` or ``async with app`` in tests.
 
-    ``request`` replaces the HTTP transport (tests); ``rate_limiter`` keeps Telegram's flood
+    ``queue`` defaults to the SQL queue on the store's database, ``cards`` to a status-card
+    keeper over it (the consumers must share the same one). ``request`` replaces the HTTP
+    transport (tests); ``rate_limiter`` keeps Telegram's flood
     limits with ``ReplyFirstRateLimiter`` (edits of progress messages add up); tests may pass
     their own limiter, or False for none.
     """
@@ -207,10 +189,15 @@ def build_app(
         builder = builder.rate_limiter(ReplyFirstRateLimiter())
     if request is not None:
         builder = builder.request(request).get_updates_request(request)
+    queue = queue if queue is not None else SqlQueue(store.db)
+    if cards is None:
+        cards = StatusCards(queue, settings, consumers=consumers.size, clock=clock)
     data = BotData(
         settings=settings,
         store=store,
-        worker=worker,
+        queue=queue,
+        consumers=consumers,
+        cards=cards,
         clock=clock,
         decode_slots=asyncio.Semaphore(settings.limits.max_concurrent_decodes),
     )
@@ -218,5 +205,5 @@ def build_app(
     app = builder.context_types(ContextTypes(bot_data=lambda: data)).build()
     add_handlers(app)
     data.editor.bind(app.bot)
-    worker.bind(app)
+    cards.bind(app.bot)
     return app

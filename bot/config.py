@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from generator.config import (
     ConfigError,
@@ -39,6 +41,14 @@ from generator.config import (
 log = logging.getLogger(__name__)
 
 MODES = ("polling", "webhook")
+#: What one process does (``[service] role``, ``--role``): everything (one host), the Telegram
+#: front end only (updates, enqueue, buttons; no GPU), or GPU consumers only (claim, make,
+#: deliver), which share the queue through PostgreSQL.
+ROLES = ("all", "frontend", "consumer")
+#: The environment variable that holds ``[database]``'s URL (it may hold a password).
+DATABASE_URL_VARIABLE = "ANIMATE_DATABASE_URL"
+#: The systemd credential that holds the database URL, when neither of the above is set.
+DATABASE_URL_CREDENTIAL = "database-url"
 TELEGRAM_ID_MAX = 2**53  # Telegram user ids fit in 52 bits
 DAY_S = 86400.0
 
@@ -124,6 +134,28 @@ class WorkerSettings:
 
 
 @dataclass(frozen=True)
+class GpuSettings:
+    """Which GPUs make clips: one GPU process, one consumer of the queue, per device."""
+
+    # CUDA device indices (as CUDA_VISIBLE_DEVICES names them); empty: every visible CUDA
+    # device, or one consumer on a machine without CUDA (CPU, Apple MPS)
+    devices: tuple[str, ...] = ()
+
+    def validate(self, name: str) -> None:
+        for n, device in enumerate(self.devices):
+            _check(
+                bool(device.strip()) and "," not in device,
+                f"{name}.devices[{n}]",
+                f'one device per entry (an index like "0"), got {device!r}',
+            )
+        _check(
+            len(set(self.devices)) == len(self.devices),
+            f"{name}.devices",
+            "each device once (two processes on one GPU would fight over its memory)",
+        )
+
+
+@dataclass(frozen=True)
 class DataSettings:
     """Where the database, photos and clips live."""
 
@@ -135,6 +167,33 @@ class DataSettings:
 
 
 @dataclass(frozen=True)
+class DatabaseSettings:
+    """Where the store and the queue live: SQLite in the data folder, or the PostgreSQL URL
+    in ``ANIMATE_DATABASE_URL`` or ``url_file`` (``Settings.database_url``). A URL may hold
+    a password, so it never comes from the config file."""
+
+    # a file holding only the URL, readable by the service (may start ${CREDENTIALS_DIRECTORY})
+    url_file: Path | None = path(None, "file")
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """What this process does."""
+
+    role: str = choice("all", *ROLES)
+    # Names this process's consumers in the jobs table (<name>/gpu0...) when the database is
+    # shared; "" = the host name. Each process sharing one database needs its own; a
+    # restarted process takes back the running jobs of its own name at once.
+    name: str = ""
+
+    def consumer_name(self, shared: bool) -> str:
+        """The prefix of this process's consumer ids: none on a database of its own."""
+        if not shared:
+            return ""
+        return self.name or socket.gethostname()
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the bot needs."""
 
@@ -142,15 +201,23 @@ class Settings:
     access: AccessSettings = field(default_factory=AccessSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
+    gpu: GpuSettings = field(default_factory=GpuSettings)
     generator: GeneratorSettings = field(default_factory=GeneratorSettings)
     data_dir: Path = Path("data")
     veo: VeoCredentials = field(default_factory=VeoCredentials)
     keep_photos_days: int = 30
     max_disk_mb: int = 4096
+    database_url: str = field(default="", repr=False)  # "" = SQLite at db_path
+    service: ServiceSettings = field(default_factory=ServiceSettings)
 
     @property
     def db_path(self) -> Path:
         return self.data_dir / "bot.sqlite3"
+
+    @property
+    def database(self) -> str | Path:
+        """What ``bot.db.open_database`` opens: the PostgreSQL URL, else the SQLite file."""
+        return self.database_url or self.db_path
 
     @property
     def photos_dir(self) -> Path:
@@ -164,7 +231,7 @@ class Settings:
         return user_id in self.access.admins
 
 
-BOT_TABLES = ("telegram", "access", "limits", "worker", "data")
+BOT_TABLES = ("telegram", "access", "limits", "worker", "gpu", "data", "database", "service")
 GENERATOR_TABLES = ("image", "svd", "ltx", "wan", "engines", "veo", "auto", "encode")
 
 
@@ -190,26 +257,61 @@ def read_token_file(path: Path, key: str = "telegram.token_file") -> str:
     return token
 
 
-def token_path(token_file: Path | None, env: Mapping[str, str]) -> Path | None:
+def token_path(
+    token_file: Path | None,
+    env: Mapping[str, str],
+    *,
+    credential: str = TOKEN_CREDENTIAL,
+    key: str = "telegram.token_file",
+) -> Path | None:
     """Where the bot token is read from when ``TELEGRAM_BOT_TOKEN`` is not set.
 
     ``token_file`` may start with ``${CREDENTIALS_DIRECTORY}``; without ``token_file``, a
-    systemd credential named ``telegram-token`` is used when the service has one.
+    systemd credential named ``telegram-token`` is used when the service has one. The
+    database URL is found the same way (``credential``, ``key``).
     """
     credentials = env.get("CREDENTIALS_DIRECTORY", "")
     if token_file is None:
-        found = Path(credentials) / TOKEN_CREDENTIAL if credentials else None
+        found = Path(credentials) / credential if credentials else None
         return found if found is not None and found.exists() else None
     text = str(token_file)
     for variable in CREDENTIALS_VARIABLES:
         if text.startswith(variable):
             if not credentials:
                 raise ConfigError(
-                    f"telegram.token_file: {variable} is not set; systemd sets it for a "
+                    f"{key}: {variable} is not set; systemd sets it for a "
                     "service with LoadCredential="
                 )
             return Path(credentials + text.removeprefix(variable))
     return token_file
+
+
+def database_url(table: Any, env: Mapping[str, str]) -> str:
+    """``[database]``'s URL: ``ANIMATE_DATABASE_URL``, else ``url_file``, else the systemd
+    credential ``database-url``, else "" (SQLite in the data folder)."""
+    table = dict(table or {})
+    if "url" in table:
+        raise ConfigError(
+            f"database.url: set it in {DATABASE_URL_VARIABLE} or database.url_file, not in the "
+            "config file (a URL may hold a password)"
+        )
+    settings = load_section(DatabaseSettings, table, "database")
+    found = env.get(DATABASE_URL_VARIABLE, "").strip()
+    source = (
+        None
+        if found
+        else token_path(
+            settings.url_file, env, credential=DATABASE_URL_CREDENTIAL, key="database.url_file"
+        )
+    )
+    if source is not None:
+        key = "database.url_file" if settings.url_file else f"credential {DATABASE_URL_CREDENTIAL}"
+        found = read_token_file(source, key)
+    if found and not found.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            f"{DATABASE_URL_VARIABLE}: must be a postgresql:// URL (leave it unset for SQLite)"
+        )
+    return found
 
 
 def parse_settings(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
@@ -254,11 +356,14 @@ def parse_settings(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         access=load_section(AccessSettings, data.get("access"), "access"),
         limits=load_section(LimitSettings, data.get("limits"), "limits"),
         worker=load_section(WorkerSettings, data.get("worker"), "worker"),
+        gpu=load_section(GpuSettings, data.get("gpu"), "gpu"),
         generator=generator,
         data_dir=data_dir,
         veo=veo_credentials(generator.veo, env),
         keep_photos_days=data_settings.keep_photos_days,
         max_disk_mb=data_settings.max_disk_mb,
+        database_url=database_url(data.get("database"), env),
+        service=load_section(ServiceSettings, data.get("service"), "service"),
     )
 
 
@@ -300,7 +405,9 @@ def summary(settings: Settings) -> str:
         f"Veo ${lim.veo_user_daily_usd:.2f}/user/day, ${lim.veo_month_usd:.2f}/month",
         f"worker: {'GPU process' if w.gpu_process else 'inline'}, grace {w.shutdown_grace_s:g} s, "
         f"{w.max_attempts} attempts",
+        f"gpu: devices {', '.join(settings.gpu.devices) or 'every visible CUDA device'}",
         f"data: {settings.data_dir}",
+        f"database: {database_summary(settings)}; role {settings.service.role}",
         f"svd: {g.svd.model} ({g.svd.frames} frames, {g.svd.steps} steps, {g.svd.fps} fps)",
         f"ltx: {g.ltx.model if g.ltx.enabled else 'disabled'}"
         + (f" + {g.ltx.transformer}" if g.ltx.enabled and g.ltx.transformer else ""),
@@ -309,3 +416,11 @@ def summary(settings: Settings) -> str:
         f"veo: {'configured' if settings.veo.configured else 'not configured'} ({g.veo.model})",
     ]
     return "\n".join(lines)
+
+
+def database_summary(settings: Settings) -> str:
+    """Which database, without the URL's user, password or query: its host and name."""
+    if not settings.database_url:
+        return f"SQLite {settings.db_path}"
+    parts = urlsplit(settings.database_url)
+    return f"PostgreSQL {parts.hostname or 'local socket'}{parts.path or ''}"

@@ -2,12 +2,14 @@
 (``ProcessRunner``) that a crash or a CUDA error cannot take the bot down with.
 
 Both implement ``GenerationRunner``; the worker does not know which one it has. Across the
-process boundary everything is data: the request, a ``VeoBudget`` (dollars allowed, not a
-callback), progress events, the clip, and errors as (class name, message, user text, extras).
+process boundary everything is a frozen dataclass (``RunJob``, ``Started``, ``Report``,
+``Finished``, ``Failed``...): the request, a ``VeoBudget`` (dollars allowed, not a callback),
+progress events, the clip, and errors as an ``ErrorReport`` (an ``ErrorKind``, the user's
+text, detail, and what was billed). The out-of-memory retry is the router's, not ours.
 
 Example::
 
-    >>> runner = ProcessRunner(settings.generator)
+    >>> runner = ProcessRunner(settings.generator, device="1")   # CUDA device 1 only
     >>> clip = await runner.run(request, out, on_progress=print, on_veo_operation=save,
     ...                         resume_veo_operation=None, veo_budget_ok=VeoBudget(2.0))
     >>> await runner.close()
@@ -17,12 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
+import enum
 import itertools
 import logging
 import multiprocessing
-import pickle
+import os
 import queue
+import shutil
+import subprocess
 import threading
 import traceback
 from collections.abc import Awaitable, Callable
@@ -31,12 +35,11 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Protocol
 
-import generator.errors as gen_errors
-from generator import logsafe
+from generator import errors, logsafe
 from generator.clip import Clip, Progress
 from generator.config import GeneratorSettings
-from generator.errors import GenerationFailed, GeneratorError, OutOfMemory, TransientError
-from generator.options import Profile, Request
+from generator.errors import GeneratorError, TransientError
+from generator.options import Request
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +101,198 @@ class GenerationRunner(Protocol):
         """Release the model (and the child process)."""
 
 
-def _low_vram(request: Request) -> Request | None:
-    """The request to retry after ``OutOfMemory``, or ``None`` if it already was low-VRAM."""
-    if request.profile is Profile.LOW_VRAM:
-        return None
-    return dataclasses.replace(request, profile=Profile.LOW_VRAM)
+class ErrorKind(enum.StrEnum):
+    """Which ``generator.errors`` class an error was, as data that crosses the pipe."""
+
+    INVALID_REQUEST = "invalid-request"
+    INVALID_IMAGE = "invalid-image"
+    BACKEND_UNAVAILABLE = "backend-unavailable"
+    BUDGET_EXCEEDED = "budget-exceeded"
+    MODEL_UNAVAILABLE = "model-unavailable"
+    TRANSIENT = "transient"
+    RATE_LIMITED = "rate-limited"
+    GENERATION_FAILED = "generation-failed"
+    OUT_OF_MEMORY = "out-of-memory"
+    CONTENT_FILTERED = "content-filtered"
+    ENCODING_FAILED = "encoding-failed"
+    CANCELLED = "cancelled"
+    BUG = "bug"  # not one of ours: a library error the generator did not translate
+
+
+# Most specific first: ``ErrorReport.of`` takes the first class the error is an instance of.
+_ERROR_CLASSES: tuple[tuple[ErrorKind, type[GeneratorError]], ...] = (
+    (ErrorKind.BUDGET_EXCEEDED, errors.BudgetExceeded),
+    (ErrorKind.MODEL_UNAVAILABLE, errors.ModelUnavailable),
+    (ErrorKind.BACKEND_UNAVAILABLE, errors.BackendUnavailable),
+    (ErrorKind.RATE_LIMITED, errors.RateLimited),
+    (ErrorKind.TRANSIENT, errors.TransientError),
+    (ErrorKind.OUT_OF_MEMORY, errors.OutOfMemory),
+    (ErrorKind.CONTENT_FILTERED, errors.ContentFiltered),
+    (ErrorKind.ENCODING_FAILED, errors.EncodingFailed),
+    (ErrorKind.GENERATION_FAILED, errors.GenerationFailed),
+    (ErrorKind.INVALID_REQUEST, errors.InvalidRequest),
+    (ErrorKind.INVALID_IMAGE, errors.InvalidImage),
+    (ErrorKind.CANCELLED, errors.Cancelled),
+)
+_CLASS_OF = dict(_ERROR_CLASSES)
+
+
+@dataclass(frozen=True)
+class ErrorReport:
+    """An error of the GPU process as plain data.
+
+    ``detail`` is the message (and, for a ``BUG``, the traceback); ``user_text`` what the
+    user may read; ``reasons`` the safety filter's; ``cost_usd`` what was billed anyway.
+    """
+
+    kind: ErrorKind
+    detail: str
+    user_text: str
+    reasons: tuple[str, ...] = ()
+    cost_usd: float = 0.0
+    traceback: str | None = None
+
+    @classmethod
+    def of(cls, exc: BaseException) -> ErrorReport:
+        for kind, error_class in _ERROR_CLASSES:
+            if isinstance(exc, error_class):
+                return cls(
+                    kind=kind,
+                    detail=str(exc),
+                    user_text=exc.user_text,
+                    reasons=exc.reasons if isinstance(exc, errors.ContentFiltered) else (),
+                    cost_usd=exc.cost_usd if isinstance(exc, errors.Cancelled) else 0.0,
+                )
+        return cls(
+            kind=ErrorKind.BUG,
+            detail=f"{type(exc).__name__} in the GPU process: {exc}",
+            user_text=GeneratorError.user_text,
+            traceback="".join(traceback.format_exception(exc)),
+        )
+
+    def error(self) -> GeneratorError:
+        """The exception the worker catches (``GenerationFailed`` for a ``BUG``)."""
+        if self.kind is ErrorKind.CONTENT_FILTERED:
+            return errors.ContentFiltered(
+                self.detail, reasons=self.reasons, user_text=self.user_text
+            )
+        if self.kind is ErrorKind.CANCELLED:
+            return errors.Cancelled(self.detail, cost_usd=self.cost_usd, user_text=self.user_text)
+        if self.kind is ErrorKind.BUG:
+            return errors.GenerationFailed(self.detail)
+        return _CLASS_OF[self.kind](self.detail, user_text=self.user_text)
+
+
+# --- messages over the pipe: bot -> GPU process ---
+
+
+@dataclass(frozen=True)
+class RunJob:
+    seq: int
+    request: Request
+    out_path: Path
+    resume_veo_operation: str | None
+    budget: VeoBudget | None
+
+
+@dataclass(frozen=True)
+class CancelRun:
+    seq: int
+
+
+@dataclass(frozen=True)
+class Close:
+    pass
+
+
+# --- messages over the pipe: GPU process -> bot ---
+
+
+@dataclass(frozen=True)
+class Ready:
+    """The generator is built (and warm): a job handed over now is taken."""
+
+
+@dataclass(frozen=True)
+class Started:
+    """The child took run ``seq``: from here its death is this job's crash."""
+
+    seq: int
+
+
+@dataclass(frozen=True)
+class Report:
+    seq: int
+    progress: Progress
+
+
+@dataclass(frozen=True)
+class VeoOperation:
+    seq: int
+    name: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    seq: int
+    clip: Clip
+
+
+@dataclass(frozen=True)
+class Failed:
+    seq: int
+    error: ErrorReport
+
+
+@dataclass(frozen=True)
+class ChildGone:
+    """Not sent by the child: the reader thread's news that the pipe closed."""
+
+
+ToChild = RunJob | CancelRun | Close
+FromChild = Ready | Started | Report | VeoOperation | Finished | Failed | ChildGone
+
+
+def visible_cuda_devices(env: dict[str, str] | None = None) -> list[str]:
+    """The CUDA devices this machine shows the bot: ``CUDA_VISIBLE_DEVICES`` when set, else
+    what ``nvidia-smi`` lists; none without NVIDIA (CPU, MPS).
+
+    Asked of the environment and ``nvidia-smi`` rather than torch: the bot's own process must
+    not create a CUDA context (hundreds of MB on the first GPU) to count the GPUs.
+    """
+    env = dict(os.environ) if env is None else env
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return []
+    try:
+        out = subprocess.run(
+            [exe, "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()]
+
+
+def consumer_devices(configured: tuple[str, ...], visible: list[str]) -> list[str | None]:
+    """One entry per GPU consumer: the device its GPU process may use (``[gpu] devices``,
+    else every visible CUDA device), or ``[None]``: one consumer that sees what the
+    machine has (CPU, MPS, or the one GPU).
+
+    >>> consumer_devices((), ["0", "1"]), consumer_devices((), []), consumer_devices(("1",), [])
+    (['0', '1'], [None], ['1'])
+    """
+    if configured:
+        return list(configured)
+    if len(visible) > 1:
+        return list(visible)
+    return [None]
 
 
 class InlineRunner:
@@ -139,25 +329,15 @@ class InlineRunner:
                 else:
                     loop.call_soon_threadsafe(on_progress, event)
 
-            async def attempt(req: Request) -> Clip:
-                return await self.generator.generate(
-                    req,
-                    out_path,
-                    on_progress=progress,
-                    should_cancel=self._cancel.is_set,
-                    veo_budget_ok=veo_budget_ok,
-                    on_veo_operation=on_veo_operation,
-                    resume_veo_operation=resume_veo_operation,
-                )
-
-            try:
-                return await attempt(request)
-            except OutOfMemory:
-                retry = _low_vram(request)
-                if retry is None:
-                    raise
-                log.warning("out of GPU memory; retrying once with the low-vram profile")
-                return await attempt(retry)
+            return await self.generator.generate(
+                request,
+                out_path,
+                on_progress=progress,
+                should_cancel=self._cancel.is_set,
+                veo_budget_ok=veo_budget_ok,
+                on_veo_operation=on_veo_operation,
+                resume_veo_operation=resume_veo_operation,
+            )
 
     async def ready(self) -> None:
         pass  # the generator lives in this process: it is there as long as we are
@@ -179,37 +359,6 @@ def default_generator(settings: GeneratorSettings) -> Any:
     return Generator(settings)
 
 
-def _error_message(exc: BaseException) -> tuple:
-    """An exception as picklable data: (class name, message, user text, extra attributes)."""
-    extra = {}
-    for key, value in vars(exc).items():
-        if key == "user_text":
-            continue
-        try:
-            pickle.dumps(value)
-        except Exception:  # an attribute holding a library object: drop it, keep the rest
-            continue
-        extra[key] = value
-    if not isinstance(exc, GeneratorError):
-        extra["traceback"] = "".join(traceback.format_exception(exc))
-    user_text = exc.user_text if isinstance(exc, GeneratorError) else None
-    return type(exc).__name__, str(exc), user_text, extra
-
-
-def _rebuild_error(name: str, message: str, user_text: str | None, extra: dict) -> Exception:
-    """The parent's copy of an error the child raised: the same ``generator.errors`` class."""
-    cls = getattr(gen_errors, name, None)
-    if isinstance(cls, type) and issubclass(cls, GeneratorError):
-        exc = cls.__new__(cls)
-        Exception.__init__(exc, message)
-        vars(exc).update(extra)
-        if user_text is not None:
-            exc.user_text = user_text
-        return exc
-    # Not one of ours: a bug or a library error the generator did not translate.
-    return GenerationFailed(f"{name} in the GPU process: {message}")
-
-
 def _has_accelerator() -> bool:
     import torch
 
@@ -221,39 +370,46 @@ def _child_main(
     settings: GeneratorSettings,
     factory: Callable[[GeneratorSettings], Any] = default_generator,
     warm_up: bool = False,
+    device: str | None = None,
 ) -> None:
     """Entry point of the GPU process: build the generator once, then serve runs until closed.
 
-    A reader thread takes messages off the pipe so a ("cancel", seq) arrives while the
+    ``device`` (a CUDA index) is the only GPU this process sees: set before CUDA starts. A
+    reader thread takes messages off the pipe so a ``CancelRun`` arrives while the
     generation runs; runs themselves happen on this thread, one at a time.
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s gpu %(levelname)s %(message)s")
+    if device is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = device
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s gpu{'' if device is None else device} %(levelname)s %(message)s",
+    )
     logsafe.install()  # HF_TOKEN and Veo keys live here too; the bot token does not
     send_lock = threading.Lock()
     cancel = threading.Event()
-    jobs: queue.SimpleQueue[tuple] = queue.SimpleQueue()
+    jobs: queue.SimpleQueue[RunJob | Close] = queue.SimpleQueue()
 
-    def send(message: tuple) -> None:
-        # Progress may come from a generator thread while the main thread sends "done".
+    def send(message: FromChild) -> None:
+        # Progress may come from a generator thread while the main thread sends the result.
         with send_lock:
             conn.send(message)
 
     def read() -> None:
         while True:
             try:
-                message = conn.recv()
+                message: ToChild = conn.recv()
             except (EOFError, OSError):
                 cancel.set()  # the bot is gone: stop what runs, then exit
-                jobs.put(("close",))
+                jobs.put(Close())
                 return
-            if message[0] == "cancel":
+            if isinstance(message, CancelRun):
                 cancel.set()
-            else:
-                if message[0] == "run":
-                    cancel.clear()  # here, in pipe order, so a later cancel is never lost
-                jobs.put(message)
-                if message[0] == "close":
-                    return
+                continue
+            if isinstance(message, RunJob):
+                cancel.clear()  # here, in pipe order, so a later cancel is never lost
+            jobs.put(message)
+            if isinstance(message, Close):
+                return
 
     threading.Thread(target=read, name="gpu-pipe-reader", daemon=True).start()
     generator = factory(settings)
@@ -263,39 +419,39 @@ def _child_main(
             generator.warm_up()
         except Exception as exc:  # no weights, no token: the first job says so to its user
             logging.getLogger(__name__).warning("warm-up failed (%s); the first clip retries", exc)
-    send(("ready", 0))  # the parent claims no job for this process before it hears this
+    send(Ready())  # the parent claims no job for this process before it hears this
 
     with asyncio.Runner() as runner:  # one loop for the process: clients may hold on to it
         while True:
-            message = jobs.get()
-            if message[0] == "close":
+            job = jobs.get()
+            if isinstance(job, Close):
                 break
-            _, seq, request, out_path, resume, budget = message
+            seq = job.seq
             # From here a death is this job's business (a crash); before it, nobody's.
-            send(("started", seq))
+            send(Started(seq))
 
             async def veo_operation(name: str, seq: int = seq) -> None:
-                send(("veo_operation", seq, name))
+                send(VeoOperation(seq, name))
 
             def progress(event: Progress, seq: int = seq) -> None:
-                send(("progress", seq, event))
+                send(Report(seq, event))
 
             try:
                 clip = runner.run(
                     generator.generate(
-                        request,
-                        out_path,
+                        job.request,
+                        job.out_path,
                         on_progress=progress,
                         should_cancel=cancel.is_set,
-                        veo_budget_ok=budget,
+                        veo_budget_ok=job.budget,
                         on_veo_operation=veo_operation,
-                        resume_veo_operation=resume,
+                        resume_veo_operation=job.resume_veo_operation,
                     )
                 )
             except Exception as exc:
-                send(("error", seq, *_error_message(exc)))
+                send(Failed(seq, ErrorReport.of(exc)))
             else:
-                send(("done", seq, clip))
+                send(Finished(seq, clip))
     conn.close()
 
 
@@ -303,17 +459,18 @@ class ProcessRunner:
     """Makes clips in a child process (spawned, so CUDA starts clean), kept warm between jobs.
 
     The child starts on the first ``run`` (or ``start``) and loads each engine once; it says
-    "ready" when it can take a job and "started" when it takes one. ``ready`` restarts a
-    child that died while idle and waits for its "ready", so the worker claims no job for a
-    dead engine. If the child dies after "started", ``run`` raises ``WorkerCrashed`` (the
-    job's crash); before it, ``WorkerLost`` (the job never ran). ``OutOfMemory`` is retried
-    once in a fresh child with the low-VRAM profile.
+    ``Ready`` when it can take a job and ``Started`` when it takes one. ``ready`` restarts a
+    child that died while idle and waits for its ``Ready``, so the worker claims no job for a
+    dead engine. If the child dies after ``Started``, ``run`` raises ``WorkerCrashed`` (the
+    job's crash); before it, ``WorkerLost`` (the job never ran).
 
     Args:
         settings: the generator settings the child builds its ``Generator`` from.
         generator_factory: module-level callable ``(settings) -> generator`` run in the
             child (pickled by qualified name); ``default_generator`` when omitted.
         warm_up: load the local engine auto uses as soon as the child starts.
+        device: the CUDA device index the child may use (``CUDA_VISIBLE_DEVICES``);
+            ``None`` leaves the environment as it is (CPU, MPS, or one GPU).
     """
 
     def __init__(
@@ -322,17 +479,19 @@ class ProcessRunner:
         *,
         generator_factory: Callable[[GeneratorSettings], Any] = default_generator,
         warm_up: bool = False,
+        device: str | None = None,
     ) -> None:
         self.settings = settings
         self.generator_factory = generator_factory
         self.warm_up = warm_up
+        self.device = device
         self._ctx = multiprocessing.get_context("spawn")
         self._process: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
-        self._inbox: asyncio.Queue[tuple] | None = None
+        self._inbox: asyncio.Queue[FromChild] | None = None
         self._seq = itertools.count(1)
         self._running_seq: int | None = None
-        self._child_ready = False  # the current child said "ready"
+        self._child_ready = False  # the current child said Ready
         self._lock = asyncio.Lock()
 
     @property
@@ -350,33 +509,33 @@ class ProcessRunner:
         parent, child = self._ctx.Pipe()
         process = self._ctx.Process(
             target=_child_main,
-            args=(child, self.settings, self.generator_factory, self.warm_up),
-            name="gpu",
+            args=(child, self.settings, self.generator_factory, self.warm_up, self.device),
+            name="gpu" if self.device is None else f"gpu{self.device}",
             daemon=True,
         )
         # Spawning writes and execs a new interpreter: seconds we keep off the loop.
         await asyncio.to_thread(process.start)
         child.close()  # only the child holds its end now, so its death reads as EOF here
         loop = asyncio.get_running_loop()
-        inbox: asyncio.Queue[tuple] = asyncio.Queue()
+        inbox: asyncio.Queue[FromChild] = asyncio.Queue()
 
         def read() -> None:
             while True:
                 try:
-                    message = parent.recv()
+                    message: FromChild = parent.recv()
                 except (EOFError, OSError):
-                    message = ("eof",)
+                    message = ChildGone()
                 with contextlib.suppress(RuntimeError):  # loop closed at shutdown
                     loop.call_soon_threadsafe(inbox.put_nowait, message)
-                if message[0] == "eof":
+                if isinstance(message, ChildGone):
                     return
 
         threading.Thread(target=read, name="gpu-result-reader", daemon=True).start()
         self._process, self._conn, self._inbox = process, parent, inbox
-        log.info("GPU process %s started", process.pid)
+        log.info("GPU process %s started (device %s)", process.pid, self.device or "default")
 
     async def ready(self) -> None:
-        """Return once a live child has said "ready" (restarting one that died while idle).
+        """Return once a live child has said ``Ready`` (restarting one that died while idle).
 
         Raises:
             WorkerLost: the child died before it was ready (it cannot start).
@@ -392,19 +551,19 @@ class ProcessRunner:
                 raise RuntimeError("broken invariant: self._inbox is not None")
             inbox = self._inbox
             # Between runs nobody else reads the inbox: what waits there is news of the
-            # child (its "ready", its death, or the tail of a run nobody waits for).
+            # child (its Ready, its death, or the tail of a run nobody waits for).
             while not (self._child_ready and inbox.empty()):
                 message = await inbox.get()
-                if message[0] == "ready":
+                if isinstance(message, Ready):
                     self._child_ready = True
-                elif message[0] == "eof":
+                elif isinstance(message, ChildGone):
                     break
             else:
                 return
             pid, starting = self.pid, not self._child_ready
             code = self._process.exitcode if self._process else None
             await self._kill()
-            if starting:  # it never got as far as "ready": starting again would end the same
+            if starting:  # it never got as far as Ready: starting again would end the same
                 raise WorkerLost(f"the GPU process {pid} exited while starting (code {code})")
             log.warning("GPU process %s died while idle (exit code %s); restarting it", pid, code)
 
@@ -433,95 +592,59 @@ class ProcessRunner:
         if veo_budget_ok is not None and not isinstance(veo_budget_ok, VeoBudget):
             raise TypeError("ProcessRunner needs a VeoBudget (data), not an arbitrary callable")
         async with self._lock:
+            await self._ensure_ready()
+            if self._conn is None or self._inbox is None:
+                raise RuntimeError(
+                    "broken invariant: self._conn is not None and self._inbox is not None"
+                )
+            seq = next(self._seq)
+            inbox = self._inbox
+            started = False
             try:
-                return await self._run_once(
-                    request,
-                    out_path,
-                    on_progress,
-                    on_veo_operation,
-                    resume_veo_operation,
-                    veo_budget_ok,
-                )
-            except OutOfMemory:
-                retry = _low_vram(request)
-                if retry is None:
-                    raise
-                # A fresh process gives back every byte the failed attempt fragmented.
-                log.warning("out of GPU memory; restarting the GPU process in low-vram")
-                await self._kill()
-                return await self._run_once(
-                    retry,
-                    out_path,
-                    on_progress,
-                    on_veo_operation,
-                    resume_veo_operation,
-                    veo_budget_ok,
-                )
-
-    async def _run_once(
-        self,
-        request: Request,
-        out_path: Path,
-        on_progress: ProgressCallback,
-        on_veo_operation: OperationCallback,
-        resume: str | None,
-        budget: VeoBudget | None,
-    ) -> Clip:
-        await self._ensure_ready()
-        if self._conn is None or self._inbox is None:
-            raise RuntimeError(
-                "broken invariant: self._conn is not None and self._inbox is not None"
-            )
-        seq = next(self._seq)
-        inbox = self._inbox
-        started = False
-        try:
-            self._conn.send(("run", seq, request, out_path, resume, budget))
-        except OSError:
-            pass  # the child is already gone: its "eof" is on the way, and says so below
-        self._running_seq = seq
-        try:
-            while True:
-                message = await inbox.get()
-                kind = message[0]
-                if kind == "eof":
-                    code = self._process.exitcode if self._process else None
-                    await self._kill()
-                    if not started:
-                        # Died before it took the job (killed just before, or dying while
-                        # we handed it over): not this job's crash.
-                        raise WorkerLost(f"the GPU process died before the job (exit {code})")
-                    raise WorkerCrashed(f"the GPU process died (exit code {code})")
-                if message[1] != seq:
-                    continue  # left over from a run this side stopped waiting for
-                if kind == "started":
-                    started = True
-                elif kind == "progress":
-                    on_progress(message[2])
-                elif kind == "veo_operation":
-                    await on_veo_operation(message[2])
-                elif kind == "done":
-                    return message[2]
-                elif kind == "error":
-                    _, _, name, text, user_text, extra = message
-                    exc = _rebuild_error(name, text, user_text, extra)
-                    if "traceback" in extra:
-                        log.error("GPU process raised %s:\n%s", name, extra["traceback"])
-                        await self._kill()  # an untranslated error may leave CUDA unusable
-                    raise exc
-        except asyncio.CancelledError:
-            # Our caller gave up waiting: stop the child's work too, so the GPU is free.
-            with contextlib.suppress(OSError, ValueError):
-                if self._conn is not None:
-                    self._conn.send(("cancel", seq))
-            raise
-        finally:
-            self._running_seq = None
+                self._conn.send(RunJob(seq, request, out_path, resume_veo_operation, veo_budget_ok))
+            except OSError:
+                pass  # the child is already gone: its ChildGone is on the way, and says so
+            self._running_seq = seq
+            try:
+                while True:
+                    message = await inbox.get()
+                    if isinstance(message, ChildGone):
+                        code = self._process.exitcode if self._process else None
+                        await self._kill()
+                        if not started:
+                            # Died before it took the job (killed just before, or dying while
+                            # we handed it over): not this job's crash.
+                            raise WorkerLost(f"the GPU process died before the job (exit {code})")
+                        raise WorkerCrashed(f"the GPU process died (exit code {code})")
+                    if isinstance(message, Ready) or message.seq != seq:
+                        continue  # left over from a run this side stopped waiting for
+                    if isinstance(message, Started):
+                        started = True
+                    elif isinstance(message, Report):
+                        on_progress(message.progress)
+                    elif isinstance(message, VeoOperation):
+                        await on_veo_operation(message.name)
+                    elif isinstance(message, Finished):
+                        return message.clip
+                    elif isinstance(message, Failed):
+                        report = message.error
+                        if report.kind is ErrorKind.BUG:
+                            log.error("GPU process raised:\n%s", report.traceback)
+                            await self._kill()  # an untranslated error may leave CUDA unusable
+                        raise report.error()
+            except asyncio.CancelledError:
+                # Our caller gave up waiting: stop the child's work too, so the GPU is free.
+                with contextlib.suppress(OSError, ValueError):
+                    if self._conn is not None:
+                        self._conn.send(CancelRun(seq))
+                raise
+            finally:
+                self._running_seq = None
 
     async def cancel(self) -> None:
         if self._running_seq is not None and self._conn is not None:
             with contextlib.suppress(OSError, ValueError):
-                self._conn.send(("cancel", self._running_seq))
+                self._conn.send(CancelRun(self._running_seq))
 
     async def close(self) -> None:
         process, conn = self._process, self._conn
@@ -529,18 +652,22 @@ class ProcessRunner:
             return
         with contextlib.suppress(OSError, ValueError):
             if conn is not None:
-                conn.send(("cancel", self._running_seq or 0))
-                conn.send(("close",))
+                conn.send(CancelRun(self._running_seq or 0))
+                conn.send(Close())
         await asyncio.to_thread(process.join, 10)
         await self._kill()
 
 
 __all__ = [
+    "ErrorKind",
+    "ErrorReport",
     "GenerationRunner",
     "InlineRunner",
     "ProcessRunner",
     "VeoBudget",
     "WorkerCrashed",
     "WorkerLost",
+    "consumer_devices",
     "default_generator",
+    "visible_cuda_devices",
 ]

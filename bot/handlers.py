@@ -2,7 +2,7 @@
 
 Each handler gathers what it needs from the update and ``context.bot_data`` (a ``BotData``),
 calls plain decision functions (``check_access``, ``check_limits``, ``result_options``) and
-applies the result: a reply, an edited card, a queued job and ``worker.wake()``. Wiring lives
+applies the result: a reply, an edited card, a queued job and ``consumers.wake()``. Wiring lives
 in ``bot.app``; texts in ``bot.texts``; buttons in ``bot.keyboards``.
 """
 
@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, TypeAlias
 
 from telegram import CallbackQuery, InlineKeyboardMarkup, Message, Update
 from telegram.error import BadRequest, NetworkError, RetryAfter, TelegramError
@@ -23,13 +23,16 @@ from telegram.ext import ApplicationHandlerStop, CallbackContext, ExtBot
 
 from bot import eta, texts
 from bot.config import Settings
+from bot.context import BotData
 from bot.jobs import ACTIVE, Job, JobOptions, NewJob, Status
 from bot.keyboards import (
+    CardField,
     CardOption,
     EngineButton,
     HistoryResend,
     JobCancel,
     ResultAction,
+    ResultChoice,
     history_keyboard,
     result_keyboard,
     settings_keyboard,
@@ -45,7 +48,7 @@ from bot.limits import (
     month_start,
     veo_cost,
 )
-from bot.store import Card
+from bot.store import Card, Flag
 from generator.engines.catalog import (
     LOCAL_BACKENDS,
     auto_local,
@@ -64,9 +67,6 @@ from generator.options import (
     motion_band,
     step_intensity,
 )
-
-if TYPE_CHECKING:
-    from bot.app import BotData
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def shift_motion(options: JobOptions, delta: int) -> JobOptions:
 
 def result_options(
     options: JobOptions,
-    action: str,
+    action: ResultChoice,
     used: Backend | None,
     veo_available: bool,
     local_engines: Sequence[Backend] = (Backend.SVD,),
@@ -116,12 +116,11 @@ def result_options(
     configured, else by the next offered local engine (``local_engines``, in card order); a
     Veo clip by the first local engine. It raises ``Refused`` when there is no other engine.
     """
-    if action == "again":
+    action = ResultChoice(action)
+    if action is ResultChoice.AGAIN:
         return options
-    if action in ("more", "less"):
-        return shift_motion(options, 1 if action == "more" else -1)
-    if action != "other":
-        raise ValueError(f"unknown result action {action!r}")
+    if action in (ResultChoice.MORE, ResultChoice.LESS):
+        return shift_motion(options, 1 if action is ResultChoice.MORE else -1)
     made_with = used or options.backend
     if made_with.local:
         others = [b for b in local_engines if b is not made_with]
@@ -174,7 +173,7 @@ async def _engine_buttons(data: BotData) -> list[EngineButton]:
         if not enabled(backend, data.settings.generator):
             continue
         spec = specs[backend]
-        wait = await eta.typical_wait(data.store, backend)
+        wait = await eta.typical_wait(data.queue, backend)
         label = texts.engine_button(backend, spec.plan(None).seconds, spec.fps, wait)
         buttons.append(EngineButton(backend, label))
     return buttons
@@ -211,23 +210,21 @@ def _show(data: BotData, query: CallbackQuery, text: str, reply_markup: Any = No
 
 
 async def _usage(data: BotData, user_id: int, now: float) -> Usage:
-    store = data.store
+    queue = data.queue
     return Usage(
-        active=await store.active_count(user_id),
-        today=await store.jobs_since(user_id, day_start(now)),
-        veo_user_today=await store.veo_spend(since=day_start(now), user_id=user_id),
-        veo_month=await store.veo_spend(since=month_start(now)),
+        active=await queue.active_count(user_id),
+        today=await queue.jobs_since(user_id, day_start(now)),
+        veo_user_today=await queue.veo_spend(since=day_start(now), user_id=user_id),
+        veo_month=await queue.veo_spend(since=month_start(now)),
     )
 
 
 async def _eta(data: BotData, position: int | None, now: float) -> float | None:
-    return await eta.queue_wait(
-        data.store, position, now=now, running_job_id=data.worker.running_job_id
-    )
+    return await eta.queue_wait(data.queue, position, now=now, consumers=data.consumers.size)
 
 
 async def _queue_text(data: BotData, job: Job, now: float, note: str | None) -> str:
-    position = await data.store.queue.position(job.id)
+    position = await data.queue.position(job.id)
     text = texts.queue_card(position or 1, await _eta(data, position, now))
     return f"{text}\n\n{note}" if note else text
 
@@ -242,6 +239,7 @@ async def _enqueue(
     photo_path: str,
     dedupe_key: str,
     status_message_id: int,
+    photo_file_id: str | None,
 ) -> tuple[Job, str | None, bool]:
     """Check limits and queue one job; ``(job, note, new)``. ``Refused`` when over a limit.
 
@@ -249,19 +247,20 @@ async def _enqueue(
     by the queue limit that job itself now fills).
     """
     now = data.clock()
-    existing = await data.store.queue.by_dedupe_key(dedupe_key)
+    existing = await data.queue.by_dedupe_key(dedupe_key)
     if existing is not None:
         return existing, None, False
     usage = await _usage(data, user_id, now)
     queued_options, note = check_limits(
         data.settings, options, usage, veo_cost(data.settings, options)
     )
-    job = await data.store.queue.enqueue(
+    job = await data.queue.enqueue(
         NewJob(
             user_id=user_id,
             chat_id=chat_id,
             photo_message_id=photo_message_id,
             photo_path=photo_path,
+            photo_file_id=photo_file_id,
             options=queued_options,
             dedupe_key=dedupe_key,
             status_message_id=status_message_id,
@@ -404,6 +403,7 @@ async def on_photo(update: Update, context: Context) -> None:
             user_id=user.id,
             photo_message_id=message.message_id,
             photo_path=str(path),
+            photo_file_id=attachment.file_id,
             options=options,
             created_at=now,
         )
@@ -475,8 +475,8 @@ async def on_card_option(update: Update, context: Context) -> None:
     if card is None:
         return
     if (
-        choice.field == "b" and not _offered(data.settings, Backend(choice.value))
-    ) or await data.store.photo_in_use(card.photo_path):
+        choice.field is CardField.BACKEND and not _offered(data.settings, Backend(choice.value))
+    ) or await data.queue.photo_in_use(card.photo_path):
         # A card whose photo has a job is a status message or a video now, not a card.
         await query.answer(texts.stale_button(), show_alert=True)
         return
@@ -517,6 +517,7 @@ async def on_animate(update: Update, context: Context) -> None:
                 chat_id=card.chat_id,
                 photo_message_id=card.photo_message_id,
                 photo_path=card.photo_path,
+                photo_file_id=card.photo_file_id,
                 dedupe_key=key,
                 status_message_id=card.message_id,
             )
@@ -528,7 +529,7 @@ async def on_animate(update: Update, context: Context) -> None:
             return  # the first tap already turned the card into the status message
         await data.store.save_user_options(card.user_id, card.options)
     _show(data, query, await _queue_text(data, job, data.clock(), note), status_keyboard(job.id))
-    data.worker.wake()
+    data.consumers.wake()
 
 
 async def on_card_cancel(update: Update, context: Context) -> None:
@@ -544,7 +545,7 @@ async def on_card_cancel(update: Update, context: Context) -> None:
         card = await _own_card(update, context)
         if card is None:
             return
-        if await data.store.photo_in_use(card.photo_path):
+        if await data.queue.photo_in_use(card.photo_path):
             # Animate won (or it is a video's buttons): the photo belongs to a job now.
             await query.answer(texts.stale_button(), show_alert=True)
             return
@@ -561,7 +562,7 @@ async def _own_job(update: Update, context: Context, job_id: int) -> Job | None:
     query = update.callback_query
     if query is None:
         return None
-    job = await _data(context).store.queue.get(job_id)
+    job = await _data(context).queue.get(job_id)
     if job is None:
         await query.answer(texts.stale_button(), show_alert=True)
         return None
@@ -573,11 +574,11 @@ async def _own_job(update: Update, context: Context, job_id: int) -> Job | None:
 
 async def cancel_job(data: BotData, job: Job, user_id: int, bot: Any) -> Job | None:
     """Cancel ``job`` for its owner: queued ends now; running stops at the next step."""
-    result = await data.store.queue.cancel(job.id, user_id, now=data.clock())
+    result = await data.queue.cancel(job.id, user_id, now=data.clock())
     if result is None:
         return None
     if result.status is Status.RUNNING:
-        await data.worker.cancel_running(job.id)
+        await data.consumers.cancel(job.id)
         text = texts.cancel_requested()
     else:
         text = texts.cancelled()
@@ -625,7 +626,7 @@ async def on_result_action(update: Update, context: Context) -> None:
     # Each press is its own job; the same press handled again (a replayed update) is not.
     key = f"result:{chat_id}:{query.id}"
     async with data.enqueue_lock:
-        if await data.store.queue.by_dedupe_key(key) is not None:
+        if await data.queue.by_dedupe_key(key) is not None:
             await query.answer()
             return
         # Result buttons sit on the job's video, never on a card (the press's own id keeps
@@ -673,6 +674,7 @@ async def on_result_action(update: Update, context: Context) -> None:
                 chat_id=chat_id,
                 photo_message_id=job.photo_message_id,
                 photo_path=job.photo_path,
+                photo_file_id=job.photo_file_id,
                 dedupe_key=key,
                 status_message_id=status.message_id,
             )
@@ -685,7 +687,7 @@ async def on_result_action(update: Update, context: Context) -> None:
         await _queue_text(data, new_job, data.clock(), note),
         status_keyboard(new_job.id),
     )
-    data.worker.wake()
+    data.consumers.wake()
 
 
 async def on_history_resend(update: Update, context: Context) -> None:
@@ -739,7 +741,7 @@ async def history(update: Update, context: Context) -> None:
     user, message = update.effective_user, update.effective_message
     if user is None or message is None:
         return
-    jobs = await _data(context).store.history(user.id, limit=10)
+    jobs = await _data(context).queue.history(user.id, limit=10)
     lines = [
         texts.history_line(j, time.strftime("%d %b %H:%M", time.gmtime(j.created_at))) for j in jobs
     ]
@@ -759,21 +761,20 @@ async def queue_command(update: Update, context: Context) -> None:
     data = _data(context)
     now = data.clock()
     lines = []
-    for place, job in enumerate(await data.store.queue.queued(), start=1):
+    for place, job in enumerate(await data.queue.queued(), start=1):
         if job.user_id == user.id:
             wait = await _eta(data, place, now)
             eta_text = f", about {texts.human_seconds(wait)}" if wait is not None else ""
             lines.append(f"#{job.id}: number {place} in the queue{eta_text}")
-    running_id = data.worker.running_job_id
-    running = None
-    if running_id is not None:
-        job = await data.store.queue.get(running_id)
-        mine = job is not None and job.user_id == user.id
-        running = f"#{running_id}" + (" (yours)" if mine else "")
-        progress = data.worker.current_progress
+    running = []
+    for job in await data.queue.running():
+        line = f"#{job.id}" + (" (yours)" if job.user_id == user.id else "")
+        progress = data.cards.progress(job.id)
         if progress is not None:
-            running += f", {texts.STAGE_TEXTS.get(progress.stage, progress.stage)}"
-    await message.reply_text(texts.queue_overview(lines, running, data.worker.paused))
+            line += f", {texts.STAGE_TEXTS[progress.stage]}"
+        running.append(line)
+    paused = await data.store.get_flag(Flag.PAUSED) is not None
+    await message.reply_text(texts.queue_overview(lines, running, paused))
 
 
 async def cancel_command(update: Update, context: Context) -> None:
@@ -782,7 +783,7 @@ async def cancel_command(update: Update, context: Context) -> None:
     if user is None or message is None:
         return
     data = _data(context)
-    for job in await data.store.history(user.id, limit=20):
+    for job in await data.queue.history(user.id, limit=20):
         if job.status in ACTIVE and await cancel_job(data, job, user.id, context.bot):
             await message.reply_text(f"{texts.cancelled()} (#{job.id})")
             return
@@ -820,8 +821,9 @@ async def stats_command(update: Update, context: Context) -> None:
         return
     data = _data(context)
     now = data.clock()
-    stats = await data.store.stats(now=now, day_start=day_start(now), month_start=month_start(now))
-    await message.reply_text(texts.stats(stats, paused=data.worker.paused))
+    stats = await data.queue.stats(now=now, day_start=day_start(now), month_start=month_start(now))
+    paused = await data.store.get_flag(Flag.PAUSED) is not None
+    await message.reply_text(texts.stats(stats, paused=paused, consumers=data.consumers.size))
 
 
 async def pause_command(update: Update, context: Context) -> None:
@@ -829,7 +831,7 @@ async def pause_command(update: Update, context: Context) -> None:
     message = await _admin(update, context)
     if message is None:
         return
-    await _maybe_await(_data(context).worker.pause())
+    await _data(context).consumers.pause()
     await message.reply_text(texts.paused())
 
 
@@ -838,14 +840,8 @@ async def resume_command(update: Update, context: Context) -> None:
     message = await _admin(update, context)
     if message is None:
         return
-    await _maybe_await(_data(context).worker.resume())
+    await _data(context).consumers.resume()
     await message.reply_text(texts.resumed())
-
-
-async def _maybe_await(value: Any) -> None:
-    # pause/resume persist a flag; the worker may do that synchronously or as a coroutine.
-    if asyncio.iscoroutine(value):
-        await value
 
 
 async def _set_access(update: Update, context: Context, allowed: bool) -> None:

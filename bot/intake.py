@@ -10,7 +10,7 @@ update whose handler had started comes again.
 
 Example::
 
-    app = build_app(settings, store, worker)
+    app = build_app(settings, store, workers, queue=queue, cards=workers.cards)
     run(app, settings.telegram)  # until SIGTERM/SIGINT, with PTB's whole lifecycle
 """
 
@@ -318,16 +318,24 @@ async def serve_webhook(intake: Intake, telegram: TelegramSettings, stop: asynci
         await server.close_all_connections()
 
 
-async def serve(app: Application, telegram: TelegramSettings, stop: asyncio.Event) -> None:
+async def serve(
+    app: Application, telegram: TelegramSettings, stop: asyncio.Event, *, updates: bool = True
+) -> None:
     """PTB's lifecycle around our intake: initialize, post_init, start, take updates until
-    ``stop``, then stop, post_stop, shutdown, post_shutdown (as ``run_polling`` does)."""
+    ``stop``, then stop, post_stop, shutdown, post_shutdown (as ``run_polling`` does).
+
+    Without ``updates`` (a consumer host) nothing is taken from Telegram: the app only runs
+    its consumers and sends through its bot until ``stop``.
+    """
     try:
         await app.initialize()
         if app.post_init:
             await app.post_init(app)
         await app.start()
         intake = Intake(app)
-        if telegram.mode == "webhook":
+        if not updates:
+            await stop.wait()
+        elif telegram.mode == "webhook":
             await serve_webhook(intake, telegram, stop)
         else:
             try:
@@ -345,14 +353,14 @@ async def serve(app: Application, telegram: TelegramSettings, stop: asyncio.Even
             await app.post_shutdown(app)
 
 
-def run(app: Application, telegram: TelegramSettings) -> None:
+def run(app: Application, telegram: TelegramSettings, *, updates: bool = True) -> None:
     """Serve on the current event loop until SIGINT/SIGTERM/SIGABRT, then close the loop."""
     loop = asyncio.get_event_loop()
     stop = asyncio.Event()
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     try:
-        loop.run_until_complete(serve(app, telegram, stop))
+        loop.run_until_complete(serve(app, telegram, stop, updates=updates))
     finally:
         for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)

@@ -1,12 +1,13 @@
-"""The job record, its states, and the queue interface the handlers and the GPU consumer use.
+"""The job record, its states, and the queue interface the handlers and the GPU consumers use.
 
-Today the queue is SQLite (``bot.queue.SqliteQueue``); one GPU consumer per GPU, or a
-PostgreSQL queue serving several GPU hosts, implement the same ``JobQueue`` protocol.
+``bot.queue.SqlQueue`` implements ``JobQueue`` over SQLite or PostgreSQL (``bot.db``); the
+handlers, the consumers and the status cards know only the protocol.
 """
 
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -24,6 +25,9 @@ class Status(enum.StrEnum):
     CANCELLED = "cancelled"  # by its owner
     EXPIRED = "expired"  # waited longer than the queue's time-to-live
 
+
+#: The error stored on a job that kept dying under its consumer (the queue gives it up).
+GIVE_UP_TEXT = "This photo failed several times and was given up."
 
 ACTIVE = frozenset({Status.QUEUED, Status.RUNNING, Status.SENDING})
 TERMINAL = frozenset({Status.DONE, Status.FAILED, Status.CANCELLED, Status.EXPIRED})
@@ -54,6 +58,40 @@ class JobOptions:
     motion: int | None = None  # explicit motion bucket (More/Less motion buttons)
 
 
+def options_to_json(options: JobOptions) -> str:
+    """Serialise ``JobOptions`` (enums by value, ``custom_elements`` as a list)."""
+    return json.dumps(
+        {
+            "backend": options.backend.value,
+            "intensity": options.intensity.value,
+            "photo_type": options.photo_type.value,
+            "duration": options.duration,
+            "custom_elements": list(options.custom_elements),
+            "motion": options.motion,
+        },
+        sort_keys=True,
+    )
+
+
+def options_from_json(text: str) -> JobOptions:
+    """Parse what ``options_to_json`` wrote; missing keys take their defaults.
+
+    Raises ``ValueError`` on malformed JSON or an unknown enum value.
+    """
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"options must be a JSON object, got {type(data).__name__}")
+    default = JobOptions()
+    return JobOptions(
+        backend=Backend(data.get("backend", default.backend)),
+        intensity=Intensity(data.get("intensity", default.intensity)),
+        photo_type=PhotoType(data.get("photo_type", default.photo_type)),
+        duration=data.get("duration"),
+        custom_elements=tuple(data.get("custom_elements") or ()),
+        motion=data.get("motion"),
+    )
+
+
 @dataclass(frozen=True)
 class NewJob:
     """What the handlers hand to ``enqueue``.
@@ -70,6 +108,8 @@ class NewJob:
     dedupe_key: str
     status_message_id: int | None = None  # the card that became the status message
     max_attempts: int = 3
+    # Telegram's id of the photo: a consumer on a host without the file fetches it by this.
+    photo_file_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +125,7 @@ class Job:
     status: Status
     dedupe_key: str
     status_message_id: int | None = None
+    photo_file_id: str | None = None  # fetch the photo by this where photo_path is not
     attempts: int = 0  # runs started (claims), whatever ended them
     max_attempts: int = 3  # the job fails at its max_attempts-th failure
     failures: int = 0  # runs in which the job itself failed (``Charge.FAILURE``)
@@ -141,6 +182,33 @@ class Outcome:
     seed: int | None = None
 
 
+@dataclass(frozen=True)
+class JobFiles:
+    """What the jobs table points at in the data folder, for the sweep (``bot.upkeep``).
+
+    ``active_*`` belong to queued, running or sending jobs and must stay; ``photos`` is
+    every photo any job names.
+    """
+
+    active_photos: frozenset[str]
+    active_job_ids: frozenset[int]
+    ended_job_ids: frozenset[int]
+    photos: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Numbers for the admin's /stats. Keys of the dicts are status and backend values."""
+
+    by_status: dict[str, int]  # every job ever, by current status
+    by_backend: dict[str, int]  # jobs that ran, by the backend that made the clip
+    median_seconds: dict[str, float]  # run time of done jobs, by backend
+    veo_spend_today: float
+    veo_spend_month: float
+    failure_rate: float  # failed / (done + failed) among jobs finished this month
+    total: int
+
+
 def is_stale(job: Job, now: float, timeout: float) -> bool:
     """A running job whose consumer stopped beating for ``timeout`` seconds."""
     if job.status is not Status.RUNNING:
@@ -182,23 +250,40 @@ class JobQueue(Protocol):
         mark it running, ``attempts += 1`` (a run, not yet a charge); ``None`` when nothing
         is queued."""
 
-    async def heartbeat(self, job_id: int, *, now: float) -> None:
-        """Record that the consumer running ``job_id`` is alive."""
+    async def heartbeat(self, job_id: int, *, now: float, worker_id: str | None = None) -> None:
+        """Record that the consumer running ``job_id`` is alive (with ``worker_id``: only
+        while that consumer holds it)."""
 
     async def set_veo_operation(self, job_id: int, name: str) -> None:
         """Remember a submitted Veo operation so a restart resumes it instead of paying again."""
 
-    async def mark_sending(self, job_id: int, outcome: Outcome, *, now: float) -> Job:
-        """The clip is made: record it (status ``sending``) before uploading."""
+    async def mark_sending(
+        self, job_id: int, outcome: Outcome, *, now: float, worker_id: str | None = None
+    ) -> Job:
+        """The clip is made: record it (status ``sending``) before uploading. This and the
+        other outcomes, given ``worker_id``, are ignored once that consumer lost the job (its
+        lease went stale and another took it back)."""
 
     async def finish(
-        self, job_id: int, outcome: Outcome, *, now: float, charge: Charge = Charge.NONE
+        self,
+        job_id: int,
+        outcome: Outcome,
+        *,
+        now: float,
+        charge: Charge = Charge.NONE,
+        worker_id: str | None = None,
     ) -> Job:
         """Record a terminal outcome (done, failed, cancelled, expired), counting the run that
         ended it as ``charge`` says."""
 
     async def requeue(
-        self, job_id: int, *, now: float, delay_s: float = 0.0, charge: Charge = Charge.NONE
+        self,
+        job_id: int,
+        *,
+        now: float,
+        delay_s: float = 0.0,
+        charge: Charge = Charge.NONE,
+        worker_id: str | None = None,
     ) -> Job:
         """Put a running job back in the queue (shutdown, retryable error, crash), adding one
         to the count ``charge`` names; it is not claimed again for ``delay_s`` seconds."""
@@ -234,3 +319,36 @@ class JobQueue(Protocol):
 
     async def queued(self) -> list[Job]:
         """Queued jobs in claim order."""
+
+    async def running(self) -> list[Job]:
+        """Jobs some consumer runs now (every consumer's), oldest claim first."""
+
+    async def wait_for_jobs(self, timeout: float) -> bool:  # noqa: ASYNC109 (a wait, bounded)
+        """Wait up to ``timeout`` seconds for news of a queued job (an enqueue or a requeue,
+        from this process or, on PostgreSQL, any host); whether some came."""
+
+    # -- reads for history, limits, ETAs, stats and the sweep --
+
+    async def history(self, user_id: int, limit: int = 10) -> list[Job]:
+        """The user's jobs, newest first."""
+
+    async def active_count(self, user_id: int) -> int:
+        """How many of the user's jobs are queued, running or sending."""
+
+    async def jobs_since(self, user_id: int, since: float) -> int:
+        """Jobs the user asked for since ``since`` that cost something (the daily limit)."""
+
+    async def veo_spend(self, *, since: float, user_id: int | None = None) -> float:
+        """US dollars recorded on jobs created since ``since`` (one user's or everyone's)."""
+
+    async def recent_durations(self, backend: Backend, limit: int = 20) -> list[float]:
+        """Run times of recent done jobs on ``backend``, newest first."""
+
+    async def stats(self, *, now: float, day_start: float, month_start: float) -> Stats:
+        """Counts, medians, Veo spend and the failure rate for the admin."""
+
+    async def photo_in_use(self, photo_path: str) -> bool:
+        """Whether any job was made from this photo file."""
+
+    async def files(self) -> JobFiles:
+        """What jobs point at in the data folder (the sweep keeps the active ones)."""

@@ -7,15 +7,16 @@ and take the "expired" path instead of doing the wrong thing (model: aiogram's C
 
 Example::
 
-    >>> ResultAction(job_id=7, action="more").pack()
+    >>> ResultAction(job_id=7, action=ResultChoice.MORE).pack()
     'r1:7:more'
-    >>> ResultAction.unpack('r1:7:more')
-    ResultAction(job_id=7, action='more')
+    >>> ResultAction.unpack('r1:7:more').action
+    <ResultChoice.MORE: 'more'>
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import re
 import typing
 from collections.abc import Sequence
@@ -82,7 +83,13 @@ class Payload:
         hints = typing.get_type_hints(cls)
         kwargs: dict[str, Any] = {}
         for f, raw in zip(fields, values, strict=True):
-            kwargs[f.name] = parse_id(raw) if hints[f.name] is int else raw
+            hint = hints[f.name]
+            if hint is int:
+                kwargs[f.name] = parse_id(raw)
+            elif isinstance(hint, type) and issubclass(hint, enum.Enum):
+                kwargs[f.name] = hint(raw)  # ValueError for a value it does not have
+            else:
+                kwargs[f.name] = raw
         return cls(**kwargs)
 
     @classmethod
@@ -95,21 +102,37 @@ class Payload:
         return True
 
 
+class CardField(enum.StrEnum):
+    """Which row of the settings card a button sets (short: callback data is small)."""
+
+    INTENSITY = "i"
+    BACKEND = "b"
+    PHOTO_TYPE = "t"
+    DURATION = "d"
+
+
+class ResultChoice(enum.StrEnum):
+    """The buttons under a delivered video."""
+
+    AGAIN = "again"  # the same options again (a new seed)
+    MORE = "more"  # more motion
+    LESS = "less"  # less motion
+    OTHER = "other"  # another engine
+
+
 @dataclass(frozen=True)
 class CardOption(Payload):
-    """A choice on a settings card: ``field`` is one of ``CARD_FIELDS``; ``value`` its value."""
+    """A choice on a settings card: ``field`` says which row; ``value`` its value."""
 
     # c2: the engine row lists every offered engine (c1 knew only Auto, SVD and Veo).
     PREFIX: ClassVar[str] = "c2"
-    field: str
+    field: CardField
     value: str
 
     def __post_init__(self) -> None:
-        # Check the value here so unpack() refuses a payload that names no real option.
-        parse = CARD_FIELDS.get(self.field)
-        if parse is None:
-            raise ValueError(f"unknown card field {self.field!r}")
-        parse(self.value)
+        # Check both here so unpack() refuses a payload that names no real option.
+        object.__setattr__(self, "field", CardField(self.field))
+        CARD_FIELDS[self.field](self.value)
 
     def apply(self, options: JobOptions) -> JobOptions:
         """The card's options with this choice made."""
@@ -139,20 +162,16 @@ class JobCancel(Payload):
     job_id: int
 
 
-RESULT_ACTIONS = ("again", "more", "less", "other")
-
-
 @dataclass(frozen=True)
 class ResultAction(Payload):
     """A button under a delivered video: make another clip from the same photo."""
 
     PREFIX: ClassVar[str] = "r1"
     job_id: int
-    action: str
+    action: ResultChoice
 
     def __post_init__(self) -> None:
-        if self.action not in RESULT_ACTIONS:
-            raise ValueError(f"unknown result action {self.action!r}")
+        object.__setattr__(self, "action", ResultChoice(self.action))
 
 
 @dataclass(frozen=True)
@@ -172,14 +191,19 @@ def _duration(value: str) -> int | None:
     return seconds
 
 
-#: Short field codes (callback data is small) and how each value string is parsed.
-CARD_FIELDS: dict[str, Any] = {
-    "i": Intensity,
-    "b": Backend,
-    "t": PhotoType,
-    "d": _duration,
+#: How each card row's value string is parsed.
+CARD_FIELDS: dict[CardField, Any] = {
+    CardField.INTENSITY: Intensity,
+    CardField.BACKEND: Backend,
+    CardField.PHOTO_TYPE: PhotoType,
+    CardField.DURATION: _duration,
 }
-_FIELD_NAMES = {"i": "intensity", "b": "backend", "t": "photo_type", "d": "duration"}
+_FIELD_NAMES = {
+    CardField.INTENSITY: "intensity",
+    CardField.BACKEND: "backend",
+    CardField.PHOTO_TYPE: "photo_type",
+    CardField.DURATION: "duration",
+}
 
 ALL_PAYLOADS: tuple[type[Payload], ...] = (
     CardOption,
@@ -224,32 +248,42 @@ def settings_keyboard(
     engine_row = [
         _button(
             texts.backend_label(Backend.AUTO),
-            CardOption("b", Backend.AUTO.value),
+            CardOption(CardField.BACKEND, Backend.AUTO.value),
             options.backend is Backend.AUTO,
         )
     ]
     engine_row += [
-        _button(e.label, CardOption("b", e.backend.value), options.backend is e.backend)
+        _button(
+            e.label, CardOption(CardField.BACKEND, e.backend.value), options.backend is e.backend
+        )
         for e in engines
     ]
     if veo:
         engine_row.append(
             _button(
                 texts.backend_label(Backend.VEO, veo_cost_usd),
-                CardOption("b", Backend.VEO.value),
+                CardOption(CardField.BACKEND, Backend.VEO.value),
                 options.backend is Backend.VEO,
             )
         )
     rows = [
         [
-            _button(texts.INTENSITY_LABELS[i], CardOption("i", i.value), options.intensity is i)
+            _button(
+                texts.INTENSITY_LABELS[i],
+                CardOption(CardField.INTENSITY, i.value),
+                options.intensity is i,
+            )
             for i in Intensity
         ],
         engine_row,
     ]
     types_ = list(PhotoType)
     type_buttons = [
-        _button(texts.PHOTO_TYPE_LABELS[t], CardOption("t", t.value), options.photo_type is t)
+        _button(
+            texts.PHOTO_TYPE_LABELS[t],
+            CardOption(CardField.PHOTO_TYPE, t.value),
+            options.photo_type is t,
+        )
         for t in types_
     ]
     rows += [type_buttons[:3], type_buttons[3:]]
@@ -258,7 +292,9 @@ def settings_keyboard(
         chosen = options.duration or 8
         rows.append(
             [
-                _button(texts.duration_label(s), CardOption("d", str(s)), chosen == s)
+                _button(
+                    texts.duration_label(s), CardOption(CardField.DURATION, str(s)), chosen == s
+                )
                 for s in VEO_DURATIONS
             ]
         )
@@ -282,7 +318,7 @@ def result_keyboard(job_id: int) -> InlineKeyboardMarkup:
     """Under a delivered video: Again / More motion / Less motion / Other backend."""
     buttons = [
         InlineKeyboardButton(texts.RESULT_LABELS[a], callback_data=ResultAction(job_id, a).pack())
-        for a in RESULT_ACTIONS
+        for a in ResultChoice
     ]
     return InlineKeyboardMarkup([buttons[:3], buttons[3:]])
 

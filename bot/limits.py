@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from bot import texts
 from bot.config import Settings
-from bot.jobs import JobOptions
+from bot.jobs import JobOptions, JobQueue
 from generator.options import Backend
 
 DAY = 86400.0
@@ -112,3 +112,16 @@ def veo_allowance(
     if month_usd > 0:
         left.append(month_usd - spent_this_month)
     return max(0.0, min(left)) if left else None
+
+
+async def veo_allowance_for(
+    queue: JobQueue, settings: Settings, user_id: int, now: float
+) -> float | None:
+    """``veo_allowance`` for one of ``user_id``'s clips, from what the queue recorded as spent."""
+    limits = settings.limits
+    return veo_allowance(
+        user_daily_usd=limits.veo_user_daily_usd,
+        month_usd=limits.veo_month_usd,
+        user_spent_today=await queue.veo_spend(since=day_start(now), user_id=user_id),
+        spent_this_month=await queue.veo_spend(since=month_start(now)),
+    )

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import unicodedata
-from typing import Any
 
-from bot.jobs import Job, JobOptions, Status
+from bot.jobs import Job, JobOptions, Stats, Status
+from generator.clip import Stage
 from generator.errors import InvalidImage
 from generator.options import Backend, Intensity, PhotoType, motion_band
 
@@ -168,13 +168,13 @@ def queue_card(position: int, eta_s: float | None) -> str:
 
 
 STAGE_TEXTS = {
-    "loading": "Loading the model…",
-    "denoising": "Animating…",
-    "decoding": "Decoding frames…",
-    "submitted": "Sent to Veo…",
-    "polling": "Veo is making your clip…",
-    "downloading": "Downloading the clip…",
-    "encoding": "Encoding the video…",
+    Stage.LOADING: "Loading the model…",
+    Stage.DENOISING: "Animating…",
+    Stage.DECODING: "Decoding frames…",
+    Stage.SUBMITTED: "Sent to Veo…",
+    Stage.POLLING: "Veo is making your clip…",
+    Stage.DOWNLOADING: "Downloading the clip…",
+    Stage.ENCODING: "Encoding the video…",
 }
 
 
@@ -185,7 +185,7 @@ def progress_bar(step: int, total: int, width: int = 10) -> str:
 
 
 def progress_card(
-    stage: str,
+    stage: Stage,
     step: int,
     total: int,
     elapsed: float,
@@ -419,11 +419,12 @@ def video_gone() -> str:
     return "That video isn't available any more."
 
 
-def queue_overview(lines: list[str], running: str | None, paused: bool) -> str:
+def queue_overview(lines: list[str], running: list[str], paused: bool) -> str:
+    """/queue: what runs now (one entry per busy GPU consumer) and the user's waiting jobs."""
     out = []
     if paused:
         out.append("⏸ The queue is paused by the admin.")
-    out.append(f"Now running: {running}" if running else "Nothing is running now.")
+    out.append(f"Now running: {'; '.join(running)}" if running else "Nothing is running now.")
     out += lines or ["You have no clips waiting."]
     return "\n".join(out)
 
@@ -456,8 +457,8 @@ def caption_too_long(limit: int) -> str:
     return f"Please keep the caption under {limit} characters; it describes extra details."
 
 
-def stats(stats: Any, *, paused: bool) -> str:
-    """/stats for admins, from ``bot.store.Stats``."""
+def stats(stats: Stats, *, paused: bool, consumers: int = 1) -> str:
+    """/stats for admins, from ``bot.jobs.Stats``; ``consumers`` GPU consumers serve the queue."""
     by_status = ", ".join(f"{k} {v}" for k, v in sorted(stats.by_status.items())) or "none"
     by_backend = ", ".join(f"{k} {v}" for k, v in sorted(stats.by_backend.items())) or "none"
     medians = ", ".join(f"{k} {human_seconds(v)}" for k, v in sorted(stats.median_seconds.items()))
@@ -468,7 +469,8 @@ def stats(stats: Any, *, paused: bool) -> str:
         f"Veo spend: {money(stats.veo_spend_today)} today, {money(stats.veo_spend_month)} "
         "this month",
         f"Failure rate this month: {stats.failure_rate:.0%}",
-        "Queue: paused" if paused else "Queue: running",
+        ("Queue: paused" if paused else "Queue: running")
+        + f", {consumers} GPU consumer{'s' if consumers != 1 else ''}",
     ]
     return "\n".join(lines)
 

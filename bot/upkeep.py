@@ -2,7 +2,7 @@
 
 Example::
 
-    upkeep = Upkeep(store, settings, clock=time.time)
+    upkeep = Upkeep(store, queue, settings, clock=time.time)
     report = await upkeep.sweep_if_due()  # the worker's loop calls this between jobs
     if await upkeep.disk.over_budget():  # intake asks before it downloads a photo
         ...
@@ -32,8 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.config import Settings
+from bot.jobs import JobQueue
 from bot.limits import STRANGER_REMINDER_S
-from bot.store import FileRefs, Store
+from bot.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,20 @@ MB = 1024 * 1024
 
 # "17.mp4", "17.jpg", ".17.abc123.mp4" (encoder temp files): the job id comes first.
 _JOB_FILE = re.compile(r"\.?(\d+)\.")
+
+
+@dataclass(frozen=True)
+class FileRefs:
+    """What the jobs and cards tables point at in the data folder, for the sweep.
+
+    ``active_*`` belong to queued, running or sending jobs and must stay; ``known_photos``
+    is every photo a job or a card names (the rest are leftovers of an interrupted intake).
+    """
+
+    active_photos: frozenset[str]
+    active_job_ids: frozenset[int]
+    ended_job_ids: frozenset[int]
+    known_photos: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -227,7 +242,8 @@ class Upkeep:
     """The periodic sweep over the data folder and the cards table.
 
     Args:
-        store: the open store (its references decide what stays).
+        store: the open store (cards and strangers).
+        queue: the job queue (its jobs' files stay while they are active).
         settings: data folder, ``keep_photos_days`` and ``max_disk_mb``.
         clock: UNIX seconds; injected so tests age files and decide when a sweep is due.
         every_s: least seconds between two sweeps from ``sweep_if_due``.
@@ -236,12 +252,14 @@ class Upkeep:
     def __init__(
         self,
         store: Store,
+        queue: JobQueue,
         settings: Settings,
         *,
         clock: Callable[[], float] = time.time,
         every_s: float = SWEEP_EVERY_S,
     ) -> None:
         self.store = store
+        self.queue = queue
         self.settings = settings
         self.clock = clock
         self.every_s = every_s
@@ -260,7 +278,14 @@ class Upkeep:
         now = self.clock()
         self._swept_at = now
         settings = self.settings
-        refs = await self.store.file_references()
+        jobs = await self.queue.files()
+        card_photos = await self.store.card_photos()
+        refs = FileRefs(
+            active_photos=jobs.active_photos,
+            active_job_ids=jobs.active_job_ids,
+            ended_job_ids=jobs.ended_job_ids,
+            known_photos=jobs.photos | card_photos,
+        )
         photos = await asyncio.to_thread(list_files, settings.photos_dir)
         videos = await asyncio.to_thread(list_files, settings.videos_dir)
         total = await asyncio.to_thread(folder_bytes, settings.data_dir)
@@ -277,9 +302,12 @@ class Upkeep:
         )
         gone = await asyncio.to_thread(remove_files, plan)
         freed = sum(f.size for f in gone)
-        gone_photos = [str(f.path) for f in gone if f.path.parent == settings.photos_dir]
+        gone_photos = {str(f.path) for f in gone if f.path.parent == settings.photos_dir}
+        # A card whose photo's jobs all ended became a status message long ago.
+        ended = (jobs.photos - jobs.active_photos) & card_photos
         cards = await self.store.prune_cards(
-            created_before=now - keep_s if keep_s > 0 else None, photo_paths=gone_photos
+            created_before=now - keep_s if keep_s > 0 else None,
+            photo_paths=sorted(gone_photos | ended),
         )
         await self.store.prune_strangers(told_before=now - STRANGER_REMINDER_S)
         used = max(total - freed, 0)

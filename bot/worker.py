@@ -1,13 +1,17 @@
-"""The GPU consumer: claims queued jobs one at a time, runs them, and delivers the clips.
+"""One GPU consumer's job lifecycle: a ``Worker`` claims queued jobs one at a time, runs them
+on its own runner (its own GPU process), records the outcome and delivers the clip. The
+group of consumers the handlers see is ``bot.consumers.Workers``.
 
 The job row is the truth: every transition is written (under ``asyncio.shield``) before the
 user is told, so a crash at any point leaves a row that ``start`` knows how to pick up
-(running -> requeued or given up; sending with a video on disk -> delivered once).
+(running -> requeued or given up; sending with a video on disk -> delivered once). Status
+messages are ``bot.statuscard``'s, the data folder ``bot.upkeep``'s.
 
 Example::
 
-    worker = Worker(store=store, settings=settings, runner=ProcessRunner(settings.generator))
-    worker.bind(application)
+    worker = Worker(queue=queue, settings=settings, runner=ProcessRunner(..., device="0"),
+                    cards=cards, upkeep=upkeep, worker_id="gpu0")
+    await worker.recover_own()
     await worker.start()
     ...
     await worker.stop()
@@ -17,23 +21,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from bot import delivery, eta, texts
+from telegram.error import TelegramError
+
+from bot import delivery, texts
 from bot.config import Settings
-from bot.delivery import DeliveryFailed, StatusEditor
+from bot.delivery import DeliveryFailed
 from bot.gpu import GenerationRunner, VeoBudget, WorkerCrashed, WorkerLost
-from bot.jobs import Charge, Job, Outcome, Status, can_retry
-from bot.keyboards import result_keyboard, status_keyboard
-from bot.limits import day_start, month_start, veo_allowance
-from bot.queue import GIVE_UP_TEXT
-from bot.store import Store
+from bot.jobs import GIVE_UP_TEXT, Charge, Job, JobQueue, Outcome, Status, can_retry
+from bot.keyboards import result_keyboard
+from bot.limits import veo_allowance_for
+from bot.statuscard import StatusCards
 from bot.upkeep import Upkeep
-from generator.clip import Clip, Progress
+from generator.clip import Clip
 from generator.errors import (
     Cancelled,
     GeneratorError,
@@ -45,8 +50,6 @@ from generator.options import Request
 
 log = logging.getLogger(__name__)
 
-#: Positions at which a waiting job's status message is refreshed (Telegram edit limits).
-MILESTONES = frozenset({1, 2, 3, 5, 10})
 #: When idle, look for expired jobs this often even if nothing wakes the worker.
 IDLE_SWEEP_S = 30.0
 #: After the grace period and a cancel, how long a job may take to notice it.
@@ -99,116 +102,68 @@ def remove_files(*paths: Path | None) -> None:
 
 
 class Worker:
-    """The single GPU consumer of ``store.queue``.
+    """One GPU consumer of the queue, with its own runner (its own GPU process and models).
 
     Args:
-        store: the open store (its ``queue`` is claimed from).
+        queue: the shared job queue.
         settings: the bot's settings (worker timings, limits, data folder).
         runner: where clips are made (``ProcessRunner`` or ``InlineRunner``).
+        cards: the status-card keeper (shared by every consumer in the process).
+        upkeep: expiry and the data-folder sweep, run between jobs.
         clock: UNIX seconds; injected so tests control heartbeats, TTLs and throttles.
-        worker_id: recorded on claimed rows.
+        worker_id: recorded on claimed rows; a restart takes back this id's running jobs.
     """
 
     def __init__(
         self,
         *,
-        store: Store,
+        queue: JobQueue,
         settings: Settings,
         runner: GenerationRunner,
+        cards: StatusCards,
+        upkeep: Upkeep,
         clock: Callable[[], float] = time.time,
         worker_id: str = "gpu0",
     ) -> None:
-        self.store = store
-        self.queue = store.queue
+        self.queue = queue
         self.settings = settings
         self.runner = runner
+        self.cards = cards
+        self.upkeep = upkeep
         self.clock = clock
         self.worker_id = worker_id
-        self.running_job_id: int | None = None
-        self.current_progress: Progress | None = None
-        self._app: Any = None
-        self._bot: Any = None
-        self._editor: StatusEditor | None = None
+        self.paused = False  # set by ``Workers`` from the stored flag
+        self._running_job_id: int | None = None
         self._wake = asyncio.Event()
-        self._paused = False
         self._stopping = False
         self._stopped = asyncio.Event()  # set by stop(): ends waits for the GPU process
         self._shutdown_cancel = False
         self._loop_task: asyncio.Task | None = None
-        self._shown_position: dict[int, int] = {}
-        self.upkeep = Upkeep(store, settings, clock=clock)
 
-    # --- wiring and control ---
+    # --- control ---
 
-    def bind(self, application: Any) -> None:
-        """Take the bot of a PTB ``Application`` (anything with a ``bot`` will do)."""
-        self._app = application
-        self._bot = application.bot
-        self._editor = StatusEditor(
-            self._bot, interval_s=self.settings.worker.progress_edit_interval_s, clock=self.clock
-        )
-
-    @property
-    def editor(self) -> StatusEditor:
-        if self._editor is None:
-            raise RuntimeError("call bind(application) first")
-        return self._editor
-
-    @property
-    def paused(self) -> bool:
-        return self._paused
+    async def recover_own(self) -> None:
+        """Our own running rows were orphaned by the restart (and other consumers' stale
+        ones are fair game): requeue them or give them up."""
+        await self._recover(orphaned_by=self.worker_id)
 
     async def start(self) -> None:
-        """Recover what a previous run left behind, then start the consumer loop."""
-        if self._bot is None:
-            raise RuntimeError("call bind(application) first")
-        self._paused = await self.store.get_flag("paused") is not None
-        # Our own running rows were orphaned by the restart (and other consumers' stale
-        # ones are fair game): requeue them or give them up.
-        await self._recover(orphaned_by=self.worker_id)
-        for job in await self.queue.sending():
-            await self._redeliver(job)
-        await self._refresh_positions(force=True)
+        """Start the runner (the GPU process loads its model) and the consumer loop."""
         start_runner = getattr(self.runner, "start", None)
         if start_runner is not None:
-            await start_runner()  # the GPU process loads the model before the first job
+            await start_runner()
         # A task this worker owns, not ``application.create_task``: ``Application.stop()``
         # awaits those, and this loop only ends in ``stop()``, which runs in ``post_stop``.
-        self._loop_task = asyncio.create_task(self._consume(), name="gpu-worker")
-        log.info("worker %s started%s", self.worker_id, " (paused)" if self._paused else "")
-
-    async def _recover(self, *, orphaned_by: str | None = None) -> None:
-        recovered = await self.queue.recover(
-            now=self.clock(),
-            stale_after=self.settings.worker.stale_after_s,
-            max_crashes=self.settings.worker.max_crashes,
-            orphaned_by=orphaned_by,
-        )
-        for job in recovered:
-            if job.status is Status.FAILED:
-                await self._tell(job, texts.given_up())
-            elif job.status is Status.CANCELLED:
-                await self._tell(job, texts.cancelled())
+        self._loop_task = asyncio.create_task(self._consume(), name=f"consumer-{self.worker_id}")
+        log.info("worker %s started%s", self.worker_id, " (paused)" if self.paused else "")
 
     def wake(self) -> None:
         """A job was queued (or something changed): look at the queue now."""
         self._wake.set()
 
-    async def pause(self) -> None:
-        """Stop claiming new jobs (the running one finishes). Survives restarts."""
-        self._paused = True
-        await self.store.set_flag("paused", "1")
-        log.info("worker %s paused", self.worker_id)
-
-    async def resume(self) -> None:
-        self._paused = False
-        await self.store.set_flag("paused", None)
-        self.wake()
-        log.info("worker %s resumed", self.worker_id)
-
-    async def cancel_running(self, job_id: int) -> bool:
-        """Stop ``job_id`` at its next step if it is the one running (the owner asked)."""
-        if self.running_job_id != job_id:
+    async def cancel(self, job_id: int) -> bool:
+        """Stop ``job_id`` at its next step if this consumer runs it (the owner asked)."""
+        if self._running_job_id != job_id:
             return False
         await self.runner.cancel()
         return True
@@ -224,7 +179,8 @@ class Worker:
             done, _ = await asyncio.wait({task}, timeout=self.settings.worker.shutdown_grace_s)
             if not done:
                 log.info(
-                    "job %s still running after the grace period; stopping it", self.running_job_id
+                    "job %s still running after the grace period; stopping it",
+                    self._running_job_id,
                 )
                 self._shutdown_cancel = True
                 await self.runner.cancel()
@@ -242,13 +198,11 @@ class Worker:
         while not self._stopping:
             # Cleared before looking, so a wake() during the look is not lost.
             self._wake.clear()
-            if self._paused:
+            if self.paused:
                 await self._wake.wait()
                 continue
             try:
-                await self._expire()
-                await self._sweep_photos()
-                await self._recover()  # another consumer's job whose heartbeat stopped
+                await self._between_jobs()
                 # No claim for an engine that is gone: the job would pay for its death.
                 ready = await self._engine_ready()
                 job = await self.queue.claim(self.worker_id, now=self.clock()) if ready else None
@@ -256,14 +210,53 @@ class Worker:
                 log.exception("queue unavailable; retrying")
                 job = None
             if job is None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), IDLE_SWEEP_S)
+                await self._idle(IDLE_SWEEP_S)
                 continue
-            await self._refresh_positions()
+            await self.cards.refresh_positions()
             try:
                 await self._run(job)
             except Exception:  # a database or Telegram failure while recording: keep serving
                 log.exception("! job %s: could not record its outcome", job.id)
+
+    async def _idle(self, seconds: float) -> None:
+        """Wait for a ``wake()`` (this process's front end), news from the queue (a job
+        queued elsewhere), or ``seconds``, whichever comes first."""
+        woken = asyncio.ensure_future(self._wake.wait())
+        news = asyncio.ensure_future(self.queue.wait_for_jobs(seconds))
+        try:
+            await asyncio.wait({woken, news}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+            if news.done() and not news.cancelled() and news.exception() is not None:
+                # The database cannot listen now: wait out the interval, not a busy loop.
+                log.warning("waiting for queue news failed: %s", news.exception())
+                await asyncio.wait({woken}, timeout=seconds)
+        finally:
+            for task in (woken, news):
+                task.cancel()
+            await asyncio.gather(woken, news, return_exceptions=True)
+
+    async def _between_jobs(self) -> None:
+        """Expire old queued jobs, keep the data folder bounded, and take back the jobs of
+        a consumer whose heartbeat stopped (another process, or another host)."""
+        for job in await self.queue.expire(now=self.clock(), ttl=self.settings.limits.queue_ttl_s):
+            await self.cards.tell(job, texts.expired())
+        try:
+            await self.upkeep.sweep_if_due()
+        except Exception:  # a full disk or a locked file must not stop the queue
+            log.exception("data folder sweep failed")
+        await self._recover()
+
+    async def _recover(self, *, orphaned_by: str | None = None) -> None:
+        recovered = await self.queue.recover(
+            now=self.clock(),
+            stale_after=self.settings.worker.stale_after_s,
+            max_crashes=self.settings.worker.max_crashes,
+            orphaned_by=orphaned_by,
+        )
+        for job in recovered:
+            if job.status is Status.FAILED:
+                await self.cards.tell(job, texts.given_up())
+            elif job.status is Status.CANCELLED:
+                await self.cards.tell(job, texts.cancelled())
 
     async def _engine_ready(self) -> bool:
         """Whether the runner has a live, started GPU process (respawned first if it died
@@ -287,54 +280,36 @@ class Worker:
         log.error("! the GPU process cannot start (%s); no job is claimed until it can", exc)
         return False
 
-    async def _sweep_photos(self) -> None:
-        """Keep the data folder bounded (``bot.upkeep``): at most once an hour, between jobs."""
-        try:
-            await self.upkeep.sweep_if_due()
-        except Exception:  # a full disk or a locked file must not stop the queue
-            log.exception("data folder sweep failed")
-
-    async def _expire(self) -> None:
-        for job in await self.queue.expire(now=self.clock(), ttl=self.settings.limits.queue_ttl_s):
-            await self._tell(job, texts.expired())
-
     async def _run(self, job: Job) -> None:
         """One job from claim to a terminal row (or back in the queue). Never raises."""
-        log.info("→ %s", job.info())
-        self.running_job_id, self.current_progress = job.id, None
+        log.info("→ %s (%s)", job.info(), self.worker_id)
+        self._running_job_id = job.id
         self._shutdown_cancel = False
         heartbeat = asyncio.create_task(self._heartbeat(job), name=f"heartbeat-{job.id}")
-        pump_wake = asyncio.Event()
-        pump = asyncio.create_task(self._progress_pump(job, pump_wake), name=f"progress-{job.id}")
-
-        def on_progress(event: Progress) -> None:
-            self.current_progress = event
-            pump_wake.set()
 
         async def on_veo_operation(name: str) -> None:
             await asyncio.shield(self.queue.set_veo_operation(job.id, name))
 
+        fetched: Path | None = None
         try:
-            if job.status_message_id is not None:
-                await self.editor.edit(
-                    job.chat_id,
-                    job.status_message_id,
-                    texts.progress_card("loading", 0, 0, 0.0, str(job.options.backend)),
-                    status_keyboard(job.id),
-                    force=True,
+            async with self.cards.running(job):
+                photo = Path(job.photo_path)
+                if job.photo_file_id and not await asyncio.to_thread(photo.exists):
+                    fetched = photo = await self._fetch_photo(job)
+                out_path = self.settings.data_dir / "videos" / f"{job.id}.mp4"
+                await asyncio.to_thread(out_path.parent.mkdir, parents=True, exist_ok=True)
+                allowed = await veo_allowance_for(
+                    self.queue, self.settings, job.user_id, self.clock()
                 )
-            out_path = self.settings.data_dir / "videos" / f"{job.id}.mp4"
-            await asyncio.to_thread(out_path.parent.mkdir, parents=True, exist_ok=True)
-            budget = await self._veo_budget(job)
-            async with delivery.uploading_video(self._bot, job.chat_id):
-                clip = await self.runner.run(
-                    request_for(job),
-                    out_path,
-                    on_progress=on_progress,
-                    on_veo_operation=on_veo_operation,
-                    resume_veo_operation=job.veo_operation,
-                    veo_budget_ok=budget,
-                )
+                async with delivery.uploading_video(self.cards.bot, job.chat_id):
+                    clip = await self.runner.run(
+                        dataclasses.replace(request_for(job), image=photo),
+                        out_path,
+                        on_progress=lambda event: self.cards.report(job, event),
+                        on_veo_operation=on_veo_operation,
+                        resume_veo_operation=job.veo_operation,
+                        veo_budget_ok=VeoBudget(allowed),
+                    )
         except Cancelled as exc:
             await self._cancelled(job, exc)
         except TransientError as exc:
@@ -345,10 +320,12 @@ class Worker:
             await self._fail(job, exc.user_text, told=texts.engine_down(exc.user_text))
         except GeneratorError as exc:
             log.info("! %s: %s: %s", job.info(), type(exc).__name__, exc)
-            await self._fail(job, exc.user_text, cost=getattr(exc, "cost_usd", None))
+            await self._fail(job, exc.user_text)
         except asyncio.CancelledError:
             # stop() gave up on the runner: the job goes back, not counted against the user.
-            await asyncio.shield(self.queue.requeue(job.id, now=self.clock()))
+            await asyncio.shield(
+                self.queue.requeue(job.id, now=self.clock(), worker_id=self.worker_id)
+            )
             log.info("↻ job %s requeued at shutdown", job.id)
             raise
         except Exception:
@@ -358,83 +335,70 @@ class Worker:
             await self._deliver(job, clip)
         finally:
             heartbeat.cancel()
-            pump.cancel()
-            for task in (heartbeat, pump):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            self.running_job_id, self.current_progress = None, None
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            self._running_job_id = None
+            if fetched is not None:
+                await asyncio.to_thread(remove_files, fetched)
+
+    async def _fetch_photo(self, job: Job) -> Path:
+        """The photo of a job queued on another host (no shared disk), fetched through the
+        Bot API by its Telegram file id into this host's photos folder; removed after the run
+        (the front end keeps its own copy for the buttons under the clip)."""
+        target = self.settings.photos_dir / f"fetched-{job.id}-{Path(job.photo_path).name}"
+        await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
+        try:
+            file = await self.cards.bot.get_file(job.photo_file_id)
+            await file.download_to_drive(target)
+        except TelegramError as exc:
+            raise TransientError(f"cannot fetch the photo from Telegram: {exc}") from exc
+        log.info("%s: photo fetched from Telegram (not on this host)", job.info())
+        return target
 
     async def _heartbeat(self, job: Job) -> None:
-        """Beat every ``heartbeat_s``; also notice a cancel asked for through the database."""
+        """Beat every ``heartbeat_s``; also notice a cancel asked for through the database
+        (from another process or host)."""
         while True:
             await asyncio.sleep(self.settings.worker.heartbeat_s)  # a timer, not synchronisation
             try:
-                await self.queue.heartbeat(job.id, now=self.clock())
+                await self.queue.heartbeat(job.id, now=self.clock(), worker_id=self.worker_id)
                 if await self.queue.cancel_requested(job.id):
                     await self.runner.cancel()
             except Exception:
                 log.exception("heartbeat for job %s failed", job.id)
 
-    async def _progress_pump(self, job: Job, wake: asyncio.Event) -> None:
-        """Show the latest progress in the status message; the editor throttles."""
-        if job.status_message_id is None:
-            return
-        while True:
-            await wake.wait()
-            wake.clear()
-            event = self.current_progress
-            if event is None:
-                continue
-            backend = event.backend or job.options.backend
-            await self.editor.edit(
-                job.chat_id,
-                job.status_message_id,
-                texts.progress_card(
-                    event.stage,
-                    event.step,
-                    event.total,
-                    event.elapsed,
-                    backend,
-                    warming=event.warming,
-                    remaining_s=event.remaining_s,
-                ),
-                status_keyboard(job.id),
-            )
-
-    async def _veo_budget(self, job: Job) -> VeoBudget:
-        limits, now = self.settings.limits, self.clock()
-        allowed = veo_allowance(
-            user_daily_usd=limits.veo_user_daily_usd,
-            month_usd=limits.veo_month_usd,
-            user_spent_today=await self.store.veo_spend(since=day_start(now), user_id=job.user_id),
-            spent_this_month=await self.store.veo_spend(since=month_start(now)),
-        )
-        return VeoBudget(allowed)
-
     # --- outcomes ---
 
     async def _cancelled(self, job: Job, exc: Cancelled) -> None:
-        cost = getattr(exc, "cost_usd", None)
         if self._shutdown_cancel:
-            await asyncio.shield(self.queue.requeue(job.id, now=self.clock()))
+            await asyncio.shield(
+                self.queue.requeue(job.id, now=self.clock(), worker_id=self.worker_id)
+            )
             log.info("↻ job %s requeued at shutdown", job.id)
             return
         done = await asyncio.shield(
-            self.queue.finish(job.id, Outcome(Status.CANCELLED, cost_usd=cost), now=self.clock())
+            self.queue.finish(
+                job.id,
+                Outcome(Status.CANCELLED, cost_usd=exc.cost_usd or None),
+                now=self.clock(),
+                worker_id=self.worker_id,
+            )
         )
         log.info("← %s cancelled", done.info())
-        await self._tell(done, texts.cancelled())
+        await self.cards.tell(done, texts.cancelled())
 
     async def _transient(self, job: Job, exc: TransientError) -> None:
         charge = charge_for(exc)
         if can_retry(job, charge, max_crashes=self.settings.worker.max_crashes):
             delay = retry_delay(job, exc)
             back = await asyncio.shield(
-                self.queue.requeue(job.id, now=self.clock(), delay_s=delay, charge=charge)
+                self.queue.requeue(
+                    job.id, now=self.clock(), delay_s=delay, charge=charge, worker_id=self.worker_id
+                )
             )
             log.info("↻ %s: %s: %s", back.info(), type(exc).__name__, exc)
             if back.status is Status.CANCELLED:
-                await self._tell(back, texts.cancelled())
+                await self.cards.tell(back, texts.cancelled())
             return
         if charge is Charge.CRASH:
             # The engine died under this photo every time: "will be retried" is no longer true.
@@ -448,20 +412,20 @@ class Worker:
         job: Job,
         user_text: str,
         *,
-        cost: float | None = None,
         charge: Charge = Charge.NONE,
         told: str | None = None,
     ) -> None:
         done = await asyncio.shield(
             self.queue.finish(
                 job.id,
-                Outcome(Status.FAILED, error=user_text, cost_usd=cost),
+                Outcome(Status.FAILED, error=user_text),
                 now=self.clock(),
                 charge=charge,
+                worker_id=self.worker_id,
             )
         )
         log.info("← %s failed", done.info())
-        await self._tell(done, told or texts.failed(user_text))
+        await self.cards.tell(done, told or texts.failed(user_text))
 
     async def _deliver(self, job: Job, clip: Clip) -> None:
         video = clip.video
@@ -484,20 +448,23 @@ class Worker:
                     seed=clip.seed,
                 ),
                 now=self.clock(),
+                worker_id=self.worker_id,
             )
         )
         if sending.status is not Status.SENDING:
             log.info("%s changed while it ran; not delivering", sending.info())
             return
-        await self._send(sending, thumbnail=video.thumbnail, seconds=clip.seconds)
+        await self.send(sending, thumbnail=video.thumbnail, seconds=clip.seconds)
 
-    async def _send(self, job: Job, *, thumbnail: Path | None, seconds: float) -> None:
+    async def send(self, job: Job, *, thumbnail: Path | None, seconds: float) -> None:
+        """Upload a sending job's clip and record it done (or failed: Telegram refused)."""
         if job.video_path is None:
             raise RuntimeError("broken invariant: job.video_path is not None")
+        bot = self.cards.bot
         try:
-            async with delivery.uploading_video(self._bot, job.chat_id):
+            async with delivery.uploading_video(bot, job.chat_id):
                 sent = await delivery.send_video(
-                    self._bot,
+                    bot,
                     chat_id=job.chat_id,
                     video_path=Path(job.video_path),
                     reply_to=job.photo_message_id,
@@ -521,81 +488,41 @@ class Worker:
                             video_message_id=sent.message_id,
                         ),
                         now=self.clock(),
+                        worker_id=job.worker_id,
                     )
                 )
         except DeliveryFailed as exc:
             done = await asyncio.shield(
                 self.queue.finish(
-                    job.id, Outcome(Status.FAILED, error=exc.reason), now=self.clock()
+                    job.id,
+                    Outcome(Status.FAILED, error=exc.reason),
+                    now=self.clock(),
+                    worker_id=job.worker_id,
                 )
             )
             log.info("← %s not delivered: %s", done.info(), exc.reason)
             if exc.reason != delivery.USER_BLOCKED:
-                await self._tell(done, texts.failed(texts.delivery_failed()))
+                await self.cards.tell(done, texts.failed(texts.delivery_failed()))
             return
         log.info("← %s delivered", done.info())
         # Telegram keeps the clip (/history resends it by file id): free the disk.
         await asyncio.to_thread(remove_files, Path(job.video_path), thumbnail)
-        if job.status_message_id is not None:
-            self.editor.forget(job.chat_id, job.status_message_id)
-            # The clip itself is the news now; the progress card would only be clutter.
-            await delivery.delete_quietly(self._bot, job.chat_id, job.status_message_id)
+        await self.cards.delivered(job)
 
-    # --- restart and queue upkeep ---
-
-    async def _redeliver(self, job: Job) -> None:
+    async def redeliver(self, job: Job) -> None:
         """A clip made before the restart: send it once, or requeue if its file is gone."""
         path = Path(job.video_path) if job.video_path else None
         if path is None or not await asyncio.to_thread(path.exists):
-            back = await asyncio.shield(self.queue.requeue(job.id, now=self.clock()))
+            back = await asyncio.shield(
+                self.queue.requeue(job.id, now=self.clock(), worker_id=job.worker_id)
+            )
             log.info("↻ %s: its video is gone; making it again", back.info())
             return
         log.info("→ %s re-delivering after restart", job.info())
         thumbnail = path.with_suffix(".jpg")
         seconds = (job.heartbeat_at or self.clock()) - (job.started_at or job.created_at)
-        await self._send(
+        await self.send(
             job,
             thumbnail=thumbnail if await asyncio.to_thread(thumbnail.exists) else None,
             seconds=seconds,
-        )
-
-    async def _refresh_positions(self, *, force: bool = False) -> None:
-        """Update waiting jobs' status messages at milestone positions (or all, at start)."""
-        try:
-            waiting = await self.queue.queued()
-        except Exception:
-            log.exception("could not list the queue")
-            return
-        present = set()
-        for position, job in enumerate(waiting, start=1):
-            present.add(job.id)
-            if job.status_message_id is None or self._shown_position.get(job.id) == position:
-                continue
-            if not force and position not in MILESTONES:
-                continue
-            wait = await eta.queue_wait(
-                self.store, position, now=self.clock(), running_job_id=self.running_job_id
-            )
-            shown = await self.editor.edit(
-                job.chat_id,
-                job.status_message_id,
-                texts.queue_card(position, wait),
-                status_keyboard(job.id),
-                force=True,
-            )
-            if shown:
-                self._shown_position[job.id] = position
-        for job_id in set(self._shown_position) - present:
-            del self._shown_position[job_id]
-
-    async def _tell(self, job: Job, text: str) -> None:
-        if job.status_message_id is not None:
-            self.editor.forget(job.chat_id, job.status_message_id)
-        await delivery.tell(
-            self._bot,
-            self.editor,
-            chat_id=job.chat_id,
-            status_message_id=job.status_message_id,
-            reply_to=job.photo_message_id,
-            text=text,
         )

@@ -61,7 +61,7 @@ STOP_GRACE_S = 2.0
 #: Tables of a shared config file that only the bot reads; the CLI accepts and ignores them.
 #: ``bot.config.BOT_TABLES`` is the source (a test keeps the two equal; generator/ may not
 #: import bot/).
-BOT_TABLES = ("telegram", "access", "limits", "worker", "data")
+BOT_TABLES = ("telegram", "access", "limits", "worker", "gpu", "data", "database", "service")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,26 +10,41 @@ from pathlib import Path
 from generator.options import Backend
 
 
+class Stage(enum.StrEnum):
+    """The stages a generation reports, in the order they usually come."""
+
+    LOADING = "loading"  # a local engine loads its weights
+    DENOISING = "denoising"  # a local engine's steps (``step``/``total`` count them)
+    DECODING = "decoding"  # latents become frames
+    SUBMITTED = "submitted"  # Veo took the request
+    POLLING = "polling"  # Veo is making the clip
+    DOWNLOADING = "downloading"  # Veo's clip comes down
+    ENCODING = "encoding"  # ffmpeg writes the MP4
+
+
 @dataclass(frozen=True)
 class Progress:
     """Where a running generation is.
 
-    ``stage`` is one of ``"loading"``, ``"denoising"``, ``"decoding"``, ``"submitted"``,
-    ``"polling"``, ``"downloading"``, ``"encoding"``. ``step``/``total`` count SVD
-    denoising steps (0/0 where there are none); ``elapsed`` is seconds since the stage began.
-    ``warming`` says this clip runs on the slower not-yet-compiled path (the first clips after
-    an install or update, while the compiled one is built beside it), and ``remaining_s`` is
-    this clip's own estimate of the denoising left, from its steps so far (``None`` before
-    the first step or where there are no steps).
+    ``stage`` is a ``Stage`` (a plain string naming one is turned into it). ``step``/``total``
+    count denoising steps (0/0 where there are none); ``elapsed`` is seconds since the stage
+    began. ``warming`` says this clip runs on the slower not-yet-compiled path (the first clips
+    after an install or update, while the compiled one is built beside it), and
+    ``remaining_s`` is this clip's own estimate of the denoising left, from its steps so far
+    (``None`` before the first step or where there are no steps).
     """
 
-    stage: str
+    stage: Stage
     step: int = 0
     total: int = 0
     elapsed: float = 0.0
     backend: Backend | None = None
     warming: bool = False
     remaining_s: float | None = None
+
+    def __post_init__(self) -> None:
+        # Engines may name the stage as a string; an unknown one is a bug, said at once.
+        object.__setattr__(self, "stage", Stage(self.stage))
 
 
 #: Called with each progress event; must be cheap and must not raise.

@@ -113,6 +113,11 @@ class EncodingFailed(GenerationFailed):
 
 
 class Cancelled(GeneratorError):
-    """The caller asked to stop."""
+    """The caller asked to stop. ``cost_usd`` is what was billed all the same (a Veo
+    operation already submitted cannot be stopped); 0 for local engines."""
 
     user_text = "Cancelled."
+
+    def __init__(self, message: str = "", *, cost_usd: float = 0.0, **kw) -> None:
+        super().__init__(message, **kw)
+        self.cost_usd = cost_usd

@@ -25,6 +25,7 @@ MASK = "***"
 SECRET_VARIABLES = (
     "TELEGRAM_BOT_TOKEN",
     "TELEGRAM_WEBHOOK_SECRET",
+    "ANIMATE_DATABASE_URL",  # may hold the database password
     "GEMINI_API_KEY",
     "GOOGLE_API_KEY",
     "HF_TOKEN",

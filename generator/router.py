@@ -454,10 +454,10 @@ class Generator:
             raise
         except Cancelled as exc:
             self.breaker.record_neutral()
-            if submitted:
-                # Veo cannot be stopped: an abandoned operation is still billed.
-                exc.cost_usd = self.estimate_cost(model_request)  # type: ignore[attr-defined]
-            raise
+            if not submitted:
+                raise
+            # Veo cannot be stopped: an abandoned operation is still billed.
+            raise Cancelled(str(exc), cost_usd=self.estimate_cost(model_request)) from exc
         except GeneratorError:
             # The service answered: it is up, even if it refused this photo.
             self.breaker.record_success()
@@ -522,19 +522,20 @@ class Generator:
             prepare_image, request.image, self.settings.image, size=size
         )
 
-        def run(profile: Profile | None):
-            self._make_resident(backend, local)
-            req = local if profile is None else dataclasses.replace(local, profile=profile)
+        def run(req: Request):
+            self._make_resident(backend, req)
             return engine.generate(prepared.image, req, on_progress, should_cancel)
 
+        # The one owner of the out-of-memory retry (the bot's runners and the CLI have none):
+        # at most one more attempt, in the smaller profile; slower, but the user gets a clip.
         try:
-            frames = await asyncio.to_thread(run, None)
+            frames = await asyncio.to_thread(run, local)
         except OutOfMemory:
-            if request.profile is Profile.LOW_VRAM:
+            smaller = smaller_profile(local)
+            if smaller is None:
                 raise
-            # One retry with the low-VRAM profile: slower, but the user gets a clip.
-            log.warning("%s ran out of GPU memory; retrying once in low-vram", backend)
-            frames = await asyncio.to_thread(run, Profile.LOW_VRAM)
+            log.warning("%s ran out of GPU memory; retrying once in %s", backend, smaller.profile)
+            frames = await asyncio.to_thread(run, smaller)
         if on_progress:
             on_progress(Progress("encoding", backend=backend))
         video = await asyncio.to_thread(
@@ -548,6 +549,18 @@ class Generator:
             cost_usd=0.0,
             seconds=self.clock() - started,
         )
+
+
+def smaller_profile(request: Request) -> Request | None:
+    """The request to retry after ``OutOfMemory``: the low-VRAM profile; ``None`` when it
+    already was low-VRAM (nothing smaller to try).
+
+    >>> smaller_profile(Request(image=Path("p.jpg"))).profile
+    <Profile.LOW_VRAM: 'low-vram'>
+    """
+    if request.profile is Profile.LOW_VRAM:
+        return None
+    return dataclasses.replace(request, profile=Profile.LOW_VRAM)
 
 
 def default_output_path(image: Path) -> Path:

@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.support.tiny_wan",
     "tests.support.fake_veo",
     "tests.support.fake_botapi",
+    "tests.support.postgres",
 ]

@@ -41,3 +41,93 @@ def test_only_the_engine_catalog_names_an_engine_module():
                 assert f"{name} import" not in text and f"import {name}" not in text, (
                     f"{path.relative_to(ROOT)} imports {name}: go through generator.engines"
                 )
+
+
+def _module_name(path: Path, base: Path = ROOT) -> str:
+    parts = list(path.relative_to(base).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _local_imports(path: Path, modules: set[str], base: Path = ROOT) -> set[str]:
+    """Every project module ``path`` imports, wherever the import stands: at the top, under
+    ``TYPE_CHECKING``, or inside a function (``ast.walk`` sees them all)."""
+    import ast
+
+    this = _module_name(path, base)
+    package = this if path.name == "__init__.py" else this.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            # ``from bot import texts`` imports the module bot.texts, not just the package.
+            names = [f"{base}.{alias.name}" for alias in node.names] + [base]
+        else:
+            continue
+        for name in names:
+            while name and name not in modules:
+                name = name.rpartition(".")[0]
+            if name and name != this:
+                found.add(name)
+    return found
+
+
+def find_import_cycle(
+    roots: tuple[str, ...] = ("bot", "generator"), base: Path = ROOT
+) -> list[str] | None:
+    """One circle of imports among the modules of the packages ``roots``, or ``None``."""
+    paths = {
+        _module_name(path, base): path for root in roots for path in (base / root).rglob("*.py")
+    }
+    modules = set(paths)
+    graph = {name: _local_imports(path, modules, base) for name, path in paths.items()}
+    # A package's __init__ is imported by each of its modules: not an edge worth a circle.
+    graph = {
+        name: {dep for dep in deps if not name.startswith(dep + ".")}
+        for name, deps in graph.items()
+    }
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    stack: list[str] = []
+
+    def visit(name: str) -> list[str] | None:
+        state[name] = 1
+        stack.append(name)
+        for dep in sorted(graph[name]):
+            if state.get(dep) == 1:
+                return [*stack[stack.index(dep) :], dep]
+            if dep not in state and (cycle := visit(dep)) is not None:
+                return cycle
+        stack.pop()
+        state[name] = 2
+        return None
+
+    for name in sorted(graph):
+        if name not in state and (cycle := visit(name)) is not None:
+            return cycle
+    return None
+
+
+def test_no_module_in_bot_or_generator_imports_one_that_imports_it_back():
+    cycle = find_import_cycle()
+    assert cycle is None, "import circle: " + " -> ".join(cycle or [])
+
+
+def test_the_cycle_finder_sees_imports_under_type_checking_and_in_functions(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.b import B\n"
+    )
+    (package / "b.py").write_text("def f():\n    from pkg import a\n    return a\n")
+    (package / "c.py").write_text("from . import b\n")  # relative, and no circle
+
+    assert find_import_cycle(("pkg",), tmp_path) == ["pkg.a", "pkg.b", "pkg.a"]
+    (package / "b.py").write_text("B = 1\n")
+    assert find_import_cycle(("pkg",), tmp_path) is None

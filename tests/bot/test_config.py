@@ -12,14 +12,18 @@ import pytest
 from bot.__main__ import main
 from bot.config import (
     AccessSettings,
+    DatabaseSettings,
     DataSettings,
+    GpuSettings,
     LimitSettings,
+    ServiceSettings,
     Settings,
     TelegramSettings,
     WorkerSettings,
     load_settings,
     summary,
 )
+from bot.gpu import consumer_devices, visible_cuda_devices
 from generator.config import (
     AutoSettings,
     ConfigError,
@@ -39,7 +43,10 @@ SECTIONS = {
     "access": AccessSettings,
     "limits": LimitSettings,
     "worker": WorkerSettings,
+    "gpu": GpuSettings,
     "data": DataSettings,
+    "database": DatabaseSettings,
+    "service": ServiceSettings,
     "image": ImageSettings,
     "svd": SvdSettings,
     "ltx": LtxSettings,
@@ -215,3 +222,59 @@ def test_a_systemd_credential_named_telegram_token_is_the_token(tmp_path: Path) 
     settings = load_settings(None, {"CREDENTIALS_DIRECTORY": str(tmp_path)})
 
     assert settings.telegram.token == TOKEN
+
+
+DATABASE_URL = "postgresql://animate:db-pass-w0rd@db.example:5432/animate"
+
+
+def test_the_database_is_sqlite_in_the_data_folder_unless_a_postgresql_url_is_given(
+    tmp_path: Path,
+) -> None:
+    assert load_settings(EXAMPLE, {}).database == Path("data") / "bot.sqlite3"
+    (tmp_path / "url").write_text(DATABASE_URL + "\n")
+    (tmp_path / "database-url").write_text(DATABASE_URL.replace("db.example", "cred.example"))
+    from_file = write(tmp_path, f'[database]\nurl_file = "{tmp_path / "url"}"\n')
+
+    assert load_settings(None, {"ANIMATE_DATABASE_URL": DATABASE_URL}).database == DATABASE_URL
+    assert load_settings(from_file, {}).database == DATABASE_URL
+    by_credential = load_settings(None, {"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert by_credential.database_url == DATABASE_URL.replace("db.example", "cred.example")
+
+
+def test_a_database_url_in_the_config_file_or_not_postgresql_is_refused(tmp_path: Path) -> None:
+    in_file = write(tmp_path, f'[database]\nurl = "{DATABASE_URL}"\n')
+    with pytest.raises(ConfigError, match=r"database\.url: set it in ANIMATE_DATABASE_URL") as err:
+        load_settings(in_file, {})
+    assert "db-pass-w0rd" not in str(err.value)
+    with pytest.raises(ConfigError, match="must be a postgresql:// URL"):
+        load_settings(None, {"ANIMATE_DATABASE_URL": "mysql://x@y/z"})
+
+
+def test_the_database_password_stays_out_of_reprs_and_the_summary() -> None:
+    settings = load_settings(EXAMPLE, {"ANIMATE_DATABASE_URL": DATABASE_URL})
+
+    for text in (repr(settings), summary(settings)):
+        assert "db-pass-w0rd" not in text and "animate:" not in text
+    assert "database: PostgreSQL db.example/animate; role all" in summary(settings)
+
+
+def test_the_role_is_one_of_all_frontend_and_consumer(tmp_path: Path) -> None:
+    consumer = load_settings(write(tmp_path, '[service]\nrole = "consumer"\n'), {})
+    assert consumer.service.role == "consumer"
+    with pytest.raises(ConfigError, match=r"service\.role: must be one of all, frontend, consumer"):
+        load_settings(write(tmp_path, '[service]\nrole = "gpu"\n'), {})
+
+
+def test_gpu_devices_are_one_consumer_each_and_each_device_once(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, '[gpu]\ndevices = ["0", "1"]\n'), {})
+    assert consumer_devices(settings.gpu.devices, visible=[]) == ["0", "1"]
+    # Left empty: every visible CUDA device, or one consumer where there is no CUDA.
+    assert consumer_devices((), visible=["0", "1", "2"]) == ["0", "1", "2"]
+    assert consumer_devices((), visible=[]) == [None]
+    assert visible_cuda_devices({"CUDA_VISIBLE_DEVICES": "2,3"}) == ["2", "3"]
+    assert visible_cuda_devices({"CUDA_VISIBLE_DEVICES": "-1"}) == []
+
+    with pytest.raises(ConfigError, match=r"gpu\.devices: each device once"):
+        load_settings(write(tmp_path, '[gpu]\ndevices = ["0", "0"]\n'), {})
+    with pytest.raises(ConfigError, match=r"gpu\.devices\[0\]: one device per entry"):
+        load_settings(write(tmp_path, '[gpu]\ndevices = ["0,1"]\n'), {})

@@ -14,8 +14,12 @@ import pytest
 from bot.gpu import InlineRunner, ProcessRunner, VeoBudget, WorkerCrashed
 from generator.clip import Clip, Progress, VideoInfo
 from generator.config import GeneratorSettings
+from generator.engines import Engine
+from generator.engines.catalog import engine_specs
 from generator.errors import BudgetExceeded, Cancelled, ContentFiltered, OutOfMemory
 from generator.options import Backend, Profile, Request
+from generator.router import Generator
+from tests.support.images import write_photo
 
 HANG = 1  # seed that makes the scripted generator run until cancelled or killed
 FILTERED = 2  # seed that makes it raise ContentFiltered
@@ -166,14 +170,50 @@ async def test_killed_child_raises_worker_crashed_and_next_run_restarts(
     assert clip.path.read_bytes() == f"clip pid={runner.pid}".encode()
 
 
-async def test_out_of_memory_retries_once_in_low_vram_in_a_fresh_child(
+async def test_out_of_memory_crosses_the_boundary_without_a_retry_of_its_own(
     runner: ProcessRunner, tmp_path: Path
 ):
     await runner.start()
     first = runner.pid
-    clip = await run(runner, tmp_path, seed=OOM)
-    assert clip.backend is Backend.SVD
-    assert runner.pid != first
+    with pytest.raises(OutOfMemory):  # the router's retry is the only one
+        await run(runner, tmp_path, seed=OOM)
+    assert runner.pid == first  # a translated error leaves the warm child as it is
+
+
+class OutOfMemoryEngine(Engine):
+    """An SVD engine that runs out of memory in every profile, counting its attempts."""
+
+    backend = Backend.SVD
+
+    def __init__(self, spec) -> None:
+        self.spec = spec
+        self.profiles: list[Profile | None] = []
+
+    @property
+    def loaded(self) -> bool:
+        return True
+
+    def load(self, model=None, device=None) -> None:
+        pass
+
+    def generate(self, photo, request, progress=None, cancel=None):
+        self.profiles.append(request.profile)
+        raise OutOfMemory("CUDA out of memory")
+
+    def unload(self) -> None:
+        pass
+
+
+async def test_a_job_out_of_memory_makes_two_attempts_the_second_in_low_vram(tmp_path: Path):
+    settings = GeneratorSettings()
+    engine = OutOfMemoryEngine(engine_specs(settings)[Backend.SVD])
+    generator = Generator(settings, engines={Backend.SVD: engine}, total_vram=lambda: None)
+    write_photo(tmp_path / "p.jpg", (48, 32))
+
+    with pytest.raises(OutOfMemory):
+        await run(InlineRunner(generator), tmp_path, backend=Backend.SVD)
+
+    assert engine.profiles == [None, Profile.LOW_VRAM]
 
 
 async def test_process_runner_refuses_a_budget_callback_it_cannot_send(runner, tmp_path):
@@ -181,10 +221,9 @@ async def test_process_runner_refuses_a_budget_callback_it_cannot_send(runner, t
         await run(runner, tmp_path, budget=lambda cost: True)
 
 
-async def test_inline_runner_cancel_and_low_vram_retry(tmp_path: Path):
+async def test_inline_runner_cancel(tmp_path: Path):
     runner = InlineRunner(ScriptedGenerator(GeneratorSettings()))
-    clip = await run(runner, tmp_path, seed=OOM)
-    assert clip.path.exists()
+    assert (await run(runner, tmp_path)).path.exists()
 
     hanging = await start_hanging_run(runner, tmp_path)
     await runner.cancel()

@@ -23,6 +23,7 @@ from bot.config import LimitSettings
 from bot.jobs import Outcome, Status
 from bot.keyboards import result_keyboard
 from bot.limits import DAY
+from bot.queue import SqlQueue
 from bot.store import Card, Store
 from generator.options import Backend
 from tests.bot.test_handlers import ANN, BOB, NOW, STRANGER, RecordingWorker, make_settings
@@ -79,7 +80,7 @@ async def world(
     app = build_app(
         settings,
         store,
-        RecordingWorker(),  # type: ignore[arg-type]
+        RecordingWorker(store),
         clock=lambda: now[0],
         rate_limiter=False,
     )
@@ -157,7 +158,7 @@ async def test_cancel_on_a_card_after_animate_keeps_the_jobs_photo(world: World)
     world.fake.press(ANN, card_id, "c2:i:subtle", strict=False)
     await world.handle()
 
-    (job,) = await world.store.history(ANN.id)
+    (job,) = await SqlQueue(world.store.db).history(ANN.id)
     assert job.status is Status.QUEUED
     assert Path(job.photo_path).exists()  # noqa: ASYNC240
     assert "queue" in world.fake.message(ANN.id, card_id).content  # still the status
@@ -178,9 +179,11 @@ async def test_a_result_press_leaves_another_users_card_alone(world: World) -> N
     card_id = await world.card()
     world.fake.press_button(ANN, card_id, "Animate")
     await world.handle()
-    (done,) = await world.store.history(ANN.id)
-    await world.store.queue.claim("gpu0", now=NOW)
-    await world.store.queue.finish(done.id, Outcome(Status.DONE, used_backend=Backend.SVD), now=NOW)
+    (done,) = await SqlQueue(world.store.db).history(ANN.id)
+    await SqlQueue(world.store.db).claim("gpu0", now=NOW)
+    await SqlQueue(world.store.db).finish(
+        done.id, Outcome(Status.DONE, used_backend=Backend.SVD), now=NOW
+    )
     # In a group, Bob's settings card is a message Ann can press too.
     bobs = await world.app.bot.send_message(ANN.id, "Bob's card")
     bobs_card = Card(ANN.id, bobs.message_id, BOB.id, 1, "bob.jpg", done.options, created_at=NOW)
@@ -191,7 +194,7 @@ async def test_a_result_press_leaves_another_users_card_alone(world: World) -> N
     await world.handle()
 
     assert await world.store.get_card(ANN.id, bobs.message_id) == bobs_card
-    assert len(await world.store.history(ANN.id)) == 1
+    assert len(await SqlQueue(world.store.db).history(ANN.id)) == 1
     assert "expired" in (world.fake.alerts[-1].text or "")
 
 
@@ -265,7 +268,7 @@ async def test_a_handled_flood_limit_is_one_warning_line(
 ) -> None:
     settings = make_settings(fake_botapi, tmp_path)
     store = await Store.open(tmp_path / "bot.sqlite3")
-    app = build_app(settings, store, RecordingWorker(), clock=lambda: NOW)  # type: ignore[arg-type]
+    app = build_app(settings, store, RecordingWorker(store), clock=lambda: NOW)
     fake_botapi.fail_next("sendMessage", retry_after=7)
     fake_botapi.send_command(ANN, "/help")
     caplog.set_level(logging.INFO)

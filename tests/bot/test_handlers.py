@@ -24,7 +24,8 @@ from bot.handlers import check_access, result_options, shift_motion
 from bot.jobs import JobOptions, Outcome, Status
 from bot.keyboards import result_keyboard
 from bot.limits import Refused, Usage, check_limits
-from bot.store import Card, Store
+from bot.queue import SqlQueue
+from bot.store import Card, Flag, Store
 from generator.config import VeoCredentials
 from generator.errors import InvalidImage
 from generator.options import Backend, Intensity
@@ -39,36 +40,35 @@ STRANGER = FakeUser(909, "Sam")
 
 
 class RecordingWorker:
-    """Stands in for bot.worker.Worker: records what the handlers asked of it."""
+    """Stands in for bot.consumers.Workers (``bot.context.Consumers``): records what the
+    handlers asked of the consumers; pause and resume keep the stored flag as they do."""
 
-    def __init__(self) -> None:
+    size = 1
+
+    def __init__(self, store: Store | None = None) -> None:
+        self.store = store
         self.wakes = 0
         self.woken = asyncio.Event()
         self.cancelled: list[int] = []
-        self.running_job_id: int | None = None
-        self.current_progress: Any = None
-        self._paused = False
-
-    def bind(self, application: Any) -> None:
-        self.application = application
-
-    @property
-    def paused(self) -> bool:
-        return self._paused
+        self.paused = False
 
     def wake(self) -> None:
         self.wakes += 1
         self.woken.set()
 
-    async def cancel_running(self, job_id: int) -> bool:
+    async def cancel(self, job_id: int) -> bool:
         self.cancelled.append(job_id)
         return True
 
     async def pause(self) -> None:
-        self._paused = True
+        self.paused = True
+        if self.store is not None:
+            await self.store.set_flag(Flag.PAUSED, "1")
 
     async def resume(self) -> None:
-        self._paused = False
+        self.paused = False
+        if self.store is not None:
+            await self.store.set_flag(Flag.PAUSED, None)
 
     async def start(self) -> None: ...
 
@@ -83,6 +83,7 @@ class Bot:
     store: Store
     worker: RecordingWorker
     settings: Settings
+    app: Any
 
     async def card_for(self, user: FakeUser, caption: str | None = None) -> int:
         """Send a photo; return the id of the settings card answering it, once it has buttons."""
@@ -145,14 +146,14 @@ async def bot(
     changes = getattr(request, "param", {})
     settings = make_settings(fake_botapi, tmp_path, **changes)
     store = await Store.open(tmp_path / "bot.sqlite3")
-    worker = RecordingWorker()
-    app = build_app(settings, store, worker, clock=lambda: NOW, rate_limiter=False)  # type: ignore[arg-type]
+    worker = RecordingWorker(store)
+    app = build_app(settings, store, worker, clock=lambda: NOW, rate_limiter=False)
     async with app:
         await app.start()
         assert app.updater is not None
         await app.updater.start_polling(poll_interval=0.0, timeout=1)
         try:
-            yield Bot(fake_botapi, store, worker, settings)
+            yield Bot(fake_botapi, store, worker, settings, app)
         finally:
             await app.updater.stop()
             await app.stop()
@@ -315,7 +316,7 @@ async def test_animate_twice_quickly_makes_one_job(bot: Bot) -> None:
     await bot.answers(2)
     status = await bot.fake.wait_for_text(ANN.id, "queue")
 
-    jobs = await bot.store.history(ANN.id)
+    jobs = await SqlQueue(bot.store.db).history(ANN.id)
     assert len(jobs) == 1
     assert jobs[0].status is Status.QUEUED and jobs[0].status_message_id == card_id
     assert status.message_id == card_id  # the card became the status message
@@ -347,7 +348,7 @@ async def test_queue_limit_refuses_with_the_reason(bot: Bot) -> None:
     alerts = await bot.answers(2)
 
     assert alerts[1].show_alert and "already have 1 clip" in (alerts[1].text or "")
-    assert len(await bot.store.history(ANN.id)) == 1
+    assert len(await SqlQueue(bot.store.db).history(ANN.id)) == 1
     assert "🎬 Animate" in labels(bot.fake.message(ANN.id, second).buttons)  # card kept
 
 
@@ -366,7 +367,7 @@ async def test_veo_budget_refuses_veo_and_turns_auto_into_svd(bot: Bot) -> None:
     bot.fake.press_button(ANN, auto_card, "Animate")
     status = await bot.fake.wait_for_text(ANN.id, "local engine")
 
-    (job,) = await bot.store.history(ANN.id)
+    (job,) = await SqlQueue(bot.store.db).history(ANN.id)
     assert job.options.backend is Backend.SVD and job.options.duration is None
     assert status.message_id == auto_card
 
@@ -380,7 +381,7 @@ async def test_cancel_a_queued_job_from_its_status_message(bot: Bot) -> None:
     status = await bot.fake.wait_for_text(ANN.id, "Cancelled")
 
     assert status.message_id == card_id and status.buttons == []
-    (job,) = await bot.store.history(ANN.id)
+    (job,) = await SqlQueue(bot.store.db).history(ANN.id)
     assert job.status is Status.CANCELLED
     assert bot.worker.cancelled == []
 
@@ -389,21 +390,21 @@ async def test_cancel_a_running_job_asks_the_worker_to_stop(bot: Bot) -> None:
     card_id = await bot.card_for(ANN)
     bot.fake.press_button(ANN, card_id, "Animate")
     await bot.fake.wait_for_text(ANN.id, "queue")
-    running = await bot.store.queue.claim("gpu0", now=NOW)
+    running = await SqlQueue(bot.store.db).claim("gpu0", now=NOW)
     assert running is not None
 
     bot.fake.press_button(ANN, card_id, "Cancel")
     await bot.fake.wait_for_text(ANN.id, "Stopping")
 
     assert bot.worker.cancelled == [running.id]
-    assert await bot.store.queue.cancel_requested(running.id)
+    assert await SqlQueue(bot.store.db).cancel_requested(running.id)
 
 
 async def test_someone_elses_job_cannot_be_cancelled(bot: Bot) -> None:
     card_id = await bot.card_for(ANN)
     bot.fake.press_button(ANN, card_id, "Animate")
     await bot.fake.wait_for_text(ANN.id, "queue")
-    (job,) = await bot.store.history(ANN.id)
+    (job,) = await SqlQueue(bot.store.db).history(ANN.id)
     bot.fake.send_command(BOB, "/help")
     reply = await bot.fake.wait_for_text(BOB.id, "/queue")
 
@@ -411,7 +412,7 @@ async def test_someone_elses_job_cannot_be_cancelled(bot: Bot) -> None:
     alerts = await bot.answers(2)
 
     assert alerts[-1].show_alert and "someone else's" in (alerts[-1].text or "")
-    assert (await bot.store.queue.get(job.id)).status is Status.QUEUED  # type: ignore[union-attr]
+    assert (await SqlQueue(bot.store.db).get(job.id)).status is Status.QUEUED  # type: ignore[union-attr]
 
 
 async def test_cancel_command_cancels_the_latest_job(bot: Bot) -> None:
@@ -422,7 +423,7 @@ async def test_cancel_command_cancels_the_latest_job(bot: Bot) -> None:
     bot.fake.send_command(ANN, "/cancel")
     await bot.fake.wait_for_text(ANN.id, "Cancelled. (#")
 
-    (job,) = await bot.store.history(ANN.id)
+    (job,) = await SqlQueue(bot.store.db).history(ANN.id)
     assert job.status is Status.CANCELLED
     assert bot.fake.message(ANN.id, card_id).content == "✖ Cancelled."
 
@@ -435,12 +436,12 @@ async def test_more_motion_under_a_video_queues_a_new_job_each_press(bot: Bot) -
     card_id = await bot.card_for(ANN)
     bot.fake.press_button(ANN, card_id, "Animate")
     await bot.fake.wait_for_text(ANN.id, "queue")
-    (done,) = await bot.store.history(ANN.id)
-    await bot.store.queue.claim("gpu0", now=NOW)
-    await bot.store.queue.finish(
+    (done,) = await SqlQueue(bot.store.db).history(ANN.id)
+    await SqlQueue(bot.store.db).claim("gpu0", now=NOW)
+    await SqlQueue(bot.store.db).finish(
         done.id, Outcome(Status.DONE, used_backend=Backend.SVD), now=NOW + 60
     )
-    app_bot = bot.worker.application.bot
+    app_bot = bot.app.bot
     video = await app_bot.send_message(ANN.id, "(the clip)", reply_markup=result_keyboard(done.id))
 
     bot.fake.press_button(ANN, video.message_id, "More motion")
@@ -452,7 +453,7 @@ async def test_more_motion_under_a_video_queues_a_new_job_each_press(bot: Bot) -
         )
     )
 
-    jobs = await bot.store.history(ANN.id)
+    jobs = await SqlQueue(bot.store.db).history(ANN.id)
     more, other = sorted((j for j in jobs if j.id != done.id), key=lambda j: j.id)
     assert more.options.intensity is Intensity.DRAMATIC
     assert more.photo_path == done.photo_path and more.status is Status.QUEUED
@@ -508,7 +509,7 @@ async def test_admin_pause_resume_and_stats(bot: Bot) -> None:
 
     bot.fake.send_command(ADMIN, "/stats")
     stats = await bot.fake.wait_for_text(ADMIN.id, "Jobs:")
-    assert "Queue: paused" in stats.content
+    assert "Queue: paused, 1 GPU consumer" in stats.content
 
     bot.fake.send_command(ADMIN, "/resume")
     await bot.fake.wait_for_text(ADMIN.id, "Resumed")
@@ -523,7 +524,7 @@ async def test_history_queue_and_settings_commands(bot: Bot) -> None:
     card_id = await bot.card_for(ANN)
     bot.fake.press_button(ANN, card_id, "Animate")
     await bot.fake.wait_for_text(ANN.id, "queue")
-    (job,) = await bot.store.history(ANN.id)
+    (job,) = await SqlQueue(bot.store.db).history(ANN.id)
 
     assert f"#{job.id}: number 1 in the queue" in (await bot.reply(ANN, "/queue")).content
     history = (await bot.reply(ANN, "/history")).content
@@ -625,6 +626,9 @@ def test_eta_counts_the_jobs_ahead_and_the_running_one() -> None:
     history = {Backend.SVD: [60.0, 80.0, 70.0], Backend.VEO: []}
     assert estimate_wait(1, history, None) == 70.0
     assert estimate_wait(3, history, 30.0) == 30.0 + 3 * 70.0
+    # Two consumers take the jobs ahead two at a time.
+    assert estimate_wait(3, history, 30.0, consumers=2) == 30.0 + 2 * 70.0
+    assert estimate_wait(2, history, None, consumers=2) == 70.0
     assert estimate_wait(2, {Backend.SVD: []}, 10.0) is None  # no history: no made-up number
     assert running_remaining(NOW - 50.0, NOW, history) == 20.0
     assert running_remaining(NOW - 500.0, NOW, history) == 0.0

@@ -25,6 +25,7 @@ from bot.config import AccessSettings
 from bot.intake import MIN_BUSY_GAP_S, confirm_offset, serve
 from bot.jobs import JobOptions, Outcome, Status
 from bot.keyboards import CardOption, result_keyboard, settings_keyboard
+from bot.queue import SqlQueue
 from bot.store import Card, Store
 from generator.config import VeoCredentials
 from generator.options import Backend, Intensity
@@ -189,7 +190,7 @@ webhook_path = "telegram"
 async def app(fake_botapi: FakeBotApi, tmp_path: Path) -> AsyncIterator[Application]:
     settings = make_settings(fake_botapi, tmp_path, veo=VeoCredentials())
     store = await Store.open(settings.db_path)
-    application = build_app(settings, store, RecordingWorker(), rate_limiter=False)  # type: ignore[arg-type]
+    application = build_app(settings, store, RecordingWorker(store), rate_limiter=False)
     async with application:
         yield application
     await store.close()
@@ -215,9 +216,9 @@ async def test_a_result_press_handled_twice_queues_one_job(app, fake_botapi):
     [card] = cards(fake, photo.message_id, ANN_IN_PROCESS)
     pressed = fake.press_button(ANN_IN_PROCESS, card.message_id, "Animate")
     await app.process_update(Update.de_json(fake.update(pressed.update_id), app.bot))
-    [done] = await store.history(ANN_IN_PROCESS.id)
-    await store.queue.claim("gpu0", now=time.time())
-    await store.queue.finish(
+    [done] = await SqlQueue(store.db).history(ANN_IN_PROCESS.id)
+    await SqlQueue(store.db).claim("gpu0", now=time.time())
+    await SqlQueue(store.db).finish(
         done.id, Outcome(Status.DONE, used_backend=Backend.SVD), now=time.time()
     )
     video = await app.bot.send_message(
@@ -227,7 +228,7 @@ async def test_a_result_press_handled_twice_queues_one_job(app, fake_botapi):
     again = fake.press_button(ANN_IN_PROCESS, video.message_id, "Again")
     await twice(app, fake, again.update_id)
 
-    assert len(await store.history(ANN_IN_PROCESS.id)) == 2  # the clip and one new job
+    assert len(await SqlQueue(store.db).history(ANN_IN_PROCESS.id)) == 2  # the clip and one new job
 
 
 # --- taps under load ----------------------------------------------------------------------
@@ -245,7 +246,7 @@ async def test_taps_are_answered_while_card_edits_wait_for_telegrams_rate_limit(
     assert settings.telegram.concurrent_updates < len(users)
     store = await Store.open(settings.db_path)
     limiter = ReplyFirstRateLimiter(overall_max_rate=1, overall_time_period=3600)
-    app = build_app(settings, store, RecordingWorker(), rate_limiter=limiter)  # type: ignore[arg-type]
+    app = build_app(settings, store, RecordingWorker(store), rate_limiter=limiter)
     app.bot_data.editor.flush_grace_s = 0.0  # the budget never comes back in this test
     cards: dict[int, int] = {}
     async with Bot(TOKEN, base_url=fake.base_url) as plain:
@@ -292,7 +293,7 @@ async def test_a_burst_of_taps_is_fetched_without_polling_after_every_finished_h
         fake, tmp_path, access=AccessSettings(allowed_users=frozenset(u.id for u in users))
     )
     store = await Store.open(settings.db_path)
-    app = build_app(settings, store, RecordingWorker(), rate_limiter=False)  # type: ignore[arg-type]
+    app = build_app(settings, store, RecordingWorker(store), rate_limiter=False)
     cards: dict[int, int] = {}
     async with Bot(TOKEN, base_url=fake.base_url) as plain:
         for user in users:

@@ -3,7 +3,7 @@
 Everything is real except Telegram (tests/support/fake_botapi.py) and the model weights
 (tests/support/tiny_svd.py: 2 frames, 2 steps on CPU; tests/support/tiny_ltx.py and
 tests/support/tiny_wan.py: 9 frames, 2 steps): ``build_app`` with its handlers, the SQLite
-store, ``bot.worker.Worker`` with an ``InlineRunner`` over ``Generator``.
+store, ``bot.consumers.Workers`` (one consumer) with an ``InlineRunner`` over ``Generator``.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ import pytest
 
 from bot.app import build_app
 from bot.config import AccessSettings, Settings, TelegramSettings, WorkerSettings
+from bot.consumers import Workers, build_workers
 from bot.gpu import InlineRunner
 from bot.jobs import Job, Status
+from bot.queue import SqlQueue
 from bot.store import Store
-from bot.worker import Worker
 from generator.config import AutoSettings, GeneratorSettings, ImageSettings, VeoCredentials
 from generator.encode import probe_video
 from generator.options import Backend
@@ -40,7 +41,7 @@ CLIP_TIMEOUT = 120.0  # the tiny SVD on a shared 2-core machine
 class Journey:
     fake: FakeBotApi
     store: Store
-    worker: Worker
+    worker: Workers
     tmp_path: Path
 
     async def card_for(self, pushed_message_id: int) -> int:
@@ -63,7 +64,7 @@ class Journey:
         """The job's row once terminal. The worker records "done" after the upload; every
         step after it talks to the Bot API, so wait on recorded calls, not on time."""
         for _ in range(100):
-            job = await self.store.queue.get(job_id)
+            job = await SqlQueue(self.store.db).get(job_id)
             if job is not None and not job.active:
                 return job
             seen = len(self.fake.calls())
@@ -115,8 +116,9 @@ async def journey(
         data_dir=tmp_path / "data",
     )
     store = await Store.open(settings.db_path)
-    worker = Worker(store=store, settings=settings, runner=InlineRunner(generator))
-    app = build_app(settings, store, worker, rate_limiter=False)
+    queue = SqlQueue(store.db)
+    worker = build_workers(settings, store, queue, [InlineRunner(generator)])
+    app = build_app(settings, store, worker, queue=queue, cards=worker.cards, rate_limiter=False)
     # What run_polling does, step by step, so the test runs on its own event loop.
     async with app:
         await app.post_init(app)  # type: ignore[misc]
@@ -150,7 +152,7 @@ async def test_photo_options_animate_then_a_video_arrives(journey: Journey) -> N
     assert video.caption is not None and "subtle" in video.caption
     assert "Veo" not in video.caption  # no Veo set up: nothing "fell back", nothing to say
     assert "Again" in str(video.reply_markup)
-    (queued,) = await journey.store.history(ANN.id)
+    (queued,) = await SqlQueue(journey.store.db).history(ANN.id)
     job = await journey.finished(queued.id)
     assert job.status is Status.DONE and job.video_file_id == video.file_id
 
@@ -190,7 +192,7 @@ async def test_cancel_a_queued_job(journey: Journey) -> None:
     status = await fake.wait_for_text(ANN.id, "Cancelled")
 
     assert status.message_id == card_id
-    (job,) = await journey.store.history(ANN.id)
+    (job,) = await SqlQueue(journey.store.db).history(ANN.id)
     assert job.status is Status.CANCELLED
 
     # After /resume another photo goes through, and only its clip is delivered.
@@ -223,7 +225,7 @@ async def test_pick_ltx_on_the_card_and_a_smooth_clip_in_the_photos_aspect_arriv
     probe = probe_video(path)
     assert probe.codec == "h264" and probe.frames == 9  # 8k+1 frames
     assert (probe.width, probe.height) == (64, 32)  # the photo's landscape aspect, /32 sides
-    (queued,) = await journey.store.history(ANN.id)
+    (queued,) = await SqlQueue(journey.store.db).history(ANN.id)
     job = await journey.finished(queued.id)
     assert job.status is Status.DONE and job.used_backend is Backend.LTX
 
@@ -251,7 +253,7 @@ async def test_pick_wan_on_the_card_and_a_clip_in_the_photos_aspect_arrives(
     probe = probe_video(path)
     assert probe.codec == "h264" and probe.frames == 9  # 4k+1 frames
     assert (probe.width, probe.height) == (32, 64)  # the photo's portrait aspect, /32 sides
-    (queued,) = await journey.store.history(ANN.id)
+    (queued,) = await SqlQueue(journey.store.db).history(ANN.id)
     job = await journey.finished(queued.id)
     assert job.status is Status.DONE and job.used_backend is Backend.WAN
 

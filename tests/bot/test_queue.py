@@ -1,4 +1,5 @@
-"""The SQLite job queue: idempotent enqueue, fair atomic claims, recovery, expiry and cancel."""
+"""The job queue's contract, on SQLite and on a real PostgreSQL: idempotent enqueue, fair
+atomic claims, positions, heartbeats, recovery, expiry and cancel."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bot.jobs import Charge, JobOptions, NewJob, Outcome, Status
-from bot.queue import GIVE_UP_TEXT, SqliteQueue
+from bot.queue import GIVE_UP_TEXT, JOBS_CHANNEL, SqlQueue
 from bot.store import Store
 from generator.options import Backend
 
@@ -29,19 +30,27 @@ def new_job(user_id: int, key: str, *, max_attempts: int = 3) -> NewJob:
     )
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    """Where the queue lives: a SQLite file, or a fresh database on the session's server."""
+    if request.param == "postgres":
+        return request.getfixturevalue("postgres_url")
+    return tmp_path / "bot.sqlite3"
+
+
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    store = await Store.open(tmp_path / "bot.sqlite3")
+async def store(database: str | Path) -> AsyncIterator[Store]:
+    store = await Store.open(database)
     yield store
     await store.close()
 
 
 @pytest.fixture
-def queue(store: Store) -> SqliteQueue:
-    return store.queue
+def queue(store: Store) -> SqlQueue:
+    return SqlQueue(store.db)
 
 
-async def test_double_enqueue_with_same_key_makes_one_job(queue: SqliteQueue) -> None:
+async def test_double_enqueue_with_same_key_makes_one_job(queue: SqlQueue) -> None:
     first = await queue.enqueue(new_job(ALICE, "card-7-0"), now=10.0)
     again = await queue.enqueue(new_job(ALICE, "card-7-0"), now=11.0)
 
@@ -53,11 +62,11 @@ async def test_double_enqueue_with_same_key_makes_one_job(queue: SqliteQueue) ->
     assert await queue.by_dedupe_key("card-7-1") is None
 
 
-async def test_claim_on_empty_queue_returns_none(queue: SqliteQueue) -> None:
+async def test_claim_on_empty_queue_returns_none(queue: SqlQueue) -> None:
     assert await queue.claim("gpu0", now=1.0) is None
 
 
-async def test_claim_marks_running_and_counts_the_attempt(queue: SqliteQueue) -> None:
+async def test_claim_marks_running_and_counts_the_attempt(queue: SqlQueue) -> None:
     job = await queue.enqueue(new_job(ALICE, "a"), now=1.0)
 
     claimed = await queue.claim("gpu0", now=5.0)
@@ -68,7 +77,7 @@ async def test_claim_marks_running_and_counts_the_attempt(queue: SqliteQueue) ->
     assert await queue.claim("gpu0", now=6.0) is None
 
 
-async def test_claims_are_fair_between_users(queue: SqliteQueue) -> None:
+async def test_claims_are_fair_between_users(queue: SqlQueue) -> None:
     for n in range(3):
         await queue.enqueue(new_job(ALICE, f"a{n}"), now=1.0 + n)
     await queue.enqueue(new_job(BOB, "b0"), now=4.0)
@@ -83,7 +92,7 @@ async def test_claims_are_fair_between_users(queue: SqliteQueue) -> None:
     assert owners == [ALICE, BOB, ALICE, ALICE]
 
 
-async def test_position_simulates_the_round_robin(queue: SqliteQueue) -> None:
+async def test_position_simulates_the_round_robin(queue: SqlQueue) -> None:
     alice = [await queue.enqueue(new_job(ALICE, f"a{n}"), now=1.0 + n) for n in range(3)]
     bob = await queue.enqueue(new_job(BOB, "b0"), now=4.0)
 
@@ -100,7 +109,7 @@ async def test_position_simulates_the_round_robin(queue: SqliteQueue) -> None:
     assert await queue.position(alice[0].id) is None  # running, not queued
 
 
-async def test_position_matches_the_actual_claim_order(queue: SqliteQueue) -> None:
+async def test_position_matches_the_actual_claim_order(queue: SqlQueue) -> None:
     keys = [(ALICE, "a0"), (ALICE, "a1"), (BOB, "b0"), (CAROL, "c0"), (BOB, "b1"), (ALICE, "a2")]
     for n, (user, key) in enumerate(keys):
         await queue.enqueue(new_job(user, key), now=float(n))
@@ -117,29 +126,34 @@ async def test_position_matches_the_actual_claim_order(queue: SqliteQueue) -> No
     assert claimed == predicted
 
 
-async def test_two_consumers_never_claim_the_same_job(tmp_path: Path) -> None:
-    path = tmp_path / "bot.sqlite3"
-    first, second = await Store.open(path), await Store.open(path)
+async def test_consumers_on_several_connections_never_claim_one_job_twice(
+    database: str | Path,
+) -> None:
+    # Three consumers, each with its own connection (on PostgreSQL: its own pool, as on
+    # three hosts), each with two claims in flight at once.
+    stores = [await Store.open(database) for _ in range(3)]
     try:
-        for n in range(6):
-            await first.queue.enqueue(new_job(ALICE + n % 2, f"k{n}"), now=float(n))
+        for n in range(24):
+            await SqlQueue(stores[0].db).enqueue(new_job(ALICE + n % 3, f"k{n}"), now=float(n))
 
         async def drain(store: Store, name: str) -> list[int]:
             ids = []
-            while (job := await store.queue.claim(name, now=50.0)) is not None:
+            while (job := await SqlQueue(store.db).claim(name, now=50.0)) is not None:
                 ids.append(job.id)
             return ids
 
-        got_a, got_b = await asyncio.gather(drain(first, "gpu0"), drain(second, "gpu1"))
+        got = await asyncio.gather(
+            *(drain(store, f"host{h}-gpu{g}") for h, store in enumerate(stores) for g in (0, 1))
+        )
     finally:
-        await first.close()
-        await second.close()
+        for store in stores:
+            await store.close()
 
-    assert sorted(got_a + got_b) == [1, 2, 3, 4, 5, 6]
-    assert not set(got_a) & set(got_b)
+    taken = [job_id for ids in got for job_id in ids]
+    assert sorted(taken) == list(range(1, 25))  # every job once: none twice, none left
 
 
-async def test_concurrent_claims_on_one_connection_take_distinct_jobs(queue: SqliteQueue) -> None:
+async def test_concurrent_claims_on_one_connection_take_distinct_jobs(queue: SqlQueue) -> None:
     for n in range(4):
         await queue.enqueue(new_job(ALICE + n, f"k{n}"), now=float(n))
 
@@ -150,7 +164,7 @@ async def test_concurrent_claims_on_one_connection_take_distinct_jobs(queue: Sql
     assert claimed.count(None) == 2
 
 
-async def test_recover_requeues_stale_job_with_attempts_left(queue: SqliteQueue) -> None:
+async def test_recover_requeues_stale_job_with_attempts_left(queue: SqlQueue) -> None:
     job = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
     await queue.claim("gpu0", now=1.0)
     await queue.heartbeat(job.id, now=50.0)
@@ -167,7 +181,7 @@ async def test_recover_requeues_stale_job_with_attempts_left(queue: SqliteQueue)
 
 
 async def test_a_restarting_consumer_takes_back_only_its_own_running_jobs(
-    queue: SqliteQueue,
+    queue: SqlQueue,
 ) -> None:
     mine = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
     theirs = await queue.enqueue(new_job(BOB, "b"), now=0.0)
@@ -187,7 +201,7 @@ async def test_a_restarting_consumer_takes_back_only_its_own_running_jobs(
     assert (swept.id, swept.status) == (theirs.id, Status.QUEUED)
 
 
-async def test_a_job_requeued_with_a_delay_waits_and_others_go_first(queue: SqliteQueue) -> None:
+async def test_a_job_requeued_with_a_delay_waits_and_others_go_first(queue: SqlQueue) -> None:
     flaky = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
     await queue.claim("gpu0", now=1.0)
     back = await queue.requeue(flaky.id, now=10.0, delay_s=60.0)
@@ -202,7 +216,7 @@ async def test_a_job_requeued_with_a_delay_waits_and_others_go_first(queue: Sqli
 
 
 async def test_restarts_do_not_spend_attempts_but_a_job_that_always_crashes_is_given_up(
-    queue: SqliteQueue,
+    queue: SqlQueue,
 ) -> None:
     job = await queue.enqueue(new_job(ALICE, "a", max_attempts=3), now=0.0)
     for run in range(1, 5):
@@ -226,7 +240,7 @@ async def test_restarts_do_not_spend_attempts_but_a_job_that_always_crashes_is_g
     assert await queue.claim("gpu0", now=100.0) is None
 
 
-async def test_requeue_counts_the_charge_it_is_given(queue: SqliteQueue) -> None:
+async def test_requeue_counts_the_charge_it_is_given(queue: SqlQueue) -> None:
     job = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
     charges = [Charge.FAILURE, Charge.CRASH, Charge.NONE, Charge.FAILURE]
     for at, charge in enumerate(charges, start=1):
@@ -241,7 +255,7 @@ async def test_requeue_counts_the_charge_it_is_given(queue: SqliteQueue) -> None
     assert (done.status, done.failures, done.crashes) == (Status.FAILED, 3, 1)
 
 
-async def test_recover_leaves_sending_jobs_for_redelivery(queue: SqliteQueue) -> None:
+async def test_recover_leaves_sending_jobs_for_redelivery(queue: SqlQueue) -> None:
     job = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
     await queue.claim("gpu0", now=1.0)
     await queue.mark_sending(job.id, Outcome(Status.SENDING, video_path="/v/a.mp4"), now=2.0)
@@ -251,7 +265,7 @@ async def test_recover_leaves_sending_jobs_for_redelivery(queue: SqliteQueue) ->
     assert (stored.id, stored.status, stored.video_path) == (job.id, Status.SENDING, "/v/a.mp4")
 
 
-async def test_recover_cancels_a_job_its_owner_asked_to_stop(queue: SqliteQueue) -> None:
+async def test_recover_cancels_a_job_its_owner_asked_to_stop(queue: SqlQueue) -> None:
     job = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
     await queue.claim("gpu0", now=1.0)
     await queue.cancel(job.id, ALICE, now=2.0)
@@ -261,7 +275,7 @@ async def test_recover_cancels_a_job_its_owner_asked_to_stop(queue: SqliteQueue)
     assert recovered.status is Status.CANCELLED
 
 
-async def test_expire_only_takes_queued_jobs_past_the_ttl(queue: SqliteQueue) -> None:
+async def test_expire_only_takes_queued_jobs_past_the_ttl(queue: SqlQueue) -> None:
     old = await queue.enqueue(new_job(ALICE, "old"), now=0.0)
     fresh = await queue.enqueue(new_job(BOB, "fresh"), now=500.0)
     carol = await queue.enqueue(new_job(CAROL, "c"), now=0.0)
@@ -277,7 +291,7 @@ async def test_expire_only_takes_queued_jobs_past_the_ttl(queue: SqliteQueue) ->
     assert [job.id for job in await queue.queued()] == [fresh.id]
 
 
-async def test_owner_cancels_a_queued_job_at_once(queue: SqliteQueue) -> None:
+async def test_owner_cancels_a_queued_job_at_once(queue: SqlQueue) -> None:
     job = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
 
     assert await queue.cancel(job.id, BOB, now=1.0) is None  # not Bob's
@@ -289,7 +303,7 @@ async def test_owner_cancels_a_queued_job_at_once(queue: SqliteQueue) -> None:
     assert await queue.cancel(job.id, ALICE, now=4.0) is None  # already finished
 
 
-async def test_owner_cancel_of_a_running_job_raises_the_flag(queue: SqliteQueue) -> None:
+async def test_owner_cancel_of_a_running_job_raises_the_flag(queue: SqlQueue) -> None:
     job = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
     await queue.claim("gpu0", now=1.0)
 
@@ -304,7 +318,7 @@ async def test_owner_cancel_of_a_running_job_raises_the_flag(queue: SqliteQueue)
     assert done.status is Status.CANCELLED
 
 
-async def test_cancel_of_sending_or_unknown_job_returns_none(queue: SqliteQueue) -> None:
+async def test_cancel_of_sending_or_unknown_job_returns_none(queue: SqlQueue) -> None:
     job = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
     await queue.claim("gpu0", now=1.0)
     await queue.mark_sending(job.id, Outcome(Status.SENDING, video_path="/v.mp4"), now=2.0)
@@ -313,7 +327,7 @@ async def test_cancel_of_sending_or_unknown_job_returns_none(queue: SqliteQueue)
     assert await queue.cancel(999, ALICE, now=3.0) is None
 
 
-async def test_finish_keeps_stored_values_for_fields_left_none(queue: SqliteQueue) -> None:
+async def test_finish_keeps_stored_values_for_fields_left_none(queue: SqlQueue) -> None:
     job = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
     await queue.claim("gpu0", now=1.0)
     await queue.set_veo_operation(job.id, "operations/123")
@@ -345,7 +359,7 @@ async def test_finish_keeps_stored_values_for_fields_left_none(queue: SqliteQueu
 
 
 async def test_finish_rejects_non_terminal_status_and_first_outcome_wins(
-    queue: SqliteQueue,
+    queue: SqlQueue,
 ) -> None:
     job = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
     await queue.claim("gpu0", now=1.0)
@@ -358,7 +372,7 @@ async def test_finish_rejects_non_terminal_status_and_first_outcome_wins(
     assert (after.status, after.error, after.finished_at) == (Status.FAILED, "Out of memory.", 2.0)
 
 
-async def test_requeue_keeps_attempts_and_job_runs_again(queue: SqliteQueue) -> None:
+async def test_requeue_keeps_attempts_and_job_runs_again(queue: SqlQueue) -> None:
     job = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
     await queue.claim("gpu0", now=1.0)
 
@@ -370,7 +384,7 @@ async def test_requeue_keeps_attempts_and_job_runs_again(queue: SqliteQueue) -> 
     assert again is not None and (again.id, again.attempts) == (job.id, 2)
 
 
-async def test_heartbeat_keeps_a_running_job_alive(queue: SqliteQueue) -> None:
+async def test_heartbeat_keeps_a_running_job_alive(queue: SqlQueue) -> None:
     job = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
     await queue.claim("gpu0", now=0.0)
 
@@ -381,21 +395,131 @@ async def test_heartbeat_keeps_a_running_job_alive(queue: SqliteQueue) -> None:
     assert await queue.recover(now=130.0, stale_after=60.0, max_crashes=CRASHES) == []
 
 
-async def test_jobs_survive_closing_and_reopening(tmp_path: Path) -> None:
-    path = tmp_path / "bot.sqlite3"
+async def test_jobs_survive_closing_and_reopening(database: str | Path) -> None:
+    path = database
     store = await Store.open(path)
-    alice = await store.queue.enqueue(new_job(ALICE, "a"), now=0.0)
-    bob = await store.queue.enqueue(new_job(BOB, "b"), now=1.0)
-    await store.queue.claim("gpu0", now=2.0)  # Alice's, the oldest
+    alice = await SqlQueue(store.db).enqueue(new_job(ALICE, "a"), now=0.0)
+    bob = await SqlQueue(store.db).enqueue(new_job(BOB, "b"), now=1.0)
+    await SqlQueue(store.db).claim("gpu0", now=2.0)  # Alice's, the oldest
     await store.close()
 
     reopened = await Store.open(path)
     try:
-        assert await reopened.queue.get(bob.id) == bob
-        stored = await reopened.queue.get(alice.id)
+        assert await SqlQueue(reopened.db).get(bob.id) == bob
+        stored = await SqlQueue(reopened.db).get(alice.id)
         assert stored is not None and stored.status is Status.RUNNING
         # After a restart, the orphaned running job goes back to the queue.
-        [recovered] = await reopened.queue.recover(now=3.0, stale_after=0, max_crashes=CRASHES)
+        [recovered] = await SqlQueue(reopened.db).recover(
+            now=3.0, stale_after=0, max_crashes=CRASHES
+        )
         assert recovered.id == alice.id and recovered.status is Status.QUEUED
     finally:
         await reopened.close()
+
+
+async def test_on_postgres_a_claim_skips_a_job_another_host_is_claiming(
+    postgres_url: str,
+) -> None:
+    first, second = await Store.open(postgres_url), await Store.open(postgres_url)
+    try:
+        for n in range(2):
+            await SqlQueue(first.db).enqueue(new_job(ALICE + n, f"k{n}"), now=float(n))
+        async with first.transaction():
+            # The first host's claim is made but not committed: its row stays locked.
+            mine = await SqlQueue(first.db).claim("host1", now=5.0)
+            # The second host takes the next job at once instead of waiting on that lock.
+            theirs = await asyncio.wait_for(SqlQueue(second.db).claim("host2", now=5.0), 10)
+    finally:
+        await first.close()
+        await second.close()
+
+    assert mine is not None and theirs is not None
+    assert {mine.id, theirs.id} == {1, 2}
+
+
+async def test_on_postgres_an_enqueue_wakes_a_consumer_on_another_host(postgres_url: str) -> None:
+    front, consumer = await Store.open(postgres_url), await Store.open(postgres_url)
+    try:
+        assert await consumer.db.wait(JOBS_CHANNEL, timeout=0.01) is False  # listening now
+        waiting = asyncio.create_task(consumer.db.wait(JOBS_CHANNEL, timeout=30))
+        await SqlQueue(front.db).enqueue(new_job(ALICE, "a"), now=1.0)
+        assert await waiting is True
+        claimed = await SqlQueue(consumer.db).claim("host2", now=2.0)
+    finally:
+        await front.close()
+        await consumer.close()
+
+    assert claimed is not None and claimed.dedupe_key == "a"
+
+
+async def _until_one_waits_on_a_lock(store: Store) -> None:
+    """Return once a statement of another connection waits on a row lock (pg_stat_activity)."""
+    # The server's own view of who waits, polled: there is no event to wait on.
+    while True:
+        waiting = await store.db.fetchone(
+            "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND datname = current_database()"
+        )
+        if waiting:
+            return
+        await asyncio.sleep(0.01)
+
+
+async def test_on_postgres_two_hosts_recovering_at_once_take_a_stale_job_back_once(
+    postgres_url: str,
+) -> None:
+    first, second = await Store.open(postgres_url), await Store.open(postgres_url)
+    try:
+        await SqlQueue(first.db).enqueue(new_job(ALICE, "a"), now=0.0)
+        await SqlQueue(first.db).claim("host3", now=1.0)  # host3 dies; its lease goes stale
+        async with first.transaction():
+            [mine] = await SqlQueue(first.db).recover(now=100.0, stale_after=60, max_crashes=9)
+            theirs = asyncio.create_task(
+                SqlQueue(second.db).recover(now=100.0, stale_after=60, max_crashes=9)
+            )
+            await asyncio.wait_for(_until_one_waits_on_a_lock(first), 10)
+        # The second host read the job after the first's commit: queued, nothing to take.
+        assert await theirs == []
+        stored = await SqlQueue(first.db).get(mine.id)
+    finally:
+        await first.close()
+        await second.close()
+
+    assert stored is not None and (stored.status, stored.crashes) == (Status.QUEUED, 1)
+
+
+async def test_a_consumer_whose_lease_was_taken_back_records_nothing(queue: SqlQueue) -> None:
+    job = await queue.enqueue(new_job(ALICE, "a"), now=0.0)
+    await queue.claim("host1/gpu0", now=1.0)
+    # host1 stalls past the stale limit; host2 takes the job back and runs it.
+    await queue.recover(now=200.0, stale_after=60.0, max_crashes=CRASHES)
+    await queue.claim("host2/gpu0", now=201.0)
+
+    # host1 comes back to life: its heartbeat, clip and failure are all ignored.
+    await queue.heartbeat(job.id, now=202.0, worker_id="host1/gpu0")
+    made = Outcome(Status.SENDING, video_path="/data/host1.mp4")
+    sent = await queue.mark_sending(job.id, made, now=203.0, worker_id="host1/gpu0")
+    assert sent.status is Status.RUNNING
+    failed = Outcome(Status.FAILED, error="boom")
+    await queue.finish(job.id, failed, now=204.0, worker_id="host1/gpu0")
+    await queue.requeue(job.id, now=204.0, worker_id="host1/gpu0")
+    held = await queue.get(job.id)
+    assert held is not None
+    assert (held.status, held.worker_id, held.heartbeat_at) == (Status.RUNNING, "host2/gpu0", 201.0)
+    assert held.video_path is None
+
+    # The holder's outcome counts.
+    done = await queue.finish(job.id, Outcome(Status.DONE), now=300.0, worker_id="host2/gpu0")
+    assert done.status is Status.DONE
+
+
+def test_the_sql_queue_implements_every_method_of_the_protocol() -> None:
+    import inspect
+
+    from bot.jobs import JobQueue
+
+    wanted = {name for name in vars(JobQueue) if not name.startswith("_")}
+    for name in wanted:
+        assert inspect.signature(getattr(SqlQueue, name)) == inspect.signature(
+            getattr(JobQueue, name)
+        ), name

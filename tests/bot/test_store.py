@@ -1,4 +1,5 @@
-"""The SQLite store: migrations, pragmas, transactions, users, cards, flags, history and stats."""
+"""The store on SQLite and on a real PostgreSQL: migrations, transactions, users, cards, flags,
+history and stats (SQLite's own pragmas and upgrades on SQLite)."""
 
 from __future__ import annotations
 
@@ -10,16 +11,23 @@ from pathlib import Path
 import pytest
 
 from bot.jobs import JobOptions, NewJob, Outcome, Status
-from bot.store import MIGRATIONS, Card, Store, _job_from_row
+from bot.queue import SqlQueue, job_from_row
+from bot.schema import SQLITE_MIGRATIONS as MIGRATIONS
+from bot.store import Card, Store
 from generator.options import Backend, Intensity, PhotoType
 
 ALICE, BOB = 1, 2
 DAY = 86_400.0
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    store = await Store.open(tmp_path / "data" / "bot.sqlite3")
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """The store on a new SQLite file, or on a fresh database on the session's PostgreSQL."""
+    if request.param == "postgres":
+        where: str | Path = request.getfixturevalue("postgres_url")
+    else:
+        where = tmp_path / "data" / "bot.sqlite3"
+    store = await Store.open(where)
     yield store
     await store.close()
 
@@ -47,11 +55,11 @@ async def run_job(
     cost: float = 0.0,
 ) -> None:
     """Enqueue, claim and finish one job: started at ``created``, ``seconds`` long."""
-    job = await store.queue.enqueue(new_job(user_id, key), now=created)
-    claimed = await store.queue.claim("gpu0", now=created)
+    job = await SqlQueue(store.db).enqueue(new_job(user_id, key), now=created)
+    claimed = await SqlQueue(store.db).claim("gpu0", now=created)
     assert claimed is not None and claimed.id == job.id
     outcome = Outcome(status, used_backend=backend, cost_usd=cost)
-    await store.queue.finish(job.id, outcome, now=created + seconds)
+    await SqlQueue(store.db).finish(job.id, outcome, now=created + seconds)
 
 
 def read_pragma(path: Path, name: str) -> object:
@@ -98,7 +106,7 @@ async def test_a_job_running_during_the_upgrade_keeps_its_row_and_starts_with_no
 
     store = await Store.open(path)
     try:
-        [back] = await store.queue.recover(now=10.0, stale_after=0, max_crashes=10)
+        [back] = await SqlQueue(store.db).recover(now=10.0, stale_after=0, max_crashes=10)
     finally:
         await store.close()
     # Two runs under the old counting, but none of them the photo's fault.
@@ -131,12 +139,6 @@ async def test_store_calls_inside_a_transaction_commit_with_it(store: Store) -> 
 
     assert await store.get_flag("paused") == "1"
     assert await store.allowed_override(BOB) is True
-
-
-async def test_transaction_mode_is_checked(store: Store) -> None:
-    with pytest.raises(ValueError, match="mode"):
-        async with store.transaction("SHARED"):
-            pass
 
 
 async def test_transaction_rolls_back_when_cancelled(store: Store) -> None:
@@ -223,10 +225,10 @@ async def test_cards_upsert_by_chat_and_message(store: Store) -> None:
 
 async def test_history_is_newest_first_and_per_user(store: Store) -> None:
     for n in range(4):
-        await store.queue.enqueue(new_job(ALICE, f"a{n}"), now=float(n))
-    await store.queue.enqueue(new_job(BOB, "b0"), now=10.0)
+        await SqlQueue(store.db).enqueue(new_job(ALICE, f"a{n}"), now=float(n))
+    await SqlQueue(store.db).enqueue(new_job(BOB, "b0"), now=10.0)
 
-    history = await store.history(ALICE, limit=3)
+    history = await SqlQueue(store.db).history(ALICE, limit=3)
 
     assert [job.dedupe_key for job in history] == ["a3", "a2", "a1"]
 
@@ -234,20 +236,20 @@ async def test_history_is_newest_first_and_per_user(store: Store) -> None:
 async def test_active_count_and_daily_count(store: Store) -> None:
     await run_job(store, ALICE, "yesterday", created=-DAY, seconds=10)
     await run_job(store, ALICE, "done", created=100, seconds=10)
-    await store.queue.enqueue(new_job(ALICE, "first"), now=200)
-    second = await store.queue.enqueue(new_job(ALICE, "second"), now=201)
-    cancelled = await store.queue.enqueue(new_job(ALICE, "cancelled"), now=202)
-    await store.queue.enqueue(new_job(BOB, "bob"), now=203)
-    await store.queue.cancel(cancelled.id, ALICE, now=204)
+    await SqlQueue(store.db).enqueue(new_job(ALICE, "first"), now=200)
+    second = await SqlQueue(store.db).enqueue(new_job(ALICE, "second"), now=201)
+    cancelled = await SqlQueue(store.db).enqueue(new_job(ALICE, "cancelled"), now=202)
+    await SqlQueue(store.db).enqueue(new_job(BOB, "bob"), now=203)
+    await SqlQueue(store.db).cancel(cancelled.id, ALICE, now=204)
     # Claims go Bob (not served yet today) first, then Alice's oldest queued one.
-    await store.queue.claim("gpu0", now=205)
-    claimed = await store.queue.claim("gpu0", now=206)
+    await SqlQueue(store.db).claim("gpu0", now=205)
+    claimed = await SqlQueue(store.db).claim("gpu0", now=206)
     assert claimed is not None and claimed.user_id == ALICE and claimed.id != second.id
 
-    assert await store.active_count(ALICE) == 2  # queued + running
-    assert await store.active_count(BOB) == 1
+    assert await SqlQueue(store.db).active_count(ALICE) == 2  # queued + running
+    assert await SqlQueue(store.db).active_count(BOB) == 1
     # Today: done, running, queued; the one cancelled before it started costs nothing.
-    assert await store.jobs_since(ALICE, 0.0) == 3
+    assert await SqlQueue(store.db).jobs_since(ALICE, 0.0) == 3
 
 
 async def test_veo_spend_by_day_and_user(store: Store) -> None:
@@ -256,9 +258,9 @@ async def test_veo_spend_by_day_and_user(store: Store) -> None:
     await run_job(store, BOB, "b-new", created=20, seconds=60, backend=Backend.VEO, cost=0.8)
     await run_job(store, BOB, "b-svd", created=30, seconds=60, backend=Backend.SVD)
 
-    assert await store.veo_spend(since=0.0) == pytest.approx(2.4)
-    assert await store.veo_spend(since=0.0, user_id=ALICE) == pytest.approx(1.6)
-    assert await store.veo_spend(since=-2 * DAY) == pytest.approx(5.6)
+    assert await SqlQueue(store.db).veo_spend(since=0.0) == pytest.approx(2.4)
+    assert await SqlQueue(store.db).veo_spend(since=0.0, user_id=ALICE) == pytest.approx(1.6)
+    assert await SqlQueue(store.db).veo_spend(since=-2 * DAY) == pytest.approx(5.6)
 
 
 async def test_recent_durations_are_done_jobs_of_that_backend_newest_first(store: Store) -> None:
@@ -268,9 +270,9 @@ async def test_recent_durations_are_done_jobs_of_that_backend_newest_first(store
     await run_job(store, ALICE, "s3", created=3000, seconds=999, status=Status.FAILED)
     await run_job(store, ALICE, "s4", created=4000, seconds=90)
 
-    assert await store.recent_durations(Backend.SVD) == [90.0, 120.0, 100.0]
-    assert await store.recent_durations(Backend.SVD, limit=2) == [90.0, 120.0]
-    assert await store.recent_durations(Backend.VEO) == [50.0]
+    assert await SqlQueue(store.db).recent_durations(Backend.SVD) == [90.0, 120.0, 100.0]
+    assert await SqlQueue(store.db).recent_durations(Backend.SVD, limit=2) == [90.0, 120.0]
+    assert await SqlQueue(store.db).recent_durations(Backend.VEO) == [50.0]
 
 
 async def test_stats_numbers(store: Store) -> None:
@@ -284,9 +286,9 @@ async def test_stats_numbers(store: Store) -> None:
     )
     await run_job(store, ALICE, "v2", created=5 * DAY, seconds=80, backend=Backend.VEO, cost=1.6)
     await run_job(store, BOB, "fail", created=day_start + 100, seconds=5, status=Status.FAILED)
-    await store.queue.enqueue(new_job(ALICE, "waiting"), now=day_start + 200)
+    await SqlQueue(store.db).enqueue(new_job(ALICE, "waiting"), now=day_start + 200)
 
-    stats = await store.stats(now=now, day_start=day_start, month_start=month_start)
+    stats = await SqlQueue(store.db).stats(now=now, day_start=day_start, month_start=month_start)
 
     assert stats.total == 8
     assert stats.by_status == {"done": 5, "failed": 2, "queued": 1}
@@ -299,19 +301,19 @@ async def test_stats_numbers(store: Store) -> None:
 
 
 async def test_stats_on_an_empty_store(store: Store) -> None:
-    stats = await store.stats(now=1.0, day_start=0.0, month_start=0.0)
+    stats = await SqlQueue(store.db).stats(now=1.0, day_start=0.0, month_start=0.0)
 
     assert (stats.total, stats.failure_rate, stats.veo_spend_month) == (0, 0.0, 0.0)
     assert stats.by_status == {} and stats.median_seconds == {}
 
 
 async def test_job_from_row_rejects_an_unknown_status(store: Store) -> None:
-    job = await store.queue.enqueue(new_job(ALICE, "a"), now=0.0)
+    job = await SqlQueue(store.db).enqueue(new_job(ALICE, "a"), now=0.0)
     async with store.transaction() as db:
         await db.execute("UPDATE jobs SET status = 'paused' WHERE id = :id", {"id": job.id})
-    row = await store.fetchone("SELECT * FROM jobs WHERE id = :id", {"id": job.id})
+    row = await store.db.fetchone("SELECT * FROM jobs WHERE id = :id", {"id": job.id})
 
     with pytest.raises(ValueError, match="unknown status 'paused'"):
-        _job_from_row(row)
+        job_from_row(row)
     with pytest.raises(ValueError, match="unknown status"):
-        await store.history(ALICE)
+        await SqlQueue(store.db).history(ALICE)

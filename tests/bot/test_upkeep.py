@@ -13,6 +13,7 @@ import pytest
 
 from bot.config import Settings
 from bot.jobs import JobOptions, NewJob, Outcome, Status
+from bot.queue import SqlQueue
 from bot.store import Card, Store
 from bot.upkeep import MB, Upkeep, folder_bytes, job_id_of
 
@@ -35,7 +36,7 @@ def _file(path: Path, size: int, age_s: float) -> Path:
 
 
 async def _job(store: Store, photo: Path, key: str, status: Status) -> int:
-    job = await store.queue.enqueue(
+    job = await SqlQueue(store.db).enqueue(
         NewJob(
             user_id=1,
             chat_id=1,
@@ -49,9 +50,9 @@ async def _job(store: Store, photo: Path, key: str, status: Status) -> int:
         now=NOW - 3600,
     )
     if status is not Status.QUEUED:
-        await store.queue.claim("gpu0", now=NOW - 3000)
+        await SqlQueue(store.db).claim("gpu0", now=NOW - 3000)
     if status in (Status.DONE, Status.CANCELLED, Status.FAILED):
-        await store.queue.finish(job.id, Outcome(status), now=NOW - 2000)
+        await SqlQueue(store.db).finish(job.id, Outcome(status), now=NOW - 2000)
     return job.id
 
 
@@ -84,7 +85,7 @@ async def test_the_sweep_keeps_what_jobs_need_and_removes_the_rest(
     waiting = _file(photos / "waiting.jpg", 1000, 40 * DAY)  # old, but its job still waits
     await _job(store, waiting, "w", Status.QUEUED)
 
-    report = await Upkeep(store, settings, clock=lambda: NOW).sweep()
+    report = await Upkeep(store, SqlQueue(store.db), settings, clock=lambda: NOW).sweep()
 
     assert set(report.removed) == {expired, leftover, late_clip, late_thumb, undelivered, unknown}
     for kept in (waiting, recent, carded, animated, being_written):
@@ -108,7 +109,7 @@ async def test_a_full_folder_is_swept_under_its_budget(store: Store, tmp_path: P
     await _job(store, waiting, "w", Status.QUEUED)
     assert folder_bytes(settings.data_dir) > 4 * MB
 
-    report = await Upkeep(store, settings, clock=lambda: NOW).sweep()
+    report = await Upkeep(store, SqlQueue(store.db), settings, clock=lambda: NOW).sweep()
 
     assert folder_bytes(settings.data_dir) <= 2 * MB == settings.max_disk_mb * MB
     assert report.used_bytes == folder_bytes(settings.data_dir)
@@ -120,7 +121,7 @@ async def test_a_full_folder_is_swept_under_its_budget(store: Store, tmp_path: P
 async def test_the_sweep_runs_once_per_interval(store: Store, tmp_path: Path) -> None:
     now = [NOW]
     settings = Settings(data_dir=tmp_path / "data")
-    upkeep = Upkeep(store, settings, clock=lambda: now[0], every_s=3600)
+    upkeep = Upkeep(store, SqlQueue(store.db), settings, clock=lambda: now[0], every_s=3600)
 
     assert await upkeep.sweep_if_due() is not None
     now[0] += 3599

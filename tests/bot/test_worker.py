@@ -7,12 +7,12 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import multiprocessing
 import os
 import signal
 import sqlite3
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 
 import imageio.v2 as imageio
 import pytest
@@ -20,11 +20,13 @@ from telegram import Bot
 
 from bot import texts
 from bot.config import LimitSettings, Settings, WorkerSettings
+from bot.consumers import Workers, build_workers
 from bot.delivery import USER_BLOCKED
 from bot.gpu import InlineRunner, ProcessRunner, WorkerCrashed, WorkerLost
 from bot.jobs import Job, JobOptions, NewJob, Outcome, Status
+from bot.queue import SqlQueue
 from bot.store import Store
-from bot.worker import Worker, request_for, retry_delay
+from bot.worker import request_for, retry_delay
 from generator.config import GeneratorSettings, ImageSettings, VeoCredentials, VeoSettings
 from generator.encode import encode_frames
 from generator.errors import BudgetExceeded, InvalidImage, RateLimited, TransientError
@@ -98,7 +100,7 @@ class World:
             clock,
         )
         self.tiny_svd_dir = tiny_svd_dir
-        self.workers: list[Worker] = []
+        self.workers: list[Workers] = []
         self.count = 0
 
     def settings(self, **limits: float) -> Settings:
@@ -119,7 +121,7 @@ class World:
             photo = write_photo(self.tmp_path / f"photo-{self.count}.jpg", (48, 32))
         pushed = self.fake.send_photo(user, photo_bytes())
         card = await self.bot.send_message(user.id, "card")
-        return await self.store.queue.enqueue(
+        return await SqlQueue(self.store.db).enqueue(
             NewJob(
                 user_id=user.id,
                 chat_id=user.id,
@@ -132,23 +134,26 @@ class World:
             now=self.clock(),
         )
 
-    async def start_worker(self, runner, settings: Settings | None = None) -> Worker:
-        worker = Worker(
-            store=self.store,
-            settings=settings or self.settings(),
-            runner=runner,
-            clock=self.clock,
-        )
-        worker.bind(SimpleNamespace(bot=self.bot))
-        self.workers.append(worker)
-        await worker.start()
-        return worker
+    async def start_worker(self, runner, settings: Settings | None = None) -> Workers:
+        """One consumer over ``runner``, wired as ``bot.__main__`` wires them."""
+        return await self.start_workers([runner], settings)
+
+    async def start_workers(
+        self, runners, settings: Settings | None = None, queue: SqlQueue | None = None
+    ) -> Workers:
+        settings = settings or self.settings()
+        queue = queue or SqlQueue(self.store.db)
+        workers = build_workers(settings, self.store, queue, runners, clock=self.clock)
+        workers.cards.bind(self.bot)
+        self.workers.append(workers)
+        await workers.start()
+        return workers
 
     async def finished(self, job: Job) -> Job:
         """Wait until the job's row is terminal: the worker tells the user right after."""
 
         async def row() -> Job | None:
-            got = await self.store.queue.get(job.id)
+            got = await SqlQueue(self.store.db).get(job.id)
             return got if got is not None and not got.active else None
 
         # The user is told (an edit, a message or a video) after each terminal write, so
@@ -240,9 +245,9 @@ async def test_cancelling_the_running_job_stops_it_at_the_next_step(world: World
     worker = await world.start_worker(InlineRunner(gated))
 
     await world.fake.wait_for_text(ANN.id, "step 1/2", timeout=60)
-    assert worker.running_job_id == job.id
-    assert await world.store.queue.cancel(job.id, ANN.id, now=world.clock()) is not None
-    assert await worker.cancel_running(job.id)
+    assert [running.id for running in await SqlQueue(world.store.db).running()] == [job.id]
+    assert await SqlQueue(world.store.db).cancel(job.id, ANN.id, now=world.clock()) is not None
+    assert await worker.cancel(job.id)
     gated.gate.set()
 
     done = await world.finished(job)
@@ -260,9 +265,9 @@ async def test_stop_cancels_a_job_past_the_grace_period_and_requeues_it(world: W
 
     await worker.stop()
 
-    back = await world.store.queue.get(job.id)
+    back = await SqlQueue(world.store.db).get(job.id)
     assert back is not None and back.status is Status.QUEUED  # waits for the next start
-    assert worker.running_job_id is None
+    assert await SqlQueue(world.store.db).running() == []
     assert texts.cancelled() not in [m.content for m in world.fake.messages(ANN.id).values()]
 
 
@@ -290,7 +295,7 @@ async def test_pause_survives_a_restart_and_resume_runs_the_queue(world: World, 
     job = await world.submit(ANN)
 
     after = await world.start_worker(InlineRunner(generator))
-    assert after.paused
+    assert all(worker.paused for worker in after.workers)
     await after.resume()
 
     await world.fake.wait_for_video(ANN.id, timeout=60)
@@ -299,7 +304,7 @@ async def test_pause_survives_a_restart_and_resume_runs_the_queue(world: World, 
 
 async def test_job_left_running_by_a_dead_worker_is_delivered_once(world: World, generator):
     job = await world.submit(ANN)
-    claimed = await world.store.queue.claim("gpu0", now=world.clock())
+    claimed = await SqlQueue(world.store.db).claim("gpu0", now=world.clock())
     assert claimed is not None and claimed.status is Status.RUNNING  # then that worker died
 
     await world.start_worker(InlineRunner(generator))
@@ -314,13 +319,13 @@ async def test_job_stuck_in_sending_is_redelivered_once(world: World, generator,
     import numpy as np
 
     job = await world.submit(ANN)
-    await world.store.queue.claim("crashed-gpu", now=world.clock())
+    await SqlQueue(world.store.db).claim("crashed-gpu", now=world.clock())
     frames = [np.full((32, 32, 3), 40 * i, dtype=np.uint8) for i in range(3)]
     video_path = tmp_path / "data" / "videos" / f"{job.id}.mp4"
     video_path.parent.mkdir(parents=True)
     info = encode_frames(frames, 7, video_path, generator.settings.encode)
     made = info.path.read_bytes()
-    await world.store.queue.mark_sending(
+    await SqlQueue(world.store.db).mark_sending(
         job.id,
         Outcome(
             Status.SENDING,
@@ -392,9 +397,13 @@ def gated_child_generator(marker: str, settings: GeneratorSettings):
 
         async def generate(self, request, out_path, *, on_progress, **kw):
             def progress(event):
-                on_progress(event)
-                if event.step == 1 and os.path.exists(marker):
+                # The marker goes before the step is reported: the test kills on that report,
+                # and the next process must not find the marker and hang as well.
+                hang = event.step == 1 and os.path.exists(marker)
+                if hang:
                     os.unlink(marker)
+                on_progress(event)
+                if hang:
                     threading.Event().wait()  # a hung GPU: only a kill ends this
 
             return await inner.generate(request, out_path, on_progress=progress, **kw)
@@ -506,7 +515,7 @@ async def test_no_job_is_claimed_while_the_gpu_process_cannot_start(world: World
         await asyncio.wait_for(seen.event.wait(), 60)
     finally:
         logging.getLogger("bot.worker").removeHandler(seen)
-    waiting = await world.store.queue.get(job.id)
+    waiting = await SqlQueue(world.store.db).get(job.id)
     # The photo is not handed to an engine that is not there: it waits, uncharged.
     assert waiting is not None and (waiting.status, waiting.attempts) == (Status.QUEUED, 0)
 
@@ -566,9 +575,9 @@ async def test_veo_job_interrupted_by_a_crash_resumes_its_operation_without_payi
     veo = VeoBackend(veo_settings, key, sleep=no_wait)
     prepared = prepare_image(Path(job.photo_path), settings.image)
     operation = await veo.submit(prepared, request_for(job))
-    claimed = await world.store.queue.claim("gpu0", now=world.clock())
+    claimed = await SqlQueue(world.store.db).claim("gpu0", now=world.clock())
     assert claimed is not None and claimed.id == job.id
-    await world.store.queue.set_veo_operation(job.id, operation)
+    await SqlQueue(world.store.db).set_veo_operation(job.id, operation)
 
     # The second life: a new worker resumes polling that operation.
     generator = Generator(
@@ -661,4 +670,170 @@ async def test_a_clip_on_the_slower_first_path_says_so_on_its_card(world: World,
 
     card = await world.fake.wait_for_text(ANN.id, "First clip after an update: slower", timeout=60)
     assert "about 1 min 15 s left" in card.content
+    assert (await world.finished(job)).status is Status.DONE
+
+
+# --- several consumers: one GPU process per device ------------------------------------------
+
+
+def rendezvous_child_generator(
+    meeting, met, hang_marker: str | None, seen_dir: str, settings: GeneratorSettings
+):
+    """Runs in a GPU process: the real generator with the tiny model. Its first step waits
+    at ``meeting`` (a two-party barrier shared by both GPU processes) until the other
+    process is at its first step too, so two jobs are known to run at the same time; a
+    broken barrier (a minute alone) fails the job. It notes the device it was given in
+    ``seen_dir``, and hangs after the meeting while ``hang_marker`` exists."""
+    inner = plain_child_generator(settings)
+    device = os.environ.get("CUDA_VISIBLE_DEVICES", "none")
+
+    class Rendezvous:
+        async def generate(self, request, out_path, *, on_progress, **kw):
+            def progress(event):
+                on_progress(event)
+                if event.stage == "denoising" and event.step == 1 and not met.is_set():
+                    Path(seen_dir, f"device-{device}").touch()
+                    # Gone before the meeting, so no later process can find it and hang.
+                    hang = hang_marker is not None and os.path.exists(hang_marker)
+                    if hang:
+                        os.unlink(hang_marker)
+                    meeting.wait()
+                    met.set()  # one meeting only: a respawned process does not wait again
+                    if hang:
+                        threading.Event().wait()  # a hung GPU: only a kill ends this
+
+            return await inner.generate(request, out_path, on_progress=progress, **kw)
+
+    return Rendezvous()
+
+
+def meeting_runners(world: World, settings: Settings, *, hang_first: bool = False):
+    """Two GPU processes on devices "0" and "1" whose first steps meet (see above)."""
+    ctx = multiprocessing.get_context("spawn")
+    meeting, met = ctx.Barrier(2, timeout=60), ctx.Event()
+    marker = world.tmp_path / "hang-once"
+    if hang_first:
+        marker.touch()
+    return [
+        ProcessRunner(
+            settings.generator,
+            generator_factory=functools.partial(
+                rendezvous_child_generator,
+                meeting,
+                met,
+                str(marker) if hang_first and device == "0" else None,
+                str(world.tmp_path),
+            ),
+            device=device,
+        )
+        for device in ("0", "1")
+    ]
+
+
+async def test_two_consumers_run_two_users_jobs_at_once_and_stay_fair(world: World):
+    settings = world.settings()
+    ann_first = await world.submit(ANN)
+    ann_second = await world.submit(ANN)
+    bob = await world.submit(BOB)
+    await world.start_workers(meeting_runners(world, settings), settings)
+
+    await world.fake.wait_for(lambda: len(world.fake.videos()) == 3, timeout=180)
+    done = [await world.finished(job) for job in (ann_first, bob, ann_second)]
+
+    # Both first steps met at the barrier: Ann's first and Bob's ran at the same time, on
+    # two GPU processes that were each given their own device.
+    assert [job.status for job in done] == [Status.DONE] * 3
+    assert {done[0].worker_id, done[1].worker_id} == {"gpu0", "gpu1"}
+    assert sorted(p.name for p in world.tmp_path.glob("device-*")) == ["device-0", "device-1"]
+    # Fair: Bob's only job went before Ann's second, though it was queued after it.
+    assert done[1].started_at is not None and done[2].started_at is not None
+    assert done[1].started_at < done[2].started_at
+    assert len(world.fake.videos(ANN.id)) == 2 and len(world.fake.videos(BOB.id)) == 1
+
+
+async def test_killing_one_consumers_gpu_process_loses_nothing(world: World):
+    settings = world.settings()
+    runners = meeting_runners(world, settings, hang_first=True)
+    ann, bob = await world.submit(ANN), await world.submit(BOB)
+    workers = await world.start_workers(runners, settings)
+    queue = SqlQueue(world.store.db)
+
+    # The two jobs meet; then the device-0 process hangs and device 1 delivers its job.
+    await world.fake.wait_for(lambda: len(world.fake.videos()) == 1, timeout=180)
+    (hung,) = await queue.running()
+    assert hung.worker_id == "gpu0"
+    dead = runners[0].pid
+    assert dead is not None
+    os.kill(dead, signal.SIGKILL)
+
+    # The killed process's job comes back and is made again, not charged to the photo;
+    # the other consumer kept serving meanwhile (its job was delivered before the kill).
+    await world.fake.wait_for(lambda: len(world.fake.videos()) == 2, timeout=180)
+    redone = await world.finished(hung)
+    assert (redone.status, redone.failures, redone.crashes) == (Status.DONE, 0, 1)
+    assert redone.attempts == 2
+    other = await world.finished(bob if hung.id == ann.id else ann)
+    assert (other.status, other.attempts) == (Status.DONE, 1)
+    assert len(world.fake.videos(ANN.id)) == 1 and len(world.fake.videos(BOB.id)) == 1
+    # And both consumers still serve: a new job is delivered too.
+    late = await world.submit(BOB)
+    workers.wake()
+    await world.fake.wait_for_video(BOB.id, count=2, timeout=120)
+    assert (await world.finished(late)).status is Status.DONE
+
+
+async def test_cancel_reaches_whichever_consumer_runs_the_job(world: World, generator):
+    gated = GatedGenerator(generator)
+    job = await world.submit(ANN)
+    # Two consumers; only one job, so the module's one generator never runs twice at once.
+    workers = await world.start_workers([InlineRunner(gated), InlineRunner(gated)])
+
+    await world.fake.wait_for_text(ANN.id, "step 1/2", timeout=60)
+    (running,) = await SqlQueue(world.store.db).running()
+    assert await SqlQueue(world.store.db).cancel(job.id, ANN.id, now=world.clock()) is not None
+    assert await workers.cancel(job.id)  # found on gpu0 or gpu1, whichever claimed it
+    gated.gate.set()
+
+    done = await world.finished(job)
+    assert done.status is Status.CANCELLED and done.worker_id == running.worker_id
+    assert await workers.cancel(job.id + 1) is False  # a job no consumer runs
+
+
+async def test_pause_and_resume_act_on_every_consumer(world: World, generator):
+    # Two consumers over one generator: only one job is ever queued, so it never runs twice.
+    workers = await world.start_workers([InlineRunner(generator), InlineRunner(generator)])
+    await workers.pause()
+    assert [worker.paused for worker in workers.workers] == [True, True]
+    assert await world.store.get_flag("paused") == "1"
+    job = await world.submit(ANN)
+
+    await workers.resume()
+
+    assert [worker.paused for worker in workers.workers] == [False, False]
+    await world.fake.wait_for_video(ANN.id, timeout=60)
+    assert (await world.finished(job)).status is Status.DONE
+
+
+class ListeningQueue(SqlQueue):
+    """The real queue, saying when a consumer starts waiting for news of jobs."""
+
+    def __init__(self, db) -> None:
+        super().__init__(db)
+        self.listening = asyncio.Event()
+
+    async def wait_for_jobs(self, timeout: float) -> bool:  # noqa: ASYNC109
+        self.listening.set()
+        return await super().wait_for_jobs(timeout)
+
+
+async def test_an_idle_consumer_hears_of_a_job_queued_without_a_wake(world: World, generator):
+    queue = ListeningQueue(world.store.db)
+    await world.start_workers([InlineRunner(generator)], queue=queue)
+    await queue.listening.wait()  # idle: it found nothing and waits
+    # Nobody calls wake(): the queue's own news (db.notify after the enqueue commits; on
+    # PostgreSQL that is NOTIFY, heard on every host) starts the job, long before the
+    # consumer would look again by itself (IDLE_SWEEP_S, 30 s).
+    job = await world.submit(ANN)
+
+    await world.fake.wait_for_video(ANN.id, timeout=20)
     assert (await world.finished(job)).status is Status.DONE

@@ -1,5 +1,7 @@
-"""The systemd unit as an operator installs it: it parses, it is hardened, and its install
-steps give files the service's own unprivileged user can start from.
+"""The systemd units as an operator installs them: each parses, is hardened, and its install
+steps give files the service's own unprivileged user can start from (one host: animate-bot;
+several hosts: animate-bot-frontend and animate-bot-consumer, which also read the database
+URL).
 
 Without PID-1 systemd we do what systemd would do at start (copy the credential, create the
 state directory) and run the unit's command as an unprivileged user with ``setpriv``.
@@ -21,6 +23,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "animate-bot.service"
+UNITS = {path.name: path for path in sorted((ROOT / "systemd").glob("*.service"))}
+DATABASE_URL = "postgresql://animate:db-pass-w0rd@db.example/animate"
 INSTALL_DIR = "/opt/animate-bot"
 TOKEN = "123456:ABCdef-service-token"
 ADMIN = 4242
@@ -78,13 +82,14 @@ def relocate(value: str, world: Path) -> str:
 class Installed:
     """The files the unit's install steps make, and a way to start the unit's command."""
 
-    def __init__(self, world: Path) -> None:
+    def __init__(self, world: Path, unit: Path = UNIT) -> None:
         self.world = world
-        self.unit = directives(UNIT.read_text(encoding="utf-8"))
+        self.unit = directives(unit.read_text(encoding="utf-8"))
         (world / "etc" / "systemd" / "system").mkdir(parents=True)
-        for step in install_steps(UNIT.read_text(encoding="utf-8")):
+        for step in install_steps(unit.read_text(encoding="utf-8")):
             command = relocate(step, world)  # run in this checkout, as in /opt/animate-bot
-            subprocess.run(command, shell=True, cwd=ROOT, input=TOKEN, text=True, check=True)
+            pasted = DATABASE_URL if "database-url" in step else TOKEN
+            subprocess.run(command, shell=True, cwd=ROOT, input=pasted, text=True, check=True)
         self.config_dir = world / "etc" / "animate-bot"
         self.config = self.config_dir / "config.toml"
         # The one edit the steps ask for: who may use the bot.
@@ -133,36 +138,45 @@ class Installed:
         )
 
 
-@pytest.fixture
-def installed(world: Path) -> Installed:
+def need_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("switching to the service's user needs root (CI runs as root)")
+
+
+@pytest.fixture
+def installed(world: Path) -> Installed:
+    need_root()
     return Installed(world)
 
 
-def test_the_unit_parses_without_a_warning(world: Path) -> None:
+@pytest.fixture(params=sorted(UNITS))
+def unit(request: pytest.FixtureRequest) -> Path:
+    return UNITS[request.param]
+
+
+def test_the_unit_parses_without_a_warning(world: Path, unit: Path) -> None:
     # verify checks that ExecStart= exists: point the install dir at this checkout's venv.
     (world / ".venv" / "bin").mkdir(parents=True)
     (world / ".venv" / "bin" / "animate-bot").symlink_to(Path(sys.prefix) / "bin" / "animate-bot")
-    unit = world / "animate-bot.service"
-    unit.write_text(UNIT.read_text(encoding="utf-8").replace(INSTALL_DIR, str(world)))
+    copy = world / unit.name
+    copy.write_text(unit.read_text(encoding="utf-8").replace(INSTALL_DIR, str(world)))
 
     result = subprocess.run(
-        [systemd_analyze(), "verify", str(unit)], capture_output=True, text=True, timeout=60
+        [systemd_analyze(), "verify", str(copy)], capture_output=True, text=True, timeout=60
     )
 
     assert result.returncode == 0, result.stderr
     assert result.stdout + result.stderr == ""  # unknown keys are only warnings
 
 
-def test_the_unit_is_hardened() -> None:
+def test_the_unit_is_hardened(unit: Path) -> None:
     result = subprocess.run(
         [
             systemd_analyze(),
             "security",
             "--offline=yes",
             f"--threshold={MAX_EXPOSURE * 10:.0f}",
-            str(UNIT),
+            str(unit),
         ],
         capture_output=True,
         text=True,
@@ -175,20 +189,23 @@ def test_the_unit_is_hardened() -> None:
     assert result.returncode == 0
 
 
-def test_a_config_error_does_not_restart_the_service() -> None:
-    unit = directives(UNIT.read_text(encoding="utf-8"))
+def test_a_config_error_does_not_restart_the_service(unit: Path) -> None:
+    keys = directives(unit.read_text(encoding="utf-8"))
 
     from bot.__main__ import EXIT_CONFIG
 
-    assert unit["Restart"] == ["on-failure"]
-    assert str(EXIT_CONFIG) in unit["RestartPreventExitStatus"][0].split()
+    assert keys["Restart"] == ["on-failure"]
+    assert str(EXIT_CONFIG) in keys["RestartPreventExitStatus"][0].split()
     # systemd ignores ExecStartPre='s status for RestartPreventExitStatus=: no check there.
-    assert "ExecStartPre" not in unit
+    assert "ExecStartPre" not in keys
 
 
 def test_the_installed_service_passes_its_config_check_as_its_own_user(
-    installed: Installed,
+    world: Path, unit: Path
 ) -> None:
+    need_root()
+    installed = Installed(world, unit)
+
     result = installed.run_as_service("--check-config")
 
     assert result.returncode == 0, result.stderr
@@ -196,6 +213,11 @@ def test_the_installed_service_passes_its_config_check_as_its_own_user(
     assert "1 admins" in result.stdout
     assert result.stderr == ""
     assert TOKEN not in result.stdout
+    assert "db-pass-w0rd" not in result.stdout
+    role = unit.stem.removeprefix("animate-bot").removeprefix("-") or "all"
+    # A role's unit runs that role on the shared database it reads from its credential.
+    where = "PostgreSQL db.example/animate" if role != "all" else "SQLite data/bot.sqlite3"
+    assert f"database: {where}; role {role}" in result.stdout
 
 
 def test_a_root_only_token_file_is_refused_with_one_clear_line(installed: Installed) -> None:
