@@ -125,13 +125,11 @@ def result_options(
     if made_with.local:
         others = [b for b in local_engines if b is not made_with]
         if veo_available:
-            return dataclasses.replace(options, backend=Backend.VEO)
+            return options.on(Backend.VEO)
         if not others:
             raise Refused(texts.veo_budget_refused(texts.VEO_NOT_CONFIGURED))
-        return dataclasses.replace(options, backend=others[0], duration=None)
-    # Local engines decide their own length; a Veo duration would be refused.
-    first = local_engines[0] if local_engines else Backend.SVD
-    return dataclasses.replace(options, backend=first, duration=None)
+        return options.on(others[0])
+    return options.on(local_engines[0] if local_engines else Backend.SVD)
 
 
 # --- helpers ----------------------------------------------------------------------------
