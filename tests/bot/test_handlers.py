@@ -20,7 +20,8 @@ from bot import texts
 from bot.app import build_app
 from bot.config import AccessSettings, LimitSettings, Settings, TelegramSettings
 from bot.eta import estimate_wait, running_remaining
-from bot.handlers import check_access, result_options, shift_motion
+from bot.handlers.access import check_access
+from bot.handlers.results import result_options, shift_motion
 from bot.jobs import JobOptions, Outcome, Status
 from bot.keyboards import result_keyboard
 from bot.limits import Refused, Usage, check_limits
