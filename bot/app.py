@@ -35,9 +35,9 @@ from telegram.ext import (
 from telegram.request import BaseRequest
 
 from bot import delivery
-from bot import handlers as h
 from bot.config import Settings
 from bot.context import BotData, Consumers
+from bot.handlers import access, admin, cards, commands, errors, photos, results
 from bot.jobs import JobQueue
 from bot.keyboards import Animate, CancelCard, CardOption, HistoryResend, JobCancel, ResultAction
 from bot.queue import SqlQueue
@@ -66,49 +66,49 @@ def quiet_loggers() -> None:
 def add_handlers(app: Application) -> None:
     """Register every handler. Order matters within a group: the first match wins."""
     # Group -1 runs before everything and stops updates from users who are not allowed.
-    app.add_handler(TypeHandler(Update, h.guard), group=-1)
+    app.add_handler(TypeHandler(Update, access.guard), group=-1)
 
-    commands = {
-        "start": h.start,
-        "help": h.help_command,
-        "history": h.history,
-        "queue": h.queue_command,
-        "cancel": h.cancel_command,
-        "settings": h.settings_command,
-        "stats": h.stats_command,
-        "pause": h.pause_command,
-        "resume": h.resume_command,
-        "allow": h.allow_command,
-        "deny": h.deny_command,
+    by_command = {
+        "start": commands.start,
+        "help": commands.help_command,
+        "history": commands.history,
+        "queue": commands.queue_command,
+        "cancel": commands.cancel_command,
+        "settings": commands.settings_command,
+        "stats": admin.stats_command,
+        "pause": admin.pause_command,
+        "resume": admin.resume_command,
+        "allow": admin.allow_command,
+        "deny": admin.deny_command,
     }
-    for name, callback in commands.items():
+    for name, callback in by_command.items():
         app.add_handler(CommandHandler(name, callback))
 
-    app.add_handler(MessageHandler(filters.PHOTO | filters.Document.IMAGE, h.on_photo))
-    app.add_handler(MessageHandler(filters.Document.ALL, h.on_other_document))
+    app.add_handler(MessageHandler(filters.PHOTO | filters.Document.IMAGE, photos.on_photo))
+    app.add_handler(MessageHandler(filters.Document.ALL, photos.on_other_document))
     # Only in private chats: in a group, people talk to each other, not to the bot.
     app.add_handler(
-        MessageHandler(filters.TEXT & ~filters.COMMAND & filters.ChatType.PRIVATE, h.on_text)
+        MessageHandler(filters.TEXT & ~filters.COMMAND & filters.ChatType.PRIVATE, photos.on_text)
     )
     # Last for messages: whatever else a user sends in private (sticker, video, location,
     # an unknown command) gets told what the bot takes. Edits of old messages are left alone.
     app.add_handler(
         MessageHandler(
             filters.UpdateType.MESSAGE & filters.ChatType.PRIVATE & ~filters.StatusUpdate.ALL,
-            h.on_other_message,
+            photos.on_other_message,
         )
     )
 
-    app.add_handler(CallbackQueryHandler(h.on_card_option, pattern=CardOption.matches))
-    app.add_handler(CallbackQueryHandler(h.on_animate, pattern=Animate.matches))
-    app.add_handler(CallbackQueryHandler(h.on_card_cancel, pattern=CancelCard.matches))
-    app.add_handler(CallbackQueryHandler(h.on_job_cancel, pattern=JobCancel.matches))
-    app.add_handler(CallbackQueryHandler(h.on_result_action, pattern=ResultAction.matches))
-    app.add_handler(CallbackQueryHandler(h.on_history_resend, pattern=HistoryResend.matches))
+    app.add_handler(CallbackQueryHandler(cards.on_card_option, pattern=CardOption.matches))
+    app.add_handler(CallbackQueryHandler(cards.on_animate, pattern=Animate.matches))
+    app.add_handler(CallbackQueryHandler(cards.on_card_cancel, pattern=CancelCard.matches))
+    app.add_handler(CallbackQueryHandler(results.on_job_cancel, pattern=JobCancel.matches))
+    app.add_handler(CallbackQueryHandler(results.on_result_action, pattern=ResultAction.matches))
+    app.add_handler(CallbackQueryHandler(results.on_history_resend, pattern=HistoryResend.matches))
     # Last: old layouts and forged payloads get "expired" instead of silence.
-    app.add_handler(CallbackQueryHandler(h.on_stale_button))
+    app.add_handler(CallbackQueryHandler(results.on_stale_button))
 
-    app.add_error_handler(h.on_error)
+    app.add_error_handler(errors.on_error)
 
 
 async def _post_init(app: Application) -> None:

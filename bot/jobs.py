@@ -6,9 +6,10 @@ handlers, the consumers and the status cards know only the protocol.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from generator.options import Backend, Intensity, PhotoType
@@ -26,8 +27,9 @@ class Status(enum.StrEnum):
     EXPIRED = "expired"  # waited longer than the queue's time-to-live
 
 
-#: The error stored on a job that kept dying under its consumer (the queue gives it up).
-GIVE_UP_TEXT = "This photo failed several times and was given up."
+#: What the chat of a job that kept dying under its consumer is told, and its stored error
+#: (the queue gives such a job up; ``bot.texts.given_up`` returns this).
+GIVE_UP_TEXT = "😞 I tried several times but couldn't make this clip. Please try again later."
 
 ACTIVE = frozenset({Status.QUEUED, Status.RUNNING, Status.SENDING})
 TERMINAL = frozenset({Status.DONE, Status.FAILED, Status.CANCELLED, Status.EXPIRED})
@@ -56,6 +58,17 @@ class JobOptions:
     duration: int | None = None  # Veo seconds (4/6/8); None = backend default
     custom_elements: tuple[str, ...] = ()
     motion: int | None = None  # explicit motion bucket (More/Less motion buttons)
+
+    @property
+    def engine_duration(self) -> int | None:
+        """The length to ask of the engine: the duration is a Veo choice, and a local
+        engine makes its own length (it would refuse Veo's 4/6/8 s)."""
+        return None if self.backend.local else self.duration
+
+    def on(self, backend: Backend) -> JobOptions:
+        """These options made by ``backend`` (a local one drops the Veo duration)."""
+        moved = dataclasses.replace(self, backend=backend)
+        return dataclasses.replace(moved, duration=moved.engine_duration)
 
 
 def options_to_json(options: JobOptions) -> str:
@@ -149,7 +162,6 @@ class Job:
     video_width: int | None = None
     video_height: int | None = None
     seed: int | None = None
-    extra: dict = field(default_factory=dict, compare=False)
 
     @property
     def active(self) -> bool:

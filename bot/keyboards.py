@@ -27,7 +27,7 @@ from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
 from bot import texts
 from bot.jobs import JobOptions
-from generator.options import VEO_DURATIONS, Backend, Intensity, PhotoType
+from generator.options import VEO_DURATIONS, Backend, Intensity, PhotoType, veo_seconds
 
 #: Telegram rejects callback_data longer than this many bytes (UTF-8).
 MAX_CALLBACK_BYTES = 64
@@ -289,7 +289,7 @@ def settings_keyboard(
     rows += [type_buttons[:3], type_buttons[3:]]
     # Local engines make their own length, so the row only appears where Veo may make it.
     if veo and not options.backend.local:
-        chosen = options.duration or 8
+        chosen = veo_seconds(options.duration)
         rows.append(
             [
                 _button(

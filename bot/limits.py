@@ -6,14 +6,13 @@ A limit of 0 is off. Days and months are UTC.
 from __future__ import annotations
 
 import calendar
-import dataclasses
 import time
 from dataclasses import dataclass
 
 from bot import texts
 from bot.config import Settings
 from bot.jobs import JobOptions, JobQueue
-from generator.options import Backend
+from generator.options import Backend, veo_seconds
 
 DAY = 86400.0
 #: A stranger is told the bot is private at most once in this many seconds.
@@ -37,8 +36,7 @@ def veo_cost(settings: Settings, options: JobOptions) -> float | None:
         return None
     from generator.veo import veo_cost as cost
 
-    seconds = options.duration or 8
-    return cost(seconds, settings.generator.veo.model, settings.generator.veo)
+    return cost(veo_seconds(options.duration), settings.generator.veo.model, settings.generator.veo)
 
 
 @dataclass(frozen=True)
@@ -98,8 +96,7 @@ def check_limits(
         return options, None
     if options.backend is Backend.VEO:
         raise Refused(texts.veo_budget_refused(reason))
-    svd = dataclasses.replace(options, backend=Backend.SVD, duration=None)
-    return svd, texts.veo_budget_fallback(reason)
+    return options.on(Backend.SVD), texts.veo_budget_fallback(reason)
 
 
 def veo_allowance(

@@ -18,7 +18,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import statistics
 from collections.abc import Iterable, Mapping
@@ -117,7 +116,6 @@ def job_from_row(row: Mapping[str, Any]) -> Job:
     values["status"] = status
     values["options"] = options_from_json(row["options"])
     values["used_backend"] = Backend(row["used_backend"]) if row["used_backend"] else None
-    values["extra"] = json.loads(row["extra"] or "{}")
     return Job(**values)
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import unicodedata
 
-from bot.jobs import Job, JobOptions, Stats, Status
+from bot.jobs import GIVE_UP_TEXT, Job, JobOptions, Stats, Status
 from generator.clip import Stage
-from generator.options import Backend, Intensity, PhotoType, motion_band
+from generator.errors import InvalidImage
+from generator.options import Backend, Intensity, PhotoType, motion_band, veo_seconds
 
 # --- user text echoed back ---
 
@@ -138,9 +139,8 @@ def settings_card(
         name = ENGINE_LONG.get(local, "SVD")
         lines.append(f"Engine: local ({name}), a clip of about {svd_seconds:.1f} s")
     else:
-        seconds = options.duration or 8
         engine = "Veo" if options.backend is Backend.VEO else "Auto (Veo, else local)"
-        lines.append(f"Engine: {engine}, {seconds} s")
+        lines.append(f"Engine: {engine}, {veo_seconds(options.duration)} s")
     if options.custom_elements:
         lines.append(f"Extra: {clean_text(' '.join(options.custom_elements))}")
     if note:
@@ -235,7 +235,7 @@ def engine_down(user_text: str) -> str:
 
 
 def given_up() -> str:
-    return "😞 I tried several times but couldn't make this clip. Please try again later."
+    return GIVE_UP_TEXT
 
 
 def expired() -> str:
@@ -254,7 +254,7 @@ def cancel_requested() -> str:
 
 
 def not_an_image() -> str:
-    return "That file isn't a photo I can use. Please send a JPEG or PNG image."
+    return InvalidImage.user_text
 
 
 def too_large(limit_bytes: int) -> str:

@@ -33,7 +33,7 @@ from bot import delivery, texts
 from bot.config import Settings
 from bot.delivery import DeliveryFailed
 from bot.gpu import GenerationRunner, VeoBudget, WorkerCrashed, WorkerLost
-from bot.jobs import GIVE_UP_TEXT, Charge, Job, JobQueue, Outcome, Status, can_retry
+from bot.jobs import Charge, Job, JobQueue, Outcome, Status, can_retry
 from bot.keyboards import result_keyboard
 from bot.limits import veo_allowance_for
 from bot.statuscard import StatusCards
@@ -64,8 +64,7 @@ def request_for(job: Job) -> Request:
         backend=options.backend,
         photo_type=options.photo_type,
         intensity=options.intensity,
-        # The duration choice is Veo's (4/6/8 s); local engines make their own length.
-        duration=None if options.backend.local else options.duration,
+        duration=options.engine_duration,
         motion=options.motion,
         custom_elements=options.custom_elements,
     )
@@ -317,10 +316,10 @@ class Worker:
         except ModelUnavailable as exc:
             # Not the photo's fault nor the user's choice: the operator has to act.
             log.error("! %s: the engine is down: %s", job.info(), exc)
-            await self._fail(job, exc.user_text, told=texts.engine_down(exc.user_text))
+            await self._fail(job, texts.engine_down(exc.user_text))
         except GeneratorError as exc:
             log.info("! %s: %s: %s", job.info(), type(exc).__name__, exc)
-            await self._fail(job, exc.user_text)
+            await self._fail(job, texts.failed(exc.user_text))
         except asyncio.CancelledError:
             # stop() gave up on the runner: the job goes back, not counted against the user.
             await asyncio.shield(
@@ -330,7 +329,7 @@ class Worker:
             raise
         except Exception:
             log.exception("! %s: unexpected error", job.info())
-            await self._fail(job, GeneratorError.user_text)
+            await self._fail(job, texts.failed(GeneratorError.user_text))
         else:
             await self._deliver(job, clip)
         finally:
@@ -403,29 +402,25 @@ class Worker:
         if charge is Charge.CRASH:
             # The engine died under this photo every time: "will be retried" is no longer true.
             log.warning("! %s crashed the GPU process too often; giving up", job.info())
-            await self._fail(job, GIVE_UP_TEXT, charge=charge, told=texts.given_up())
+            await self._fail(job, texts.given_up(), charge=charge)
             return
-        await self._fail(job, exc.user_text, charge=charge)
+        log.info("! %s: %s: %s", job.info(), type(exc).__name__, exc)
+        await self._fail(job, texts.failed(exc.user_text), charge=charge)
 
-    async def _fail(
-        self,
-        job: Job,
-        user_text: str,
-        *,
-        charge: Charge = Charge.NONE,
-        told: str | None = None,
-    ) -> None:
+    async def _fail(self, job: Job, told: str, *, charge: Charge = Charge.NONE) -> None:
+        """Record the job failed and tell its chat ``told``. The row stores that same text, so
+        it says what the user read; the technical detail goes to the log before this."""
         done = await asyncio.shield(
             self.queue.finish(
                 job.id,
-                Outcome(Status.FAILED, error=user_text),
+                Outcome(Status.FAILED, error=told),
                 now=self.clock(),
                 charge=charge,
                 worker_id=self.worker_id,
             )
         )
         log.info("← %s failed", done.info())
-        await self.cards.tell(done, told or texts.failed(user_text))
+        await self.cards.tell(done, told)
 
     async def _deliver(self, job: Job, clip: Clip) -> None:
         video = clip.video
@@ -492,17 +487,19 @@ class Worker:
                     )
                 )
         except DeliveryFailed as exc:
+            # Stored even when the user blocked the bot and cannot read it; why is in the log.
+            told = texts.failed(texts.delivery_failed())
             done = await asyncio.shield(
                 self.queue.finish(
                     job.id,
-                    Outcome(Status.FAILED, error=exc.reason),
+                    Outcome(Status.FAILED, error=told),
                     now=self.clock(),
                     worker_id=job.worker_id,
                 )
             )
             log.info("← %s not delivered: %s", done.info(), exc.reason)
             if exc.reason != delivery.USER_BLOCKED:
-                await self.cards.tell(done, texts.failed(texts.delivery_failed()))
+                await self.cards.tell(done, told)
             return
         log.info("← %s delivered", done.info())
         # Telegram keeps the clip (/history resends it by file id): free the disk.

@@ -35,7 +35,14 @@ from generator.errors import (
     InvalidRequest,
     TransientError,
 )
-from generator.options import Backend, Intensity, PhotoType, Profile, Request
+from generator.options import (
+    VEO_DEFAULT_SECONDS,
+    Backend,
+    Intensity,
+    PhotoType,
+    Profile,
+    Request,
+)
 
 if TYPE_CHECKING:
     from generator.clip import Clip
@@ -97,8 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--duration",
         type=float,
         default=None,
-        help="seconds; Veo: 4, 6 or 8 (default 8); LTX-Video: about 2 to 10 (default 5, "
-        "8k+1 frames at 24 fps); Wan 2.2: about 2 to 5 (default 5, 4k+1 frames at 24 fps); "
+        help=f"seconds; Veo: 4, 6 or 8 (default {VEO_DEFAULT_SECONDS}); "
+        "LTX-Video: about 2 to 10 (default 5, 8k+1 frames at 24 fps); "
+        "Wan 2.2: about 2 to 5 (default 5, 4k+1 frames at 24 fps); "
         "SVD makes frames/fps seconds. The exact length is "
         "printed before any work",
     )

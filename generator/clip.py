@@ -82,7 +82,6 @@ class Clip:
     fallback_reason: str | None = None
     cost_usd: float = 0.0
     seconds: float = 0.0
-    veo_operation: str | None = None
 
     @property
     def path(self) -> Path:

@@ -268,7 +268,6 @@ class VeoSettings:
     use_vertex: bool = False
     project: str = ""
     location: str = "us-central1"
-    resolution: str = choice("720p", "720p", "1080p")
     negative_prompt: str = "blurry, distorted faces, extra limbs, text, watermark, low quality"
     person_generation: str = choice("allow_adult", "allow_adult", "allow_all", "dont_allow")
     poll_interval_s: float = number(10.0, 0.0, 3600.0, above=0.0)

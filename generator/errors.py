@@ -46,7 +46,8 @@ class InvalidRequest(GeneratorError, ValueError):
 class InvalidImage(GeneratorError):
     """The input is not a usable image."""
 
-    user_text = "I couldn't read that as a photo. Please send a JPEG or PNG image."
+    # Also the bot's answer to a file that is not an image at all (bot.texts.not_an_image).
+    user_text = "That file isn't a photo I can read. Please send a JPEG, PNG or WebP image."
 
 
 class BackendUnavailable(GeneratorError):

@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 #: A photo whose long side is within this factor of its short side is treated as square.
 SQUARE_TOLERANCE = 1.05
 
-_NOT_AN_IMAGE = "That file isn't a picture I can read. Please send a JPEG, PNG or WebP photo."
 _EMPTY = "That file is empty. Please send the photo again."
 _DAMAGED = "That photo seems damaged or incomplete. Please send it again."
 _NOT_FOUND = "I couldn't find that photo file."
@@ -132,7 +131,7 @@ def _open(data: bytes, settings: ImageSettings) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
-        raise InvalidImage("not a recognised image format", user_text=_NOT_AN_IMAGE) from exc
+        raise InvalidImage("not a recognised image format") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _too_many_pixels(settings.max_pixels) from exc
     except Exception as exc:  # a header so broken Pillow fails while parsing it
@@ -235,7 +234,7 @@ def _read(source: Path | bytes, max_bytes: int) -> bytes:
         except FileNotFoundError as exc:
             raise InvalidImage(f"{source}: no such file", user_text=_NOT_FOUND) from exc
         except IsADirectoryError as exc:
-            raise InvalidImage(f"{source}: is a directory", user_text=_NOT_AN_IMAGE) from exc
+            raise InvalidImage(f"{source}: is a directory") from exc
     if not data:
         raise InvalidImage("the file is empty", user_text=_EMPTY)
     if len(data) > max_bytes:
@@ -284,7 +283,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     try:
         return image.convert("RGB")
     except ValueError as exc:  # e.g. LAB without a profile: nothing sensible to show
-        raise InvalidImage(f"unsupported image mode {mode}", user_text=_NOT_AN_IMAGE) from exc
+        raise InvalidImage(f"unsupported image mode {mode}") from exc
 
 
 def _icc_to_srgb(image: Image.Image) -> Image.Image | None:

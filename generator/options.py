@@ -88,6 +88,8 @@ INTENSITY_MOTION: dict[Intensity, int] = {
 
 #: Clip lengths Veo 3.1 accepts, in seconds. 1080p needs 8.
 VEO_DURATIONS: tuple[int, ...] = (4, 6, 8)
+#: The length asked of Veo when nobody chose one.
+VEO_DEFAULT_SECONDS = 8
 VEO_RESOLUTIONS: tuple[str, ...] = ("720p", "1080p")
 MAX_CUSTOM_ELEMENTS_CHARS = 300
 
@@ -158,8 +160,17 @@ class Request:
         return motion_band(self.motion_bucket()).name
 
     def veo_duration(self) -> int:
-        """Seconds asked of Veo (8 when unspecified)."""
-        return int(self.duration) if self.duration is not None else 8
+        """Seconds asked of Veo (``VEO_DEFAULT_SECONDS`` when unspecified)."""
+        return veo_seconds(self.duration)
+
+
+def veo_seconds(duration: float | None) -> int:
+    """Seconds asked of Veo for a chosen ``duration``; ``None`` means Veo's default.
+
+    >>> veo_seconds(None), veo_seconds(4)
+    (8, 4)
+    """
+    return int(duration) if duration is not None else VEO_DEFAULT_SECONDS
 
 
 def svd_duration(frames: int, fps: int) -> float:

@@ -475,7 +475,6 @@ class Generator:
             seed=request.seed,
             cost_usd=result.cost_usd,
             seconds=self.clock() - started,
-            veo_operation=result.operation,
         )
 
     def _make_resident(self, backend: Backend, request: Request) -> None:

@@ -63,7 +63,6 @@ def test_a_config_that_works_passes(tmp_path: Path, capsys) -> None:
         ("veo.timeout_s", -5.0),
         ("veo.price_per_second_usd", -0.4),
         ("veo.person_generation", "everyone"),
-        ("veo.resolution", "4k"),
         ("veo.model", ""),
         ("veo.base_url", "generativelanguage.googleapis.com"),
         ("auto.breaker_failures", 0),

@@ -16,19 +16,21 @@ from typing import Any
 
 import pytest
 
+from bot import texts
 from bot.app import build_app
 from bot.config import AccessSettings, LimitSettings, Settings, TelegramSettings
-from bot.context import BotData
 from bot.eta import estimate_wait, running_remaining
-from bot.handlers import check_access, result_options, shift_motion
+from bot.handlers.access import check_access
+from bot.handlers.results import result_options, shift_motion
 from bot.jobs import JobOptions, Outcome, Status
 from bot.keyboards import result_keyboard
 from bot.limits import Refused, Usage, check_limits
 from bot.queue import SqlQueue
 from bot.store import Card, Flag, Store
 from generator.config import VeoCredentials
+from generator.errors import InvalidImage
 from generator.options import Backend, Intensity
-from tests.support.fake_botapi import TOKEN, FakeBotApi, FakeUser
+from tests.support.fake_botapi import TOKEN, BotMessage, FakeBotApi, FakeUser
 from tests.support.images import bomb_png_bytes, photo_bytes
 
 NOW = 1_780_000_000.0
@@ -95,6 +97,10 @@ class Bot:
             return None
 
         return (await self.fake.wait_for(card, what="settings card")).message_id
+
+    async def reply(self, user: FakeUser, command: str) -> BotMessage:
+        """Send ``command``; return the bot's answer to it (its next message in the chat)."""
+        return await self.fake.wait_for_reply(user.id, self.fake.send_command(user, command))
 
     async def ticked(self, user: FakeUser, message_id: int, label: str) -> None:
         """Wait until the card shows ``label`` (with its tick) on a button."""
@@ -251,13 +257,14 @@ async def test_stale_or_unknown_buttons_get_an_alert(bot: Bot) -> None:
 
 async def test_non_image_document_gets_a_friendly_message(bot: Bot) -> None:
     bot.fake.send_document(ANN, b"%PDF-1.4 ...", file_name="cv.pdf", mime_type="application/pdf")
-    message = await bot.fake.wait_for_text(ANN.id, "isn't a photo")
+    # The same sentence the generator gives for a file it cannot read (one text, not three).
+    message = await bot.fake.wait_for_text(ANN.id, InvalidImage.user_text)
     assert message.buttons == []
 
 
 async def test_a_jpg_that_is_not_an_image_is_refused_kindly(bot: Bot) -> None:
     bot.fake.send_document(ANN, b"this is not a jpeg at all", file_name="cat.jpg")
-    await bot.fake.wait_for_text(ANN.id, "isn't a photo")
+    await bot.fake.wait_for_text(ANN.id, InvalidImage.user_text)
     photos = bot.settings.photos_dir
     assert not photos.exists() or not any(photos.iterdir())
 
@@ -484,6 +491,18 @@ async def test_allow_persists_and_lets_the_user_in(bot: Bot) -> None:
     await bot.fake.wait_for_text(ANN.id, "private bot")
 
 
+@pytest.mark.parametrize(
+    "command", ["/stats", "/pause", "/resume", f"/allow {STRANGER.id}", f"/deny {BOB.id}"]
+)
+async def test_every_admin_command_refuses_a_user_and_changes_nothing(
+    bot: Bot, command: str
+) -> None:
+    assert (await bot.reply(ANN, command)).content == texts.not_admin()
+    assert not bot.worker.paused
+    assert await bot.store.allowed_override(STRANGER.id) is None
+    assert await bot.store.allowed_override(BOB.id) is None
+
+
 async def test_admin_pause_resume_and_stats(bot: Bot) -> None:
     bot.fake.send_command(ADMIN, "/pause")
     await bot.fake.wait_for_text(ADMIN.id, "Paused")
@@ -499,20 +518,19 @@ async def test_admin_pause_resume_and_stats(bot: Bot) -> None:
 
 
 async def test_history_queue_and_settings_commands(bot: Bot) -> None:
-    bot.fake.send_command(ANN, "/history")
-    await bot.fake.wait_for_text(ANN.id, "haven't animated anything")
+    # Each command's own answer is checked (the first message after it), not any message that
+    # happens to contain the words: /queue's answer names the job too.
+    assert "haven't animated anything" in (await bot.reply(ANN, "/history")).content
 
     card_id = await bot.card_for(ANN)
     bot.fake.press_button(ANN, card_id, "Animate")
     await bot.fake.wait_for_text(ANN.id, "queue")
     (job,) = await SqlQueue(bot.store.db).history(ANN.id)
 
-    bot.fake.send_command(ANN, "/queue")
-    await bot.fake.wait_for_text(ANN.id, f"#{job.id}: number 1 in the queue")
-    bot.fake.send_command(ANN, "/history")
-    await bot.fake.wait_for_text(ANN.id, f"#{job.id}")
-    bot.fake.send_command(ANN, "/settings")
-    await bot.fake.wait_for_text(ANN.id, "Your defaults")
+    assert f"#{job.id}: number 1 in the queue" in (await bot.reply(ANN, "/queue")).content
+    history = (await bot.reply(ANN, "/history")).content
+    assert history.startswith("Your last clips:") and f"#{job.id} " in history
+    assert "Your defaults" in (await bot.reply(ANN, "/settings")).content
 
 
 # --- decisions -----------------------------------------------------------------------------
@@ -603,11 +621,6 @@ def test_other_engine_moves_between_local_engines_when_veo_is_not_set_up() -> No
     assert result_options(ltx, "other", Backend.LTX, True, offered).backend is Backend.VEO
     veo = JobOptions(backend=Backend.VEO, duration=6)
     assert result_options(veo, "other", Backend.VEO, True, offered).backend is Backend.LTX
-
-
-def test_bot_data_is_typed() -> None:
-    fields = {f.name for f in dataclasses.fields(BotData)}
-    assert {"settings", "store", "queue", "consumers", "cards", "clock"} <= fields
 
 
 def test_eta_counts_the_jobs_ahead_and_the_running_one() -> None:

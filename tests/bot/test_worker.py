@@ -21,7 +21,6 @@ from telegram import Bot
 from bot import texts
 from bot.config import LimitSettings, Settings, WorkerSettings
 from bot.consumers import Workers, build_workers
-from bot.delivery import USER_BLOCKED
 from bot.gpu import InlineRunner, ProcessRunner, WorkerCrashed, WorkerLost
 from bot.jobs import Job, JobOptions, NewJob, Outcome, Status
 from bot.queue import SqlQueue
@@ -214,7 +213,8 @@ async def test_failure_tells_the_user_and_the_row_says_failed(world: World, gene
     shown = await world.fake.wait_for_text(ANN.id, friendly)
     assert shown.message_id == job.status_message_id
     assert shown.content == texts.failed(friendly)
-    assert done.status is Status.FAILED and done.error == friendly
+    # The row stores what the user read, not the exception's technical message.
+    assert done.status is Status.FAILED and done.error == shown.content
     assert world.fake.videos() == []
 
 
@@ -357,7 +357,7 @@ async def test_user_who_blocked_the_bot_does_not_stop_the_next_users_clip(world:
     await world.fake.wait_for_video(BOB.id, timeout=120)
     assert (await world.finished(other)).status is Status.DONE
     gone = await world.finished(blocked)
-    assert gone.status is Status.FAILED and gone.error == USER_BLOCKED
+    assert gone.status is Status.FAILED and gone.error == texts.failed(texts.delivery_failed())
     assert world.fake.videos(ANN.id) == []
 
 
@@ -378,8 +378,8 @@ async def test_veo_refused_beyond_the_users_daily_budget(world: World, generator
     await world.start_worker(InlineRunner(generator), world.settings(veo_user_daily_usd=1.0))
 
     refused = await world.finished(veo_only)
-    assert refused.status is Status.FAILED and refused.error == BudgetExceeded.user_text
-    await world.fake.wait_for_text(ANN.id, BudgetExceeded.user_text)
+    told = await world.fake.wait_for_text(ANN.id, BudgetExceeded.user_text)
+    assert refused.status is Status.FAILED and refused.error == told.content
     video = await world.fake.wait_for_video(BOB.id, timeout=60)  # auto: made locally instead
     assert "Veo budget is used up" in (video.caption or "")
     assert (await world.finished(auto)).used_backend is Backend.SVD

@@ -33,7 +33,8 @@ def test_values_are_typed():
         ({"svd": {"steps": 0}}, "svd.steps: must be 1-200"),
         ({"svd": {"profile": "turbo"}}, "svd.profile: must be one of auto, fast, low-vram"),
         ({"image": {"landscape_size": [100, 50]}}, "image.landscape_size: width and height"),
-        ({"veo": {"resolution": "4k"}}, "veo.resolution"),
+        # Not read by anything (the CLI has --resolution): refused, not silently ignored.
+        ({"veo": {"resolution": "1080p"}}, "veo.resolution: unknown key"),
         ({"veo": {"use_vertex": "yes"}}, "veo.use_vertex: expected true or false"),
         ({"encode": "fast"}, "encode: expected a table"),
     ],

@@ -228,7 +228,7 @@ def test_truncated_upload_is_called_damaged(truncated_jpeg: Path) -> None:
 
 
 def test_text_file_named_jpg_is_not_an_image(text_as_jpg: Path) -> None:
-    assert "isn't a picture" in refusal(text_as_jpg)
+    assert "isn't a photo" in refusal(text_as_jpg)
 
 
 def test_empty_file_is_called_empty(empty_jpg: Path) -> None:

@@ -4,6 +4,9 @@ Point the bot at it with ``ApplicationBuilder().token(TOKEN).base_url(fake.base_
 .base_file_url(fake.base_file_url)``; act as the user with ``send_text``, ``send_command``,
 ``send_photo``, ``send_document`` and ``press``; assert on what the user would see with
 ``messages``, ``videos``, ``alerts`` and ``calls``; wait with ``await fake.wait_for_...``.
+It serves the methods this bot calls and nothing else: a new one answers 404 "method not
+found", so a test shows what to add here. Messages are plain text (any ``parse_mode`` is
+refused), as the bot sends them.
 
 The server speaks the wire format PTB's ``HTTPXRequest`` sends (form-encoded or multipart
 bodies whose non-string values are JSON) and answers with the Bot API envelope
@@ -24,7 +27,6 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from html.parser import HTMLParser
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
@@ -51,7 +53,6 @@ __all__ = [
     "UploadedFile",
     "WebhookDelivery",
     "fake_botapi",
-    "visible_text",
 ]
 
 TOKEN = "123456:TEST-token"
@@ -70,58 +71,15 @@ T = TypeVar("T")
 
 # How PTB encodes values: strings as-is, everything else JSON-dumped into the form field.
 _JSON_FIELDS = frozenset(
-    {
-        "reply_markup",
-        "reply_parameters",
-        "entities",
-        "caption_entities",
-        "allowed_updates",
-        "commands",
-        "scope",
-        "link_preview_options",
-        "media",
-    }
+    "reply_markup reply_parameters entities caption_entities allowed_updates commands "
+    "link_preview_options".split()
 )
 _INT_FIELDS = frozenset(
-    {
-        "chat_id",
-        "message_id",
-        "offset",
-        "limit",
-        "timeout",
-        "width",
-        "height",
-        "duration",
-        "cache_time",
-        "user_id",
-        "message_thread_id",
-        "reply_to_message_id",
-    }
+    "chat_id message_id offset limit timeout width height duration cache_time".split()
 )
 _BOOL_FIELDS = frozenset(
-    {
-        "show_alert",
-        "supports_streaming",
-        "disable_notification",
-        "protect_content",
-        "drop_pending_updates",
-        "has_spoiler",
-        "disable_content_type_detection",
-        "show_caption_above_media",
-        "allow_sending_without_reply",
-    }
-)
-# Methods a bot may call at startup or in settings whose effect tests never look at.
-_NO_OPS = frozenset(
-    {
-        "close",
-        "logout",
-        "setmydescription",
-        "setmyshortdescription",
-        "setmyname",
-        "setchatmenubutton",
-        "setmydefaultadministratorrights",
-    }
+    "show_alert supports_streaming disable_notification protect_content "
+    "drop_pending_updates disable_content_type_detection allow_sending_without_reply".split()
 )
 
 NOT_MODIFIED = (
@@ -138,22 +96,17 @@ class FakeUser:
 
     id: int
     first_name: str = "Ann"
-    username: str | None = None
-    language_code: str | None = "en"
 
     def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"id": self.id, "is_bot": False, "first_name": self.first_name}
-        if self.username:
-            data["username"] = self.username
-        if self.language_code:
-            data["language_code"] = self.language_code
-        return data
+        return {
+            "id": self.id,
+            "is_bot": False,
+            "first_name": self.first_name,
+            "language_code": "en",
+        }
 
     def chat_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"id": self.id, "type": "private", "first_name": self.first_name}
-        if self.username:
-            data["username"] = self.username
-        return data
+        return {"id": self.id, "type": "private", "first_name": self.first_name}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,10 +137,6 @@ class Call:
     def ok(self) -> bool:
         return self.status == HTTPStatus.OK
 
-    @property
-    def chat_id(self) -> Any:
-        return self.params.get("chat_id")
-
     def summary(self) -> str:
         shown = {
             k: (v if len(repr(v)) < 80 else repr(v)[:77] + "...") for k, v in self.params.items()
@@ -203,11 +152,10 @@ class BotMessage:
 
     chat_id: int
     message_id: int
-    kind: str  # "text", "video", "photo" or "document"
+    kind: str  # "text" or "video"
     date: int
     text: str | None = None
     caption: str | None = None
-    parse_mode: str | None = None
     reply_markup: dict[str, Any] | None = None
     reply_to_message_id: int | None = None
     file_id: str | None = None
@@ -221,11 +169,6 @@ class BotMessage:
     def content(self) -> str:
         """Text or caption, whichever the message has."""
         return self.text if self.text is not None else (self.caption or "")
-
-    @property
-    def plain(self) -> str:
-        """Text or caption as the user sees it: HTML/MarkdownV2 markup removed."""
-        return visible_text(self.content, self.parse_mode)
 
     @property
     def buttons(self) -> list[list[tuple[str, str | None]]]:
@@ -252,7 +195,6 @@ class SentVideo:
     data: bytes
     thumbnail: bytes | None
     caption: str | None
-    parse_mode: str | None
     width: int | None
     height: int | None
     duration: int | None
@@ -271,7 +213,6 @@ class Alert:
     user_id: int | None
     text: str | None
     show_alert: bool
-    url: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -347,130 +288,23 @@ def _bad(description: str) -> ApiError:
 
 
 def _decode_value(name: str, value: Any) -> Any:
-    """Undo PTB's form encoding for the fields whose type we rely on."""
-    if not isinstance(value, str):
-        return value
-    try:
-        if name in _JSON_FIELDS or name in _BOOL_FIELDS:
-            return json.loads(value)
-        if name in _INT_FIELDS:
-            return int(value) if value.lstrip("-").isdigit() else float(value)
-    except ValueError:
-        # e.g. chat_id="@channel": keep the string, as Telegram accepts it.
-        return value
+    """Undo PTB's form encoding for the fields whose type we rely on (ValueError if malformed)."""
+    if name in _JSON_FIELDS or name in _BOOL_FIELDS:
+        return json.loads(value)
+    if name in _INT_FIELDS:
+        return int(value) if value.lstrip("-").isdigit() else float(value)
     return value
 
 
-_HTML_TAGS = frozenset(
-    {
-        "b",
-        "strong",
-        "i",
-        "em",
-        "u",
-        "ins",
-        "s",
-        "strike",
-        "del",
-        "span",
-        "tg-spoiler",
-        "a",
-        "tg-emoji",
-        "code",
-        "pre",
-        "blockquote",
-    }
-)
-# MarkdownV2 characters that must be escaped wherever they are not markup.
-_MDV2_RESERVED = frozenset(".!-=+#{}()>")
-_MDV2_MARKERS = frozenset("*_~|")
-
-
-class _HtmlEntities(HTMLParser):
-    """Telegram's HTML subset: known tags only, properly nested; collects the visible text."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.open: list[str] = []
-        self.visible: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag not in _HTML_TAGS:
-            raise _entities(f'Unsupported start tag "{tag}"')
-        self.open.append(tag)
-
-    def handle_endtag(self, tag: str) -> None:
-        if not self.open or self.open[-1] != tag:
-            raise _entities(f'Unmatched end tag "{tag}"')
-        self.open.pop()
-
-    def handle_data(self, data: str) -> None:
-        self.visible.append(data)
-
-
-def _entities(problem: str) -> ApiError:
-    return _bad(f"can't parse entities: {problem}")
-
-
-def _markdown_v2_visible(text: str) -> str:
-    """Check the MarkdownV2 escaping rules bots most often break; return the visible text."""
-    visible: list[str] = []
-    in_code = in_url = False
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if ch == "\\":
-            if i + 1 == len(text):
-                raise _entities("Can't find end of the entity: trailing backslash")
-            visible.append(text[i + 1])
-            i += 2
-            continue
-        if in_code:
-            if ch == "`":
-                in_code = False
-            else:
-                visible.append(ch)
-        elif in_url:
-            # Inside (...) of a link only ")" and "\\" are special; the URL is not shown.
-            in_url = ch != ")"
-        elif ch == "`":
-            in_code = True
-        elif ch == "]":
-            if text[i + 1 : i + 2] == "(":
-                in_url = True
-                i += 1
-        elif ch == ">" and (i == 0 or text[i - 1] == "\n"):
-            pass  # a block quote
-        elif ch in _MDV2_RESERVED:
-            raise _entities(
-                f"Character '{ch}' is reserved and must be escaped with the preceding '\\'"
-            )
-        elif ch not in _MDV2_MARKERS and ch != "[":
-            visible.append(ch)
-        i += 1
-    if in_code or in_url:
-        raise _entities("Can't find end of the entity")
-    return "".join(visible)
-
-
-def visible_text(text: str, parse_mode: str | None) -> str:
-    """What the user sees of ``text`` sent with ``parse_mode``; ApiError (400 "can't parse
-    entities") where Telegram would refuse it. Legacy Markdown is passed through unchecked."""
-    if parse_mode is None:
-        return text
-    mode = parse_mode.lower()
-    if mode == "html":
-        parser = _HtmlEntities()
-        parser.feed(text)
-        parser.close()
-        if parser.open:
-            raise _entities(f'Can\'t find end tag corresponding to start tag "{parser.open[-1]}"')
-        return "".join(parser.visible)
-    if mode == "markdownv2":
-        return _markdown_v2_visible(text)
-    if mode == "markdown":
-        return text
-    raise _bad(f"unsupported parse_mode {parse_mode!r}")
+def _plain(params: dict[str, Any], field: str, limit: int) -> str | None:
+    """The text in ``field``, refused as Telegram would when over ``limit`` characters. The bot
+    sends plain text; a ``parse_mode`` is refused here rather than half-checked."""
+    if params.get("parse_mode"):
+        raise _bad(f"this fake takes plain text only, not parse_mode {params['parse_mode']!r}")
+    text = params.get(field)
+    if text is not None and len(text) > limit:
+        raise _bad(f"message {field} is too long")
+    return text
 
 
 def _parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, str], dict[str, Any]]:
@@ -504,12 +338,9 @@ def _parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, str], di
 
 
 def _image_size(data: bytes) -> tuple[int, int]:
-    """Width and height of an image; (0, 0) for bytes that are not one (tests may send any)."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return image.size
-    except OSError:
-        return 0, 0
+    """Width and height of an image (the bot's thumbnails are JPEGs)."""
+    with Image.open(io.BytesIO(data)) as image:
+        return image.size
 
 
 def _check_round_trip(data: dict[str, Any]) -> None:
@@ -930,14 +761,25 @@ class FakeBotApi:
         ``substring``; return the newest such message."""
 
         def find() -> BotMessage | None:
-            hits = [
-                m
-                for m in self.messages(chat_id).values()
-                if substring in m.content or substring in m.plain
-            ]
+            hits = [m for m in self.messages(chat_id).values() if substring in m.content]
             return hits[-1] if hits else None
 
         return await self.wait_for(find, timeout, what=f"{substring!r} in chat {chat_id}")
+
+    async def wait_for_reply(
+        self,
+        chat_id: int,
+        after: Pushed,
+        timeout: float = 10.0,  # noqa: ASYNC109
+    ) -> BotMessage:
+        """Wait for the bot's first message in the chat after the user's message ``after``
+        (the answer to it, whatever it says) and return it as it looks now."""
+
+        def find() -> BotMessage | None:
+            later = [m for mid, m in self.messages(chat_id).items() if mid > after.message_id]
+            return min(later, key=lambda m: m.message_id) if later else None
+
+        return await self.wait_for(find, timeout, what=f"a reply to message {after.message_id}")
 
     # ------------------------------------------------------------------ failure injection
 
@@ -1060,8 +902,6 @@ class FakeBotApi:
         if content_type.startswith("multipart/form-data"):
             fields, files = _parse_multipart(content_type, body)
             raw.update(fields)
-        elif content_type.startswith("application/json") and body:
-            raw.update(json.loads(body))
         elif body:
             raw.update(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
         return {k: _decode_value(k, v) for k, v in raw.items()}, files
@@ -1149,8 +989,6 @@ class FakeBotApi:
             for name in dir(self)
             if name.startswith("_m_")
         }
-        for name in _NO_OPS:
-            methods.setdefault(name, self._m_noop)
         return methods
 
     # ------------------------------------------------------------------ state helpers
@@ -1241,8 +1079,6 @@ class FakeBotApi:
         user = self._users.get(chat_id)
         if user is not None:
             return user.chat_dict()
-        if chat_id < 0:
-            return {"id": chat_id, "type": "group", "title": "Group"}
         # A chat the test never wrote from: still deliverable, as for a user known from the DB.
         return {"id": chat_id, "type": "private", "first_name": "User"}
 
@@ -1278,13 +1114,10 @@ class FakeBotApi:
         return chat_id
 
     def _reply_to(self, chat_id: int, params: dict[str, Any]) -> int | None:
-        reply = params.get("reply_parameters")
-        if isinstance(reply, dict):
-            message_id = reply.get("message_id")
-            allow = reply.get("allow_sending_without_reply", False)
-        else:
-            message_id = params.get("reply_to_message_id")
-            allow = params.get("allow_sending_without_reply", False)
+        # PTB sends replies as reply_parameters (reply_to_message_id is deprecated).
+        reply = params.get("reply_parameters") or {}
+        message_id = reply.get("message_id")
+        allow = reply.get("allow_sending_without_reply", False)
         if message_id is None:
             return None
         if message_id not in self._existing.get(chat_id, set()):
@@ -1306,12 +1139,6 @@ class FakeBotApi:
                     raise _bad("BUTTON_DATA_INVALID")
         return markup
 
-    @staticmethod
-    def _check_caption(caption: Any, parse_mode: str | None) -> str | None:
-        if caption is not None and len(visible_text(caption, parse_mode)) > 1024:
-            raise _bad("message caption is too long")
-        return caption
-
     def _store_bot_message(self, chat_id: int, params: dict[str, Any], **fields: Any) -> BotMessage:
         reply_to = self._reply_to(chat_id, params)
         markup = self._check_markup(params.get("reply_markup"))
@@ -1319,7 +1146,6 @@ class FakeBotApi:
             chat_id=chat_id,
             message_id=self._new_message_id(chat_id),
             date=int(self._clock()),
-            parse_mode=params.get("parse_mode"),
             reply_markup=markup,
             reply_to_message_id=reply_to,
             **fields,
@@ -1330,25 +1156,18 @@ class FakeBotApi:
     def _upload(
         self, params: dict[str, Any], files: dict[str, UploadedFile], field: str
     ) -> UploadedFile | _StoredFile | None:
-        """The file in ``field``: an upload (direct or attach://name) or an earlier file_id."""
+        """The file in ``field``: an upload or an earlier file_id."""
         if field in files:
             return files[field]
         value = params.get(field)
         if value is None:
             return None
-        if isinstance(value, str) and value.startswith("attach://"):
-            attached = files.get(value.removeprefix("attach://"))
-            if attached is None:
-                raise _bad(f"file {value} not found in the request")
-            return attached
         stored = self._files.get(str(value))
         if stored is None:
             raise _bad("wrong file identifier/HTTP URL specified")
         return stored
 
     def _editable(self, params: dict[str, Any]) -> BotMessage:
-        if params.get("inline_message_id"):
-            raise _bad("inline messages are not supported by this fake")
         chat_id = self._chat_id(params)
         message = self._messages.get(chat_id, {}).get(params.get("message_id"))  # type: ignore[arg-type]
         if message is None or message.deleted:
@@ -1387,12 +1206,9 @@ class FakeBotApi:
             # created after this call are dropped (queued ones are still delivered).
             if params.get("allowed_updates") is not None:
                 self._allowed_updates = frozenset(params["allowed_updates"])
-            # An offset confirms (and forgets) every earlier update; a negative one keeps the
-            # last -offset updates, as documented for getUpdates.
+            # An offset confirms (and forgets) every earlier update.
             if offset > 0:
                 self._pending = [u for u in self._pending if u["update_id"] >= offset]
-            elif offset < 0:
-                self._pending = self._pending[offset:]
             self._polling += 1
             # Tell waiters a long poll is parked, so a test can push "while the bot waits".
             self._notify()
@@ -1408,20 +1224,16 @@ class FakeBotApi:
 
     def _m_deleteWebhook(self, params: dict[str, Any], files: dict[str, UploadedFile]) -> Any:
         with self._lock:
-            if params.get("drop_pending_updates"):
-                self._pending.clear()
             self._webhook = None
         return True
 
     def _m_setWebhook(self, params: dict[str, Any], files: dict[str, UploadedFile]) -> Any:
         """Webhook mode: pending and new updates are POSTed to ``url`` with the secret header,
         as Telegram does, by a delivery thread (retrying until the bot answers 200)."""
-        url = params.get("url") or ""
+        url = params.get("url")
         if not url:
-            return self._m_deleteWebhook(params, files)
+            raise _bad("bad webhook: an HTTPS URL must be provided for webhook")
         with self._cond:
-            if params.get("drop_pending_updates"):
-                self._pending.clear()
             self._webhook = (url, params.get("secret_token") or "")
             if self._webhook_thread is None:
                 self._webhook_thread = threading.Thread(target=self._deliver_webhooks, daemon=True)
@@ -1476,23 +1288,9 @@ class FakeBotApi:
                     # Telegram retries later; a short pause keeps a down bot from a busy loop.
                     self._cond.wait(0.2)
 
-    def _m_getWebhookInfo(self, params: dict[str, Any], files: dict[str, UploadedFile]) -> Any:
-        return {"url": "", "has_custom_certificate": False, "pending_update_count": 0}
-
     def _m_setMyCommands(self, params: dict[str, Any], files: dict[str, UploadedFile]) -> Any:
         with self._lock:
             self._commands = list(params.get("commands") or [])
-        return True
-
-    def _m_getMyCommands(self, params: dict[str, Any], files: dict[str, UploadedFile]) -> Any:
-        return self.commands
-
-    def _m_deleteMyCommands(self, params: dict[str, Any], files: dict[str, UploadedFile]) -> Any:
-        with self._lock:
-            self._commands = []
-        return True
-
-    def _m_noop(self, params: dict[str, Any], files: dict[str, UploadedFile]) -> Any:
         return True
 
     def _m_sendChatAction(self, params: dict[str, Any], files: dict[str, UploadedFile]) -> Any:
@@ -1503,42 +1301,24 @@ class FakeBotApi:
 
     def _m_sendMessage(self, params: dict[str, Any], files: dict[str, UploadedFile]) -> Any:
         chat_id = self._chat_id(params)
-        text = params.get("text")
+        text = _plain(params, "text", 4096)
         if not text:
             raise _bad("message text is empty")
-        # Telegram counts the text left after parsing entities.
-        if len(visible_text(text, params.get("parse_mode"))) > 4096:
-            raise _bad("message is too long")
         with self._lock:
             message = self._store_bot_message(chat_id, params, kind="text", text=text)
             return self._message_dict(message)
 
     def _m_editMessageText(self, params: dict[str, Any], files: dict[str, UploadedFile]) -> Any:
-        text = params.get("text")
+        text = _plain(params, "text", 4096)
         if not text:
             raise _bad("message text is empty")
-        if len(visible_text(text, params.get("parse_mode"))) > 4096:
-            raise _bad("message is too long")
         with self._lock:
             message = self._editable(params)
             if message.text is None:
                 raise _bad("there is no text in the message to edit")
             # Like Telegram, an edit without reply_markup removes the inline keyboard.
             markup = self._check_markup(params.get("reply_markup"))
-            return self._apply_edit(
-                message, text=text, reply_markup=markup, parse_mode=params.get("parse_mode")
-            )
-
-    def _m_editMessageCaption(self, params: dict[str, Any], files: dict[str, UploadedFile]) -> Any:
-        with self._lock:
-            message = self._editable(params)
-            if message.kind == "text":
-                raise _bad("there is no caption in the message to edit")
-            markup = self._check_markup(params.get("reply_markup"))
-            caption = self._check_caption(params.get("caption"), params.get("parse_mode"))
-            return self._apply_edit(
-                message, caption=caption, reply_markup=markup, parse_mode=params.get("parse_mode")
-            )
+            return self._apply_edit(message, text=text, reply_markup=markup)
 
     def _m_editMessageReplyMarkup(
         self, params: dict[str, Any], files: dict[str, UploadedFile]
@@ -1569,7 +1349,6 @@ class FakeBotApi:
                     user_id=self._callbacks[query_id],
                     text=params.get("text"),
                     show_alert=bool(params.get("show_alert")),
-                    url=params.get("url"),
                 )
             )
             return True
@@ -1600,7 +1379,7 @@ class FakeBotApi:
         source = self._upload(params, files, "video")
         if source is None:
             raise _bad("there is no video in the request")
-        caption = self._check_caption(params.get("caption"), params.get("parse_mode"))
+        caption = _plain(params, "caption", 1024)
         thumb = self._upload(params, files, "thumbnail")
         with self._lock:
             if isinstance(source, UploadedFile):
@@ -1647,7 +1426,6 @@ class FakeBotApi:
                     data=stored.data,
                     thumbnail=thumb.data if thumb is not None else None,
                     caption=caption,
-                    parse_mode=params.get("parse_mode"),
                     width=params.get("width"),
                     height=params.get("height"),
                     duration=params.get("duration"),
@@ -1657,65 +1435,6 @@ class FakeBotApi:
                     file_name=file_name,
                     resent=not isinstance(source, UploadedFile),
                 )
-            )
-            return self._message_dict(message)
-
-    def _m_sendPhoto(self, params: dict[str, Any], files: dict[str, UploadedFile]) -> Any:
-        chat_id = self._chat_id(params)
-        source = self._upload(params, files, "photo")
-        if source is None:
-            raise _bad("there is no photo in the request")
-        caption = self._check_caption(params.get("caption"), params.get("parse_mode"))
-        with self._lock:
-            if isinstance(source, UploadedFile):
-                sizes = self._photo_sizes(source.data)
-            else:
-                sizes = [
-                    {
-                        "file_id": source.file_id,
-                        "file_unique_id": source.file_unique_id,
-                        "width": 0,
-                        "height": 0,
-                        "file_size": source.file_size,
-                    }
-                ]
-            message = self._store_bot_message(
-                chat_id,
-                params,
-                kind="photo",
-                caption=caption,
-                file_id=sizes[-1]["file_id"],
-                media={"photo": sizes},
-            )
-            return self._message_dict(message)
-
-    def _m_sendDocument(self, params: dict[str, Any], files: dict[str, UploadedFile]) -> Any:
-        chat_id = self._chat_id(params)
-        source = self._upload(params, files, "document")
-        if source is None:
-            raise _bad("there is no document in the request")
-        caption = self._check_caption(params.get("caption"), params.get("parse_mode"))
-        with self._lock:
-            if isinstance(source, UploadedFile):
-                name = source.filename or "file.bin"
-                stored = self._store_file(source.data, "documents", name.rpartition(".")[2])
-                mime = source.content_type or "application/octet-stream"
-            else:
-                stored, name, mime = source, "file.bin", "application/octet-stream"
-            document = {
-                "file_id": stored.file_id,
-                "file_unique_id": stored.file_unique_id,
-                "file_name": name,
-                "mime_type": mime,
-                "file_size": stored.file_size,
-            }
-            message = self._store_bot_message(
-                chat_id,
-                params,
-                kind="document",
-                caption=caption,
-                file_id=stored.file_id,
-                media={"document": document},
             )
             return self._message_dict(message)
 
