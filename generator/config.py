@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import logging
 import os
 import re
 import types
@@ -23,6 +24,9 @@ from typing import Any, TypeVar
 from generator.options import Profile
 
 T = TypeVar("T")
+
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -416,6 +420,16 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported setting type {annotation!r}")  # a bug of ours
 
 
+#: Keys older configs may hold that nothing reads any more: warned about and skipped, where an
+#: unknown key is refused (a typo must not be ignored; a retired key must not stop a service).
+RETIRED_KEYS = {
+    "veo.resolution": (
+        "one resolution cannot hold for the bot's 4, 6 and 8 s clips (Veo's 1080p takes 8 s "
+        "only); the command line has --resolution per run"
+    ),
+}
+
+
 def load_section(cls: type[T], data: Any, name: str) -> T:
     """Build dataclass ``cls`` from the TOML table ``data``, rejecting unknown keys."""
     if data is None:
@@ -424,6 +438,12 @@ def load_section(cls: type[T], data: Any, name: str) -> T:
         raise ConfigError(f"{name}: expected a table, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for key in [k for k in data if f"{name}.{k}" in RETIRED_KEYS]:
+        # An upgrade must not stop a running service over a key it no longer reads.
+        log.warning(
+            "%s.%s is no longer read: %s; remove it", name, key, RETIRED_KEYS[f"{name}.{key}"]
+        )
+        data = {k: v for k, v in data.items() if k != key}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"{name}.{unknown[0]}: unknown key (known: {', '.join(sorted(fields))})")

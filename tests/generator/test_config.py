@@ -33,8 +33,6 @@ def test_values_are_typed():
         ({"svd": {"steps": 0}}, "svd.steps: must be 1-200"),
         ({"svd": {"profile": "turbo"}}, "svd.profile: must be one of auto, fast, low-vram"),
         ({"image": {"landscape_size": [100, 50]}}, "image.landscape_size: width and height"),
-        # Not read by anything (the CLI has --resolution): refused, not silently ignored.
-        ({"veo": {"resolution": "1080p"}}, "veo.resolution: unknown key"),
         ({"veo": {"use_vertex": "yes"}}, "veo.use_vertex: expected true or false"),
         ({"encode": "fast"}, "encode: expected a table"),
     ],
@@ -51,3 +49,13 @@ def test_veo_credentials_come_from_the_environment_and_stay_out_of_repr():
     assert not veo_credentials(VeoSettings(), {}).configured
     vertex = veo_credentials(VeoSettings(use_vertex=True, project="p"), {})
     assert vertex.configured and vertex.api_key is None
+
+
+def test_a_retired_key_is_skipped_with_a_warning_not_refused(caplog):
+    # An upgrade must not stop a service whose config still sets [veo] resolution.
+    with caplog.at_level("WARNING", logger="generator.config"):
+        settings = load_generator_settings({"veo": {"resolution": "1080p", "use_vertex": False}})
+    assert settings.veo.use_vertex is False
+    assert "veo.resolution is no longer read" in caplog.text
+    with pytest.raises(ConfigError, match=r"veo\.resolutoin: unknown key"):
+        load_generator_settings({"veo": {"resolutoin": "1080p"}})  # a typo is still refused
