@@ -234,6 +234,21 @@ async def test_a_result_press_handled_twice_queues_one_job(app, fake_botapi):
 # --- taps under load ----------------------------------------------------------------------
 
 
+async def settings_cards(fake: FakeBotApi, store: Store, users: list[FakeUser]) -> dict[int, int]:
+    """One settings card per user, sent by a plain Bot: each user's card message id."""
+    cards: dict[int, int] = {}
+    async with Bot(TOKEN, base_url=fake.base_url) as plain:
+        for user in users:
+            card = await plain.send_message(
+                user.id, "card", reply_markup=settings_keyboard(JobOptions())
+            )
+            await store.save_card(
+                Card(user.id, card.message_id, user.id, 1, "/gone.jpg", JobOptions(), 0.0)
+            )
+            cards[user.id] = card.message_id
+    return cards
+
+
 async def test_taps_are_answered_while_card_edits_wait_for_telegrams_rate_limit(
     fake_botapi, tmp_path
 ):
@@ -248,16 +263,7 @@ async def test_taps_are_answered_while_card_edits_wait_for_telegrams_rate_limit(
     limiter = ReplyFirstRateLimiter(overall_max_rate=1, overall_time_period=3600)
     app = build_app(settings, store, RecordingWorker(store), rate_limiter=limiter)
     app.bot_data.editor.flush_grace_s = 0.0  # the budget never comes back in this test
-    cards: dict[int, int] = {}
-    async with Bot(TOKEN, base_url=fake.base_url) as plain:
-        for user in users:
-            card = await plain.send_message(
-                user.id, "card", reply_markup=settings_keyboard(JobOptions())
-            )
-            await store.save_card(
-                Card(user.id, card.message_id, user.id, 1, "/gone.jpg", JobOptions(), 0.0)
-            )
-            cards[user.id] = card.message_id
+    cards = await settings_cards(fake, store, users)
     stop = asyncio.Event()
     running = asyncio.create_task(serve(app, settings.telegram, stop))
     try:
@@ -294,16 +300,7 @@ async def test_a_burst_of_taps_is_fetched_without_polling_after_every_finished_h
     )
     store = await Store.open(settings.db_path)
     app = build_app(settings, store, RecordingWorker(store), rate_limiter=False)
-    cards: dict[int, int] = {}
-    async with Bot(TOKEN, base_url=fake.base_url) as plain:
-        for user in users:
-            card = await plain.send_message(
-                user.id, "card", reply_markup=settings_keyboard(JobOptions())
-            )
-            await store.save_card(
-                Card(user.id, card.message_id, user.id, 1, "/gone.jpg", JobOptions(), 0.0)
-            )
-            cards[user.id] = card.message_id
+    cards = await settings_cards(fake, store, users)
     stop = asyncio.Event()
     running = asyncio.create_task(serve(app, settings.telegram, stop))
     try:

@@ -20,6 +20,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _two_ranks(target, model_dir: Path, photo: Path, tmp_path: Path) -> tuple[np.ndarray, int]:
+    """Run ``target`` as ranks 0 and 1 in two spawned processes: rank 0's frames and how many
+    calls rank 1 served."""
+    context = multiprocessing.get_context("spawn")
+    port = _free_port()
+    outs = [tmp_path / "frames.npy", tmp_path / "served.txt"]
+    procs = [
+        context.Process(target=target, args=(r, port, str(model_dir), str(photo), str(outs[r])))
+        for r in (0, 1)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    return np.load(outs[0]), int(outs[1].read_text())
+
+
 def _animate(model_dir: Path, photo: Path) -> np.ndarray:
     """The tiny SVD pipeline's frames for ``photo``, seeded, as the engine would ask."""
     from diffusers import StableVideoDiffusionPipeline
@@ -81,21 +99,8 @@ def test_two_processes_sharing_the_guidance_batch_make_the_frames_one_process_ma
     torch.set_num_threads(1)
     alone = _animate(tiny_svd_dir, photo)
 
-    context = multiprocessing.get_context("spawn")
-    port = _free_port()
-    outs = [tmp_path / "frames.npy", tmp_path / "served.txt"]
-    procs = [
-        context.Process(target=_rank, args=(r, port, str(tiny_svd_dir), str(photo), str(outs[r])))
-        for r in (0, 1)
-    ]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-    assert [p.exitcode for p in procs] == [0, 0]
-
-    split = np.load(outs[0])
-    assert int(outs[1].read_text()) == STEPS  # the peer ran half of every step's batch
+    split, served = _two_ranks(_rank, tiny_svd_dir, photo, tmp_path)
+    assert served == STEPS  # the peer ran half of every step's batch
     assert split.shape == alone.shape == (FRAMES, SIZE, SIZE, 3)
     error = np.linalg.norm(split - alone) / np.linalg.norm(alone)
     assert error < 1e-5, f"relative error {error:.2e}"
@@ -162,23 +167,8 @@ def test_wan_conditional_and_unconditional_passes_on_two_processes_make_the_same
     torch.set_num_threads(1)
     alone = _animate_wan(tiny_wan_dir, photo)
 
-    context = multiprocessing.get_context("spawn")
-    port = _free_port()
-    outs = [tmp_path / "frames.npy", tmp_path / "served.txt"]
-    procs = [
-        context.Process(
-            target=_wan_rank, args=(r, port, str(tiny_wan_dir), str(photo), str(outs[r]))
-        )
-        for r in (0, 1)
-    ]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-    assert [p.exitcode for p in procs] == [0, 0]
-
-    paired = np.load(outs[0])
-    assert int(outs[1].read_text()) == STEPS  # the peer made every unconditional pass
+    paired, served = _two_ranks(_wan_rank, tiny_wan_dir, photo, tmp_path)
+    assert served == STEPS  # the peer made every unconditional pass
     assert paired.shape == alone.shape
     error = np.linalg.norm(paired - alone) / np.linalg.norm(alone)
     assert error < 1e-5, f"relative error {error:.2e}"
