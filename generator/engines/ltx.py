@@ -20,27 +20,22 @@ torch and diffusers are imported when a model loads, not with this module, so
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 from generator import hub
-from generator.clip import CancelFn, Progress, ProgressFn
+from generator.clip import CancelFn, ProgressFn
 from generator.config import LtxSettings
-from generator.engines import EngineSpec, Frames, choose_profile
+from generator.engines import EngineSpec, Frames
 from generator.engines.device import (
     device_type,
-    free_device_memory,
-    is_oom,
-    report,
     step_end_callback,
 )
 from generator.engines.pipeline import PipelineEngine
-from generator.errors import BackendUnavailable, InvalidRequest, OutOfMemory
+from generator.errors import BackendUnavailable, InvalidRequest
 from generator.options import Backend, Profile, Request
-from generator.prompt import build_ltx_prompt
 
 if TYPE_CHECKING:
     import PIL.Image
@@ -204,7 +199,6 @@ class LtxEngine(PipelineEngine):
             OutOfMemory: the GPU ran out; the low-vram profile may work.
             Cancelled: ``cancel`` said so; the pipeline stays usable.
         """
-        import torch
 
         s = self.settings
         # 1. Check inputs before any loading or GPU work.
@@ -220,26 +214,10 @@ class LtxEngine(PipelineEngine):
             timesteps = None  # another step count: the pipeline's own schedule for it
 
         # 2. Load (once per process) and place the weights for the chosen profile.
-        if not self._is_loaded_for(request.model, request.device):
-            started = self._clock()
-            report(progress, Progress("loading", backend=Backend.LTX))
-            self.load(request.model, request.device)
-            log.info("LTX-Video model loaded in %.1f s", self._clock() - started)
-        chosen = choose_profile(
-            request.profile or s.profile, self._free_vram(), s.low_vram_threshold_gib
-        )
-        try:
-            self._apply_profile(chosen)
-        except Exception as exc:
-            self._profile = None
-            self._raise_failed(exc, chosen)
+        chosen = self._prepare(request, progress)
 
-        # 3. Prompt and seed: a CPU generator gives the same noise for a seed on every device.
-        prompt = build_ltx_prompt(
-            request.photo_type, request.motion_words(), request.custom_elements
-        )
-        seed = secrets.randbits(63) if request.seed is None else request.seed
-        generator = torch.Generator(device="cpu").manual_seed(seed)
+        # 3. Prompt and seed.
+        prompt, seed, generator = self._prompt_and_seed(request)
         log.info(
             "LTX-Video: %dx%d, %s, %d steps, seed %d, profile %s",
             width,
@@ -264,22 +242,10 @@ class LtxEngine(PipelineEngine):
         )
         return Frames(frames=frames, fps=plan.fps, seed=seed, profile=chosen, steps=steps)
 
-    def _apply_profile(self, profile: Profile) -> None:
-        """Place the weights for ``profile``; leaving a placed profile reloads the files
-        (offload hooks are not undone in place)."""
+    def _place(self, profile: Profile) -> None:
         from generator.engines import ltx_speed
 
-        if profile is self._profile:
-            return
-        if self._profile is not None:
-            model, device = self._model, self._device
-            self.unload()
-            self.load(model, device)
-        if self._device is None:
-            raise RuntimeError("LTX-Video is not loaded")
         ltx_speed.apply_profile(self._pipe, profile, device=self._device)
-        log.info("LTX-Video profile %s on %s", profile, self._device)
-        self._profile = profile
 
     def _run(
         self,
@@ -340,12 +306,3 @@ class LtxEngine(PipelineEngine):
                 return list(ltx_speed.frames_to_uint8(video))
         except Exception as exc:
             self._raise_failed(exc, self._profile)
-
-    def _raise_failed(self, exc: Exception, profile: Profile | None) -> NoReturn:
-        """Leave the pipeline ready for the next call, then raise: out-of-memory as ours."""
-        if self._pipe is not None:
-            self._pipe.maybe_free_model_hooks()
-        free_device_memory()
-        if is_oom(exc):
-            raise OutOfMemory(f"{self._device} ran out of memory in profile {profile}") from exc
-        raise exc

@@ -1,17 +1,22 @@
 """What the LTX-Video and Wan engines share: one diffusers pipeline per process, its device,
-whether it is loaded for a request, its memory, and unloading."""
+whether it is loaded for a request, placing it for a memory profile, the prompt and seed of a
+clip, its memory, unloading, and leaving it usable after a failure."""
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
-from generator.engines import Engine, EngineSpec
-from generator.engines.device import device_type, free_device_memory
-from generator.options import Profile
+from generator.clip import Progress, ProgressFn
+from generator.engines import Engine, EngineSpec, choose_profile
+from generator.engines.device import device_type, free_device_memory, is_oom, report
+from generator.errors import OutOfMemory
+from generator.options import Profile, Request
+from generator.prompt import build_ltx_prompt
 
 log = logging.getLogger(__name__)
 
@@ -108,3 +113,64 @@ class PipelineEngine(Engine):
         free, _total = torch.cuda.mem_get_info(self._device)
         # Memory our own pipeline already holds is ours to use, not "taken".
         return free + torch.cuda.memory_reserved(self._device)
+
+    # --- what each clip does first (steps 2 and 3 of ``generate``) ---
+
+    def _prepare(self, request: Request, progress: ProgressFn | None) -> Profile:
+        """Load (once per process) and place the weights for the chosen profile."""
+        s = self.settings
+        if not self._is_loaded_for(request.model, request.device):
+            started = self._clock()
+            report(progress, Progress("loading", backend=self.spec.backend))
+            self.load(request.model, request.device)
+            log.info("%s model loaded in %.1f s", self.spec.title, self._clock() - started)
+        chosen = choose_profile(
+            request.profile or s.profile, self._free_vram(), s.low_vram_threshold_gib
+        )
+        try:
+            self._apply_profile(chosen)
+        except Exception as exc:
+            self._profile = None
+            self._raise_failed(exc, chosen)
+        return chosen
+
+    def _prompt_and_seed(self, request: Request) -> tuple[str, int, Any]:
+        """The clip's prompt (the shared builder's descriptive text: LTX-Video and Wan both
+        follow prompts that describe the footage), its seed, and a CPU generator seeded with
+        it (the same noise for a seed on every device)."""
+        import torch
+
+        prompt = build_ltx_prompt(
+            request.photo_type, request.motion_words(), request.custom_elements
+        )
+        seed = secrets.randbits(63) if request.seed is None else request.seed
+        return prompt, seed, torch.Generator(device="cpu").manual_seed(seed)
+
+    def _apply_profile(self, profile: Profile) -> None:
+        """Place the weights for ``profile``; leaving a placed profile reloads the files
+        (offload hooks are not undone in place)."""
+        if profile is self._profile:
+            return
+        if self._profile is not None:
+            model, device = self._model, self._device
+            self.unload()
+            self.load(model, device)
+        if self._device is None:
+            raise RuntimeError(f"place the {self.spec.title} pipeline after loading it")
+        self._place(profile)
+        log.info("%s profile %s on %s", self.spec.title, profile, self._device)
+        self._profile = profile
+
+    def _place(self, profile: Profile) -> None:
+        """Put the loaded pipeline's weights where ``profile`` wants them (the engine's own
+        speed module)."""
+        raise NotImplementedError
+
+    def _raise_failed(self, exc: Exception, profile: Profile | None) -> NoReturn:
+        """Leave the pipeline ready for the next call, then raise: out-of-memory as ours."""
+        if self._pipe is not None:
+            self._pipe.maybe_free_model_hooks()
+        free_device_memory()
+        if is_oom(exc):
+            raise OutOfMemory(f"{self._device} ran out of memory in profile {profile}") from exc
+        raise exc
