@@ -202,7 +202,6 @@ class WanEngine(PipelineEngine):
             OutOfMemory: the GPU ran out; the low-vram profile may work.
             Cancelled: ``cancel`` said so; the pipeline stays usable.
         """
-
         s = self.settings
         # 1. Check inputs before any loading or GPU work.
         plan = self.check(request)
