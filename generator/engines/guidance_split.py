@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.utils import _pytree as pytree  # torch's own tree helpers (torch.compile uses them)
 
 #: Rank of the process that runs the pipeline; the peer is rank 1.
 LEADER, PEER = 0, 1
@@ -58,43 +59,23 @@ def _split(value: Any, batch: int) -> tuple[Any, Any, list[torch.Tensor]]:
 
     Tensors of ``batch`` rows are halved; others (and all, when ``batch`` is -1) go whole.
     """
-    sent: list[torch.Tensor] = []
+    half = batch // 2
 
-    def walk(v: Any) -> tuple[Any, Any]:
-        if isinstance(v, torch.Tensor):
-            if batch > 0 and v.ndim and v.shape[0] == batch:
-                half = batch // 2
-                mine, theirs = v[:half], v[half:].contiguous()
-            else:  # a timestep or anything else both halves share
-                mine, theirs = v, v.contiguous()
-            sent.append(theirs)
-            return mine, _Slot(tuple(theirs.shape), theirs.dtype)
-        if isinstance(v, tuple | list):
-            pairs = [walk(x) for x in v]
-            return type(v)(p[0] for p in pairs), type(v)(p[1] for p in pairs)
-        if isinstance(v, dict):
-            pairs = {k: walk(x) for k, x in v.items()}
-            return {k: p[0] for k, p in pairs.items()}, {k: p[1] for k, p in pairs.items()}
-        return v, v
+    def halved(v: torch.Tensor) -> bool:
+        return batch > 0 and v.ndim > 0 and v.shape[0] == batch
 
-    kept, layout = walk(value)
-    return kept, layout, sent
+    kept = pytree.tree_map_only(torch.Tensor, lambda v: v[:half] if halved(v) else v, value)
+    theirs = pytree.tree_map_only(
+        torch.Tensor, lambda v: (v[half:] if halved(v) else v).contiguous(), value
+    )
+    layout = pytree.tree_map_only(torch.Tensor, lambda v: _Slot(tuple(v.shape), v.dtype), theirs)
+    return kept, layout, [v for v in pytree.tree_leaves(theirs) if isinstance(v, torch.Tensor)]
 
 
 def _fill(layout: Any, tensors: list[torch.Tensor]) -> Any:
     """Rebuild rank 1's arguments from the layout, taking tensors in order."""
     queue = iter(tensors)
-
-    def walk(v: Any) -> Any:
-        if isinstance(v, _Slot):
-            return next(queue)
-        if isinstance(v, tuple | list):
-            return type(v)(walk(x) for x in v)
-        if isinstance(v, dict):
-            return {k: walk(x) for k, x in v.items()}
-        return v
-
-    return walk(layout)
+    return pytree.tree_map_only(_Slot, lambda _slot: next(queue), layout)
 
 
 def _first_tensor(output: Any) -> torch.Tensor:
@@ -231,20 +212,7 @@ def _receiver(like: torch.Tensor) -> torch.Tensor:
 
 
 def _slots(layout: Any) -> list[_Slot]:
-    found: list[_Slot] = []
-
-    def walk(v: Any) -> None:
-        if isinstance(v, _Slot):
-            found.append(v)
-        elif isinstance(v, tuple | list):
-            for x in v:
-                walk(x)
-        elif isinstance(v, dict):
-            for x in v.values():
-                walk(x)
-
-    walk(layout)
-    return found
+    return [leaf for leaf in pytree.tree_leaves(layout) if isinstance(leaf, _Slot)]
 
 
 def _param_device(module: torch.nn.Module) -> torch.device:

@@ -34,7 +34,7 @@ from generator.engines.device import (
     step_end_callback,
 )
 from generator.engines.pipeline import PipelineEngine
-from generator.errors import BackendUnavailable, InvalidRequest
+from generator.errors import BackendUnavailable
 from generator.options import Backend, Profile, Request
 
 if TYPE_CHECKING:
@@ -203,10 +203,7 @@ class LtxEngine(PipelineEngine):
         # 1. Check inputs before any loading or GPU work.
         plan = self.check(request)
         width, height = photo.size
-        if width % SIZE_MULTIPLE or height % SIZE_MULTIPLE:
-            raise InvalidRequest(
-                f"LTX-Video needs sides divisible by {SIZE_MULTIPLE}, not {width}x{height}"
-            )
+        self._check_photo(photo)
         timesteps: list[float] | None = list(s.timesteps) or None
         steps = request.steps or (len(timesteps) if timesteps else s.steps)
         if timesteps and steps != len(timesteps):

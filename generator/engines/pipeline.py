@@ -4,6 +4,7 @@ clip, its memory, unloading, and leaving it usable after a failure."""
 
 from __future__ import annotations
 
+import abc
 import logging
 import os
 import secrets
@@ -14,7 +15,7 @@ from typing import Any, NoReturn
 from generator.clip import Progress, ProgressFn
 from generator.engines import Engine, EngineSpec, choose_profile
 from generator.engines.device import device_type, free_device_memory, is_oom, report
-from generator.errors import OutOfMemory
+from generator.errors import InvalidRequest, OutOfMemory
 from generator.options import Profile, Request
 from generator.prompt import build_ltx_prompt
 
@@ -114,7 +115,16 @@ class PipelineEngine(Engine):
         # Memory our own pipeline already holds is ours to use, not "taken".
         return free + torch.cuda.memory_reserved(self._device)
 
-    # --- what each clip does first (steps 2 and 3 of ``generate``) ---
+    # --- what each clip does first ---
+
+    def _check_photo(self, photo: Any) -> None:
+        """The photo's sides must be multiples of what the model takes (``spec.size_for``
+        chose them); nothing has run yet."""
+        width, height, multiple = photo.width, photo.height, self.spec.size_multiple
+        if width % multiple or height % multiple:
+            raise InvalidRequest(
+                f"{self.spec.title} needs sides divisible by {multiple}, not {width}x{height}"
+            )
 
     def _prepare(self, request: Request, progress: ProgressFn | None) -> Profile:
         """Load (once per process) and place the weights for the chosen profile."""
@@ -161,10 +171,10 @@ class PipelineEngine(Engine):
         log.info("%s profile %s on %s", self.spec.title, profile, self._device)
         self._profile = profile
 
+    @abc.abstractmethod
     def _place(self, profile: Profile) -> None:
         """Put the loaded pipeline's weights where ``profile`` wants them (the engine's own
         speed module)."""
-        raise NotImplementedError
 
     def _raise_failed(self, exc: Exception, profile: Profile | None) -> NoReturn:
         """Leave the pipeline ready for the next call, then raise: out-of-memory as ours."""

@@ -36,7 +36,7 @@ from generator.engines.device import (
     step_end_callback,
 )
 from generator.engines.pipeline import PipelineEngine
-from generator.errors import BackendUnavailable, InvalidRequest
+from generator.errors import BackendUnavailable
 from generator.options import Backend, Profile, Request
 
 if TYPE_CHECKING:
@@ -206,10 +206,7 @@ class WanEngine(PipelineEngine):
         # 1. Check inputs before any loading or GPU work.
         plan = self.check(request)
         width, height = photo.size
-        if width % SIZE_MULTIPLE or height % SIZE_MULTIPLE:
-            raise InvalidRequest(
-                f"Wan 2.2 needs sides divisible by {SIZE_MULTIPLE}, not {width}x{height}"
-            )
+        self._check_photo(photo)
         steps = request.steps or s.steps
 
         # 2. Load (once per process) and place the weights for the chosen profile.

@@ -36,6 +36,19 @@ _WORDS = (
 ).split()
 
 
+#: The tiny T5-family text encoder both LTX-Video (T5) and Wan (UMT5) tests use.
+TINY_TEXT_ENCODER = dict(
+    d_model=TEXT_DIM,
+    d_kv=8,
+    d_ff=37,
+    num_layers=1,
+    num_heads=4,
+    relative_attention_num_buckets=8,
+    pad_token_id=0,
+    eos_token_id=1,
+)
+
+
 def build_tokenizer() -> T5TokenizerFast:
     """A T5 tokenizer over a small Unigram vocabulary (whole words, then single letters)."""
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
@@ -87,19 +100,7 @@ def build_tiny_ltx(path: Path) -> Path:
     )
     torch.manual_seed(0)
     tokenizer = build_tokenizer()
-    text_encoder = T5EncoderModel(
-        T5Config(
-            vocab_size=len(tokenizer),
-            d_model=TEXT_DIM,
-            d_kv=8,
-            d_ff=37,
-            num_layers=1,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            pad_token_id=0,
-            eos_token_id=1,
-        )
-    )
+    text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), **TINY_TEXT_ENCODER))
     pipe = LTXConditionPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(),
         vae=vae,

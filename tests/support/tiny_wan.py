@@ -26,10 +26,11 @@ from transformers import UMT5Config, UMT5EncoderModel
 
 from generator.config import WanSettings
 from generator.options import Profile
-from tests.support.tiny_ltx import build_tokenizer
 
-#: Width of the text embedding; the transformer's text projection must match it.
-TEXT_DIM = 32
+# The text embedding's width (TEXT_DIM) is the shared tiny encoder's; the transformer's text
+# projection must match it.
+from tests.support.tiny_ltx import TEXT_DIM, TINY_TEXT_ENCODER, build_tokenizer
+
 #: Latent channels of the Wan 2.2 VAE (Wan 2.1's has 16).
 Z_DIM = 48
 
@@ -70,19 +71,7 @@ def build_tiny_wan(path: Path) -> Path:
     )
     torch.manual_seed(0)
     tokenizer = build_tokenizer()
-    text_encoder = UMT5EncoderModel(
-        UMT5Config(
-            vocab_size=len(tokenizer),
-            d_model=TEXT_DIM,
-            d_kv=8,
-            d_ff=37,
-            num_layers=1,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            pad_token_id=0,
-            eos_token_id=1,
-        )
-    )
+    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), **TINY_TEXT_ENCODER))
     pipe = WanPipeline(
         tokenizer=tokenizer,
         text_encoder=text_encoder,
