@@ -11,17 +11,25 @@ The fake Telegram runs in a process of its own (as the real one is not in the bo
 so its request parsing and checks do not take the bot's interpreter lock; ``--same-process``
 runs it in the bot's process instead, as earlier versions of this benchmark did.
 
+``--think S`` paces the users instead (what a chat sees): for ``--seconds``, each user taps,
+waits for the answer, looks at the card for a random 0.5 S to 1.5 S, and taps again. With 200
+users and S = 4 that is about 50 taps a second, each asking for a card edit, above Telegram's
+30 messages a second: edits queue, and the measure is whether taps wait behind them.
+
 Example::
 
-    .venv/bin/python -m bench.taps --users 200 --rounds 3
+    .venv/bin/python -m bench.taps --users 200 --rounds 3            # all at the same moment
+    .venv/bin/python -m bench.taps --users 200 --think 4 --seconds 30  # paced users
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import multiprocessing
+import random
 import statistics
 import sys
 import tempfile
@@ -77,6 +85,9 @@ class FakeInProcess:
     async def answers(self, ids: list[str]) -> tuple[dict[str, float], int, float]:
         return await _answers(self.fake, ids)
 
+    async def paced(self, plan: Paced) -> tuple[list[float], int, float]:
+        return await _paced(self.fake, plan)
+
 
 def _press(fake: FakeBotApi, taps: list[tuple[int, int, str]]) -> dict[str, float]:
     pressed: dict[str, float] = {}
@@ -106,6 +117,54 @@ async def _answers(fake: FakeBotApi, ids: list[str]) -> tuple[dict[str, float], 
     return got, len(edits), (len(edits) / span if span else 0.0)
 
 
+@dataclasses.dataclass(frozen=True)
+class Paced:
+    """Paced taps: each user's card and the button values to cycle through."""
+
+    cards: dict[int, int]
+    values: tuple[str, ...]
+    seconds: float
+    think_s: float
+    seed: int = 1
+
+
+async def _paced(fake: FakeBotApi, plan: Paced) -> tuple[list[float], int, float]:
+    """Run paced taps (see the module docstring): every answered tap's latency, the card
+    edits sent and their rate."""
+    rng = random.Random(plan.seed)
+    start = time.monotonic()
+    end = start + plan.seconds
+    # Users start spread over one think time, as people do, not all in the first instant.
+    due = {uid: start + rng.uniform(0, plan.think_s) for uid in plan.cards}
+    taps = dict.fromkeys(plan.cards, 0)
+    waiting: dict[str, tuple[int, float]] = {}
+    latencies: list[float] = []
+    seen = 0
+    while due or waiting:
+        now = time.monotonic()
+        for uid in [u for u, at in due.items() if at <= now]:
+            del due[uid]
+            value = plan.values[taps[uid] % len(plan.values)]
+            taps[uid] += 1
+            push = fake.press(FakeUser(uid, f"User{uid}"), plan.cards[uid], value, strict=False)
+            waiting[push.callback_query_id or ""] = (uid, time.monotonic())
+        new = fake.sent_since(seen)
+        seen += len(new)
+        for call in new:
+            if call.method != "answerCallbackQuery" or not call.ok:
+                continue
+            uid, pressed = waiting.pop(call.params["callback_query_id"])
+            latencies.append(call.at - pressed)
+            if call.at < end:
+                due[uid] = call.at + rng.uniform(0.5, 1.5) * plan.think_s
+        # The load generator's tick (it decides when users tap; latencies use the fake's own
+        # timestamps, so the tick does not enter them).
+        await asyncio.sleep(0.002)
+    edits = fake.calls("editMessageText")
+    span = edits[-1].at - edits[0].at if len(edits) > 1 else 0.0
+    return latencies, len(edits), (len(edits) / span if span else 0.0)
+
+
 def _fake_child(conn: Any) -> None:
     """Serve the loopback Bot API and obey the benchmark's commands until ``stop``."""
     with FakeBotApi() as fake:
@@ -121,6 +180,8 @@ def _fake_child(conn: Any) -> None:
                 conn.send(_press(fake, arg))
             elif command == "answers":
                 conn.send(asyncio.run(_answers(fake, arg)))
+            elif command == "paced":
+                conn.send(asyncio.run(_paced(fake, arg)))
 
 
 class FakeInOwnProcess:
@@ -151,6 +212,9 @@ class FakeInOwnProcess:
     async def answers(self, ids: list[str]) -> tuple[dict[str, float], int, float]:
         return await self._ask("answers", ids)
 
+    async def paced(self, plan: Paced) -> tuple[list[float], int, float]:
+        return await self._ask("paced", plan)
+
 
 async def make_cards(
     fake: FakeInProcess | FakeInOwnProcess, store: Store, users: list[FakeUser]
@@ -180,7 +244,13 @@ async def make_cards(
 
 
 async def measure(
-    n_users: int, rounds: int, data_dir: Path, *, same_process: bool = False
+    n_users: int,
+    rounds: int,
+    data_dir: Path,
+    *,
+    same_process: bool = False,
+    think_s: float = 0.0,
+    seconds: float = 30.0,
 ) -> list[float]:
     users = [FakeUser(10_000 + i, f"User{i}") for i in range(n_users)]
     with FakeInProcess() if same_process else FakeInOwnProcess() as fake:
@@ -203,6 +273,15 @@ async def measure(
         running = asyncio.create_task(serve(app, settings.telegram, stop))
         await fake.polling()
         latencies: list[float] = []
+        if think_s:
+            values = tuple(CardOption("i", i.value).pack() for i in ROUNDS)
+            latencies, edits, rate = await fake.paced(Paced(cards, values, seconds, think_s))
+            print(
+                f"paced: {len(latencies)} taps in {seconds:.0f} s "
+                f"({len(latencies) / seconds:.1f}/s); card edits {edits} ({rate:.1f}/s)",
+                flush=True,
+            )
+            rounds = 0
         for r in range(rounds):
             value = ROUNDS[r % len(ROUNDS)].value
             data = CardOption("i", value).pack()
@@ -225,11 +304,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--same-process", action="store_true", help="run the fake Telegram in the bot's process"
     )
+    parser.add_argument("--think", type=float, default=0.0, help="paced: seconds between taps")
+    parser.add_argument("--seconds", type=float, default=30.0, help="paced: how long")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         latencies = asyncio.run(
-            measure(args.users, args.rounds, Path(tmp), same_process=args.same_process)
+            measure(
+                args.users,
+                args.rounds,
+                Path(tmp),
+                same_process=args.same_process,
+                think_s=args.think,
+                seconds=args.seconds,
+            )
         )
     ms = [x * 1000 for x in latencies]
     print(

@@ -373,6 +373,10 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     # Keep-alive, like api.telegram.org, so httpx reuses its pooled connections.
     protocol_version = "HTTP/1.1"
+    # TCP_NODELAY, as Telegram's front ends do: the headers and the body go out in two
+    # writes, and with Nagle's algorithm on, the body waits for the client's delayed ACK
+    # (40 ms on Linux), which every long poll's answer then carried.
+    disable_nagle_algorithm = True
     server: _Server
 
     def do_POST(self) -> None:
