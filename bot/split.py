@@ -9,8 +9,11 @@ lent when nobody is waiting for it: the rule never makes a queued job wait longe
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from generator.engines import EngineSpec
+from generator.options import Backend
 
 
 class SplitMode(enum.StrEnum):
@@ -57,3 +60,32 @@ def choose_peer(
     if mode is SplitMode.OFF or not engine_splits or waiting > 0:
         return None
     return next((n for n, other in enumerate(others) if other.idle), None)
+
+
+def split_engine(
+    requested: Backend,
+    *,
+    veo_configured: bool,
+    auto_local: Backend | None,
+    specs: Mapping[Backend, EngineSpec],
+) -> Backend | None:
+    """The local engine a job for ``requested`` runs on, when that engine shares guidance
+    passes; ``None`` when it does not, or when Veo may make the clip (``auto`` with Veo).
+
+    >>> from generator.config import GeneratorSettings
+    >>> from generator.engines.catalog import engine_specs
+    >>> specs = engine_specs(GeneratorSettings())
+    >>> split_engine(Backend.SVD, veo_configured=True, auto_local=None, specs=specs)
+    <Backend.SVD: 'svd'>
+    >>> split_engine(Backend.LTX, veo_configured=False, auto_local=None, specs=specs) is None
+    True
+    """
+    if requested.local:
+        engine: Backend | None = requested
+    elif requested is Backend.AUTO and not veo_configured:
+        engine = auto_local
+    else:
+        engine = None
+    if engine is None or not specs[engine].splits_guidance:
+        return None
+    return engine

@@ -75,7 +75,9 @@ def wan_spec(settings: WanSettings) -> EngineSpec:
         steps=settings.steps,
         keep_aspect=True,
         size_multiple=SIZE_MULTIPLE,
-        splits_guidance=settings.guidance_scale > 1,  # guidance 1 runs one pass a step
+        # Guidance 1 runs one pass a step; the first-block cache decides on one process what
+        # both passes of a step skip, which a peer running the other pass cannot see.
+        splits_guidance=settings.guidance_scale > 1 and not settings.first_block_cache,
     )
 
 
