@@ -145,3 +145,48 @@ def test_an_engine_without_guidance_refuses_to_share_a_clip(tiny_svd_dir: Path) 
         engine.generate(_photo(Backend.SVD), _request(Backend.SVD), pairing=pairing)
     with pytest.raises(InvalidRequest):
         engine.serve_peer(_request(Backend.SVD), pairing.as_peer())
+
+
+def _peer_dying_at_the_first_call(port: int) -> None:
+    """A peer that joins, hears the leader's first shared call, and dies."""
+    import datetime
+    import os
+
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=PEER,
+        world_size=2,
+        timeout=datetime.timedelta(seconds=JOIN_S),
+    )
+    dist.broadcast_object_list([None], src=LEADER)
+    os._exit(3)
+
+
+def test_a_peer_dying_half_way_costs_the_clip_nothing_the_router_makes_it_alone(
+    tiny_svd_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("WARNING", logger="generator.router")
+    photo = tmp_path / "photo.png"
+    _photo(Backend.SVD).save(photo)
+    generator = Generator(_settings(Backend.SVD, tiny_svd_dir), total_vram=lambda: None)
+    port = _free_port()
+    peer = multiprocessing.get_context("spawn").Process(
+        target=_peer_dying_at_the_first_call, args=(port,)
+    )
+    peer.start()
+    try:
+        pairing = Pairing(LEADER, port, Backend.SVD, timeout_s=JOIN_S)
+        request = Request(image=photo, backend=Backend.SVD, seed=7)
+        clip = asyncio.run(generator.generate(request, tmp_path / "clip.mp4", pairing=pairing))
+    finally:
+        peer.join(timeout=JOIN_S)
+        if peer.is_alive():
+            peer.kill()
+
+    assert peer.exitcode == 3  # it joined and took the first call before it died
+    assert clip.backend is Backend.SVD
+    assert clip.video.path.stat().st_size > 0
+    assert "making the clip on one GPU" in caplog.text
