@@ -923,3 +923,39 @@ async def test_a_peer_that_dies_costs_the_job_nothing_it_is_made_on_one_gpu(worl
     assert len(decode(video.data, world.tmp_path)) == 2
     assert "gpu1 could not serve as a peer: WorkerCrashed" in caplog.text
     assert not workers.workers[1].lent
+
+
+def cancel_gated_child_generator(settings: GeneratorSettings):
+    """Runs in a GPU process: the real generator, whose step 1 holds until its owner
+    cancels (``should_cancel`` is the child's cancel flag, a ``threading.Event``)."""
+    inner = plain_child_generator(settings)
+
+    class HeldAtStep1:
+        async def generate(self, request, out_path, *, on_progress, should_cancel, **kw):
+            def progress(event):
+                on_progress(event)
+                if event.stage == "denoising" and event.step == 1:
+                    should_cancel.__self__.wait(120)
+
+            return await inner.generate(
+                request, out_path, on_progress=progress, should_cancel=should_cancel, **kw
+            )
+
+        async def serve_peer(self, request, pairing):
+            return await inner.serve_peer(request, pairing)
+
+    return HeldAtStep1()
+
+
+async def test_a_shared_clip_cancelled_by_its_owner_gives_the_peer_back(world: World, caplog):
+    caplog.set_level(logging.INFO, logger="bot.worker")
+    workers, job = await split_world(world, cancel_gated_child_generator, timeout_s=120)
+
+    await world.fake.wait_for_text(ANN.id, "step 1/2", timeout=180)
+    assert await SqlQueue(world.store.db).cancel(job.id, ANN.id, now=world.clock()) is not None
+    assert await workers.cancel(job.id)
+    done = await world.finished(job)
+
+    assert done.status is Status.CANCELLED
+    assert "gpu1 served 1 guidance passes" in caplog.text  # stopped with its leader
+    assert not workers.workers[1].lent
