@@ -6,6 +6,8 @@ process boundary everything is a frozen dataclass (``RunJob``, ``Started``, ``Re
 ``Finished``, ``Failed``...): the request, a ``VeoBudget`` (dollars allowed, not a callback),
 progress events, the clip, and errors as an ``ErrorReport`` (an ``ErrorKind``, the user's
 text, detail, and what was billed). The out-of-memory retry is the router's, not ours.
+A ``ProcessRunner`` can also lend its GPU to another's clip: ``serve_peer`` (``ServePeer``)
+runs the second guidance passes of a clip whose ``RunJob`` names the same ``Pairing``.
 
 Example::
 

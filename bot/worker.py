@@ -1,6 +1,8 @@
 """One GPU consumer's job lifecycle: a ``Worker`` claims queued jobs one at a time, runs them
 on its own runner (its own GPU process), records the outcome and delivers the clip. The
-group of consumers the handlers see is ``bot.consumers.Workers``.
+group of consumers the handlers see is ``bot.consumers.Workers``; it lends an idle consumer
+to a clip that may run on two GPUs (``bot.split``), which then serves that clip (``serve``)
+instead of claiming jobs until the clip ends.
 
 The job row is the truth: every transition is written (under ``asyncio.shield``) before the
 user is told, so a crash at any point leaves a row that ``start`` knows how to pick up
