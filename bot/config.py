@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from bot.split import SplitMode
 from generator.config import (
     ConfigError,
     GeneratorSettings,
@@ -140,6 +141,12 @@ class GpuSettings:
     # CUDA device indices (as CUDA_VISIBLE_DEVICES names them); empty: every visible CUDA
     # device, or one consumer on a machine without CUDA (CPU, Apple MPS)
     devices: tuple[str, ...] = ()
+    # "auto": one clip shares its guidance passes with an idle GPU of this process when no
+    # other job waits (bot.split); "off": one clip per GPU
+    split: str = choice(SplitMode.AUTO.value, *(mode.value for mode in SplitMode))
+    # How long one GPU of a shared clip waits for the other (to join, and each exchange)
+    # before the clip goes on alone
+    split_timeout_s: float = number(300.0, 1.0, 3600.0)
 
     def validate(self, name: str) -> None:
         for n, device in enumerate(self.devices):
@@ -405,7 +412,8 @@ def summary(settings: Settings) -> str:
         f"Veo ${lim.veo_user_daily_usd:.2f}/user/day, ${lim.veo_month_usd:.2f}/month",
         f"worker: {'GPU process' if w.gpu_process else 'inline'}, grace {w.shutdown_grace_s:g} s, "
         f"{w.max_attempts} attempts",
-        f"gpu: devices {', '.join(settings.gpu.devices) or 'every visible CUDA device'}",
+        f"gpu: devices {', '.join(settings.gpu.devices) or 'every visible CUDA device'}, "
+        f"split {settings.gpu.split}",
         f"data: {settings.data_dir}",
         f"database: {database_summary(settings)}; role {settings.service.role}",
         f"svd: {g.svd.model} ({g.svd.frames} frames, {g.svd.steps} steps, {g.svd.fps} fps)",

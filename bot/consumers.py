@@ -1,6 +1,7 @@
 """Every GPU consumer of this process as one (``bot.context.Consumers``): one ``Worker`` per
 GPU (``[gpu] devices``), sharing one status-card keeper and one upkeep; wake, cancel, pause
-and resume reach all of them.
+and resume reach all of them, and a consumer whose clip may run on two GPUs borrows an idle
+one here (``bot.split`` decides).
 
 Example::
 
@@ -20,12 +21,17 @@ import time
 from collections.abc import Callable
 
 from bot.config import Settings
-from bot.gpu import GenerationRunner
+from bot.gpu import GenerationRunner, free_port
 from bot.jobs import Job, JobQueue
+from bot.split import SplitMode, choose_peer, split_engine
 from bot.statuscard import StatusCards
 from bot.store import Flag, Store
 from bot.upkeep import Upkeep
-from bot.worker import Worker
+from bot.worker import Loan, Worker
+from generator.engines.catalog import auto_local, card_vram_bytes, engine_specs
+from generator.engines.pairing import LEADER, Pairing
+from generator.errors import BackendUnavailable
+from generator.options import Backend
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +59,51 @@ class Workers:
         self.workers = workers
         self.store = store
         self.cards = workers[0].cards
+        if len(workers) > 1:
+            for worker in workers:
+                worker.borrow = self.borrow
+
+    async def borrow(self, leader: Worker, job: Job) -> Loan | None:
+        """An idle consumer lent to ``leader`` for ``job``'s clip, or ``None`` (one GPU);
+        the peer claims nothing until the leader releases it."""
+        settings = leader.settings
+        mode = SplitMode(settings.gpu.split)
+        others = [worker for worker in self.workers if worker is not leader]
+        states = [other.state() for other in others]
+        if choose_peer(mode, engine_splits=True, others=states, waiting=0) is None:
+            return None  # nobody to lend, whatever the job: skip the look-ups below
+        backend = await self._split_engine(settings, job)
+        waiting = len(await leader.queue.queued())
+        # No await from here to the loan: the states read are the states lent.
+        chosen = choose_peer(
+            mode,
+            engine_splits=backend is not None,
+            others=[other.state() for other in others],
+            waiting=waiting,
+        )
+        if chosen is None or backend is None:
+            return None
+        peer = others[chosen]
+        peer.lent = True
+        pairing = Pairing(LEADER, free_port(), backend, timeout_s=settings.gpu.split_timeout_s)
+        return Loan(peer, pairing)
+
+    @staticmethod
+    async def _split_engine(settings: Settings, job: Job) -> Backend | None:
+        """The local engine that will make ``job``'s clip when it shares guidance passes."""
+        auto = None
+        if not job.options.backend.local:
+            try:
+                vram = await asyncio.to_thread(card_vram_bytes)
+                auto = auto_local(settings.generator, vram)
+            except BackendUnavailable:
+                return None
+        return split_engine(
+            job.options.backend,
+            veo_configured=settings.veo.configured,
+            auto_local=auto,
+            specs=engine_specs(settings.generator),
+        )
 
     @property
     def size(self) -> int:

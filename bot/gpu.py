@@ -6,6 +6,8 @@ process boundary everything is a frozen dataclass (``RunJob``, ``Started``, ``Re
 ``Finished``, ``Failed``...): the request, a ``VeoBudget`` (dollars allowed, not a callback),
 progress events, the clip, and errors as an ``ErrorReport`` (an ``ErrorKind``, the user's
 text, detail, and what was billed). The out-of-memory retry is the router's, not ours.
+A ``ProcessRunner`` can also lend its GPU to another's clip: ``serve_peer`` (``ServePeer``)
+runs the second guidance passes of a clip whose ``RunJob`` names the same ``Pairing``.
 
 Example::
 
@@ -26,6 +28,7 @@ import multiprocessing
 import os
 import queue
 import shutil
+import socket
 import subprocess
 import threading
 import traceback
@@ -38,6 +41,7 @@ from typing import Any, Protocol
 from generator import errors, logsafe
 from generator.clip import Clip, Progress
 from generator.config import GeneratorSettings
+from generator.engines.pairing import Pairing
 from generator.errors import GeneratorError, TransientError
 from generator.options import Request
 
@@ -193,6 +197,16 @@ class RunJob:
     out_path: Path
     resume_veo_operation: str | None
     budget: VeoBudget | None
+    pairing: Pairing | None = None  # lead a clip shared with a peer GPU process
+
+
+@dataclass(frozen=True)
+class ServePeer:
+    """Be the peer of another GPU process's clip for ``request`` until its leader stops."""
+
+    seq: int
+    request: Request
+    pairing: Pairing
 
 
 @dataclass(frozen=True)
@@ -239,6 +253,14 @@ class Finished:
 
 
 @dataclass(frozen=True)
+class Served:
+    """The peer's part of a shared clip is over: it ran ``calls`` denoiser halves."""
+
+    seq: int
+    calls: int
+
+
+@dataclass(frozen=True)
 class Failed:
     seq: int
     error: ErrorReport
@@ -249,8 +271,8 @@ class ChildGone:
     """Not sent by the child: the reader thread's news that the pipe closed."""
 
 
-ToChild = RunJob | CancelRun | Close
-FromChild = Ready | Started | Report | VeoOperation | Finished | Failed | ChildGone
+ToChild = RunJob | ServePeer | CancelRun | Close
+FromChild = Ready | Started | Report | VeoOperation | Finished | Served | Failed | ChildGone
 
 
 def visible_cuda_devices(env: dict[str, str] | None = None) -> list[str]:
@@ -280,6 +302,13 @@ def visible_cuda_devices(env: dict[str, str] | None = None) -> list[str]:
     return [line.strip() for line in out.stdout.splitlines() if line.strip()]
 
 
+def free_port() -> int:
+    """A loopback port nobody listens on now, for the leader of a shared clip to listen on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def consumer_devices(configured: tuple[str, ...], visible: list[str]) -> list[str | None]:
     """One entry per GPU consumer: the device its GPU process may use (``[gpu] devices``,
     else every visible CUDA device), or ``[None]``: one consumer that sees what the
@@ -301,6 +330,9 @@ class InlineRunner:
     The generator already keeps blocking work off the loop (``asyncio.to_thread``); progress
     events raised on those threads are handed back to the loop before ``on_progress`` runs.
     """
+
+    #: One process cannot be both sides of a shared clip: never lent as a peer.
+    can_pair = False
 
     def __init__(self, generator: Any) -> None:
         self.generator = generator
@@ -387,7 +419,7 @@ def _child_main(
     logsafe.install()  # HF_TOKEN and Veo keys live here too; the bot token does not
     send_lock = threading.Lock()
     cancel = threading.Event()
-    jobs: queue.SimpleQueue[RunJob | Close] = queue.SimpleQueue()
+    jobs: queue.SimpleQueue[RunJob | ServePeer | Close] = queue.SimpleQueue()
 
     def send(message: FromChild) -> None:
         # Progress may come from a generator thread while the main thread sends the result.
@@ -429,6 +461,16 @@ def _child_main(
             seq = job.seq
             # From here a death is this job's business (a crash); before it, nobody's.
             send(Started(seq))
+            if isinstance(job, ServePeer):
+                try:
+                    calls = runner.run(generator.serve_peer(job.request, job.pairing))
+                except Exception as exc:
+                    send(Failed(seq, ErrorReport.of(exc)))
+                else:
+                    send(Served(seq, calls))
+                continue
+            # Only a shared clip names its pairing: generators without one need not know it.
+            shared = {"pairing": job.pairing} if job.pairing is not None else {}
 
             async def veo_operation(name: str, seq: int = seq) -> None:
                 send(VeoOperation(seq, name))
@@ -446,6 +488,7 @@ def _child_main(
                         veo_budget_ok=job.budget,
                         on_veo_operation=veo_operation,
                         resume_veo_operation=job.resume_veo_operation,
+                        **shared,
                     )
                 )
             except Exception as exc:
@@ -473,6 +516,9 @@ class ProcessRunner:
             ``None`` leaves the environment as it is (CPU, MPS, or one GPU).
     """
 
+    #: Its GPU process can serve as the peer of another's clip (``serve_peer``).
+    can_pair = True
+
     def __init__(
         self,
         settings: GeneratorSettings,
@@ -498,6 +544,12 @@ class ProcessRunner:
     def pid(self) -> int | None:
         """The child's process id while it lives (tests kill it to simulate a crash)."""
         return self._process.pid if self._process is not None else None
+
+    @property
+    def engine_ready(self) -> bool:
+        """Whether a live child said ``Ready`` and nothing runs on it now."""
+        alive = self._process is not None and self._process.is_alive()
+        return alive and self._child_ready and not self._lock.locked()
 
     async def start(self) -> None:
         """Start the child now instead of on the first run."""
@@ -588,7 +640,10 @@ class ProcessRunner:
         on_veo_operation: OperationCallback,
         resume_veo_operation: str | None,
         veo_budget_ok: BudgetCheck | None,
+        pairing: Pairing | None = None,
     ) -> Clip:
+        """Make the clip in the child (sharing its guidance passes with the peer of
+        ``pairing``, which another runner's ``serve_peer`` serves)."""
         if veo_budget_ok is not None and not isinstance(veo_budget_ok, VeoBudget):
             raise TypeError("ProcessRunner needs a VeoBudget (data), not an arbitrary callable")
         async with self._lock:
@@ -601,7 +656,9 @@ class ProcessRunner:
             inbox = self._inbox
             started = False
             try:
-                self._conn.send(RunJob(seq, request, out_path, resume_veo_operation, veo_budget_ok))
+                self._conn.send(
+                    RunJob(seq, request, out_path, resume_veo_operation, veo_budget_ok, pairing)
+                )
             except OSError:
                 pass  # the child is already gone: its ChildGone is on the way, and says so
             self._running_seq = seq
@@ -640,6 +697,47 @@ class ProcessRunner:
                 raise
             finally:
                 self._running_seq = None
+
+    async def serve_peer(self, request: Request, pairing: Pairing) -> int:
+        """Serve as the peer of another runner's clip for ``request`` until its leader stops;
+        returns the denoiser calls served.
+
+        Cancelling this (the leader gave up waiting) ends the child: a peer half way through
+        a step cannot be stopped otherwise, and the next ``ready`` starts a fresh one.
+
+        Raises:
+            WorkerLost, WorkerCrashed: the child died before, or while, serving.
+            PeerLost (as ``TransientError``) and the generator's other errors.
+        """
+        async with self._lock:
+            await self._ensure_ready()
+            if self._conn is None or self._inbox is None:
+                raise RuntimeError("broken invariant: a ready child has a pipe and an inbox")
+            seq = next(self._seq)
+            inbox = self._inbox
+            started = False
+            with contextlib.suppress(OSError):  # gone already: its ChildGone says so below
+                self._conn.send(ServePeer(seq, request, pairing))
+            try:
+                while True:
+                    message = await inbox.get()
+                    if isinstance(message, ChildGone):
+                        code = self._process.exitcode if self._process else None
+                        await self._kill()
+                        if not started:
+                            raise WorkerLost(f"the GPU process died before serving (exit {code})")
+                        raise WorkerCrashed(f"the GPU process died serving (exit code {code})")
+                    if isinstance(message, Ready) or message.seq != seq:
+                        continue
+                    if isinstance(message, Started):
+                        started = True
+                    elif isinstance(message, Served):
+                        return message.calls
+                    elif isinstance(message, Failed):
+                        raise message.error.error()
+            except asyncio.CancelledError:
+                await self._kill()
+                raise
 
     async def cancel(self) -> None:
         if self._running_seq is not None and self._conn is not None:

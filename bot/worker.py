@@ -1,6 +1,8 @@
 """One GPU consumer's job lifecycle: a ``Worker`` claims queued jobs one at a time, runs them
 on its own runner (its own GPU process), records the outcome and delivers the clip. The
-group of consumers the handlers see is ``bot.consumers.Workers``.
+group of consumers the handlers see is ``bot.consumers.Workers``; it lends an idle consumer
+to a clip that may run on two GPUs (``bot.split``), which then serves that clip (``serve``)
+instead of claiming jobs until the clip ends.
 
 The job row is the truth: every transition is written (under ``asyncio.shield``) before the
 user is told, so a crash at any point leaves a row that ``start`` knows how to pick up
@@ -24,7 +26,8 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from telegram.error import TelegramError
@@ -36,9 +39,11 @@ from bot.gpu import GenerationRunner, VeoBudget, WorkerCrashed, WorkerLost
 from bot.jobs import Charge, Job, JobQueue, Outcome, Status, can_retry
 from bot.keyboards import result_keyboard
 from bot.limits import veo_allowance_for
+from bot.split import ConsumerState
 from bot.statuscard import StatusCards
 from bot.upkeep import Upkeep
-from generator.clip import Clip
+from generator.clip import Clip, Progress
+from generator.engines.pairing import Pairing
 from generator.errors import (
     Cancelled,
     GeneratorError,
@@ -54,6 +59,21 @@ log = logging.getLogger(__name__)
 IDLE_SWEEP_S = 30.0
 #: After the grace period and a cancel, how long a job may take to notice it.
 CANCEL_WAIT_S = 10.0
+#: After a shared clip ends, how long its peer may take to hear the leader's stop; a peer
+#: still serving then is stuck (its leader never joined) and its GPU process is restarted.
+PEER_RELEASE_S = 10.0
+
+
+@dataclass(frozen=True)
+class Loan:
+    """An idle consumer lent to one clip: it serves the clip's second guidance passes."""
+
+    peer: Worker
+    pairing: Pairing  # the leader's side; the peer takes ``pairing.as_peer()``
+
+
+#: How a consumer asks its group for an idle peer for a job (``bot.consumers.Workers``).
+Borrow = Callable[["Worker", Job], Awaitable[Loan | None]]
 
 
 def request_for(job: Job) -> Request:
@@ -132,6 +152,9 @@ class Worker:
         self.clock = clock
         self.worker_id = worker_id
         self.paused = False  # set by ``Workers`` from the stored flag
+        self.lent = False  # serving another consumer's clip: claims nothing meanwhile
+        self.borrow: Borrow | None = None  # set by ``Workers`` when it has several consumers
+        self._waiting = False  # idle: waiting for a job, nothing claimed
         self._running_job_id: int | None = None
         self._wake = asyncio.Event()
         self._stopping = False
@@ -197,7 +220,7 @@ class Worker:
         while not self._stopping:
             # Cleared before looking, so a wake() during the look is not lost.
             self._wake.clear()
-            if self.paused:
+            if self.paused or self.lent:
                 await self._wake.wait()
                 continue
             try:
@@ -209,13 +232,110 @@ class Worker:
                 log.exception("queue unavailable; retrying")
                 job = None
             if job is None:
-                await self._idle(IDLE_SWEEP_S)
+                self._waiting = True
+                try:
+                    await self._idle(IDLE_SWEEP_S)
+                finally:
+                    self._waiting = False
                 continue
             await self.cards.refresh_positions()
             try:
                 await self._run(job)
             except Exception:  # a database or Telegram failure while recording: keep serving
                 log.exception("! job %s: could not record its outcome", job.id)
+
+    def state(self) -> ConsumerState:
+        """What the split rule (``bot.split``) sees of this consumer now."""
+        return ConsumerState(
+            running=not self._waiting or self.lent or self._stopping,
+            paused=self.paused,
+            engine_ready=getattr(self.runner, "engine_ready", False),
+            can_pair=getattr(self.runner, "can_pair", False),
+        )
+
+    async def serve(self, request: Request, pairing: Pairing) -> None:
+        """Serve as the peer of another consumer's clip (lent: ``lent`` is set); never raises:
+        the leader makes its clip alone when this fails."""
+        try:
+            calls = await self.runner.serve_peer(request, pairing)  # type: ignore[attr-defined]
+            log.info(
+                "%s served %d guidance passes for a clip on port %d",
+                self.worker_id,
+                calls,
+                pairing.port,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning(
+                "%s could not serve as a peer: %s: %s", self.worker_id, type(exc).__name__, exc
+            )
+
+    async def _make(
+        self,
+        job: Job,
+        request: Request,
+        out_path: Path,
+        *,
+        on_progress: Callable[[Progress], None],
+        on_veo_operation: Callable[[str], Awaitable[None]],
+        resume_veo_operation: str | None,
+        veo_budget_ok: VeoBudget,
+    ) -> Clip:
+        """Make the clip on this consumer's runner, its guidance passes shared with an idle
+        consumer when the split rule lends one (``borrow``); the peer is released and woken
+        however the clip ends."""
+        loan = await self._borrow(job)
+        if loan is None:
+            return await self.runner.run(
+                request,
+                out_path,
+                on_progress=on_progress,
+                on_veo_operation=on_veo_operation,
+                resume_veo_operation=resume_veo_operation,
+                veo_budget_ok=veo_budget_ok,
+            )
+        log.info("⇉ job %s shares its guidance passes with %s", job.id, loan.peer.worker_id)
+        serving = asyncio.create_task(
+            loan.peer.serve(request, loan.pairing.as_peer()), name=f"peer-{job.id}"
+        )
+        try:
+            return await self.runner.run(  # type: ignore[call-arg]  # runners that can_pair
+                request,
+                out_path,
+                on_progress=on_progress,
+                on_veo_operation=on_veo_operation,
+                resume_veo_operation=resume_veo_operation,
+                veo_budget_ok=veo_budget_ok,
+                pairing=loan.pairing,
+            )
+        finally:
+            await self._release(loan, serving)
+
+    async def _borrow(self, job: Job) -> Loan | None:
+        """An idle consumer for this clip, or ``None``; a failed look (the queue's count)
+        only means one GPU, never a failed job."""
+        if self.borrow is None:
+            return None
+        try:
+            return await self.borrow(self, job)
+        except Exception:
+            log.exception("job %s: no second GPU (the look failed); one GPU", job.id)
+            return None
+
+    @staticmethod
+    async def _release(loan: Loan, serving: asyncio.Task) -> None:
+        """Wait briefly for the peer to hear the stop; a stuck one is ended (its runner
+        restarts it), then the peer goes back to claiming jobs."""
+        try:
+            done, _ = await asyncio.wait({serving}, timeout=PEER_RELEASE_S)
+            if not done:
+                serving.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await serving
+        finally:
+            loan.peer.lent = False
+            loan.peer.wake()
 
     async def _idle(self, seconds: float) -> None:
         """Wait for a ``wake()`` (this process's front end), news from the queue (a job
@@ -301,7 +421,8 @@ class Worker:
                     self.queue, self.settings, job.user_id, self.clock()
                 )
                 async with delivery.uploading_video(self.cards.bot, job.chat_id):
-                    clip = await self.runner.run(
+                    clip = await self._make(
+                        job,
                         dataclasses.replace(request_for(job), image=photo),
                         out_path,
                         on_progress=lambda event: self.cards.report(job, event),

@@ -46,6 +46,7 @@ from generator.engines.catalog import (
     enabled,
     engine_specs,
 )
+from generator.engines.pairing import Pairing, PeerLost
 from generator.errors import (
     BackendUnavailable,
     BudgetExceeded,
@@ -312,6 +313,27 @@ class Generator:
             return dataclasses.replace(request, duration=None)
         return request
 
+    async def serve_peer(self, request: Request, pairing: Pairing) -> int:
+        """Be the peer of another process's clip for ``request``: load ``pairing.backend``
+        (swapping engines out as a clip would) and serve half of each guided step until the
+        leader stops; returns the calls served.
+
+        Raises:
+            InvalidRequest: that engine has no guidance passes to share.
+            BackendUnavailable, OutOfMemory, PeerLost (the leader never came, or vanished).
+        """
+        backend = pairing.backend
+        if not backend.local:
+            raise InvalidRequest(f"{backend} is not a local engine")
+        engine = self.engine(backend)
+        local = self.local_request(request)
+
+        def serve() -> int:
+            self._make_resident(backend, local)
+            return engine.serve_peer(local, pairing)
+
+        return await asyncio.to_thread(serve)
+
     def warm_up(self) -> None:
         """Load the local engine ``auto`` would use now (blocking), so the first clip does not
         wait for it."""
@@ -327,6 +349,7 @@ class Generator:
         veo_budget_ok: Callable[[float], bool] | None = None,
         on_veo_operation: Callable[[str], Awaitable[None]] | None = None,
         resume_veo_operation: str | None = None,
+        pairing: Pairing | None = None,
     ) -> Clip:
         """Make the clip for ``request`` and write it to ``out_path``.
 
@@ -340,6 +363,10 @@ class Generator:
             on_veo_operation: awaited with the Veo operation name right after submission,
                 so the caller can store it and resume after a restart without paying twice.
             resume_veo_operation: poll this operation instead of submitting a new one.
+            pairing: the leader's side of a clip shared with a peer process serving
+                ``serve_peer`` (``generator.engines.pairing``): used when the local engine
+                that makes the clip is ``pairing.backend`` and ``supports_split``; a peer
+                that cannot be reached costs nothing but time: the clip is made alone.
 
         Returns:
             ``Clip`` with the video's facts, the backend that made it, the fallback reason
@@ -386,6 +413,7 @@ class Generator:
                     on_progress,
                     should_cancel,
                     choice.reason,
+                    pairing,
                 )
 
         # 3. Veo, with auto's fallback (not for a resumed operation: it answers for itself).
@@ -508,6 +536,7 @@ class Generator:
         on_progress: ProgressFn | None,
         should_cancel: CancelFn | None,
         reason: str | None,
+        pairing: Pairing | None = None,
     ) -> Clip:
         from generator.encode import encode_frames
         from generator.image import prepare_image
@@ -522,14 +551,23 @@ class Generator:
             prepare_image, request.image, self.settings.image, size=size
         )
 
-        def run(req: Request):
+        def run(req: Request, pair: Pairing | None = None):
             self._make_resident(backend, req)
-            return engine.generate(prepared.image, req, on_progress, should_cancel)
+            return engine.generate(prepared.image, req, on_progress, should_cancel, pairing=pair)
+
+        shared = shares_with(pairing, backend, engine.supports_split)
+        if pairing is not None and shared is None:
+            log.warning("%s makes this clip on one GPU: the peer waits for %s", backend, pairing)
 
         # The one owner of the out-of-memory retry (the bot's runners and the CLI have none):
         # at most one more attempt, in the smaller profile; slower, but the user gets a clip.
         try:
-            frames = await asyncio.to_thread(run, local)
+            try:
+                frames = await asyncio.to_thread(run, local, shared)
+            except PeerLost as exc:
+                # The peer's failure is not the photo's: the same clip, on this GPU alone.
+                log.warning("%s: %s; making the clip on one GPU", backend, exc)
+                frames = await asyncio.to_thread(run, local)
         except OutOfMemory:
             smaller = smaller_profile(local)
             if smaller is None:
@@ -549,6 +587,14 @@ class Generator:
             cost_usd=0.0,
             seconds=self.clock() - started,
         )
+
+
+def shares_with(pairing: Pairing | None, backend: Backend, splits: bool) -> Pairing | None:
+    """The pairing the engine making the clip gets: ``pairing`` when that engine is the one
+    the peer loaded and it shares guidance passes (``splits``); else ``None`` (alone)."""
+    if pairing is None or pairing.backend is not backend or not splits:
+        return None
+    return pairing
 
 
 def smaller_profile(request: Request) -> Request | None:

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     import numpy as np
     import PIL.Image
 
+    from generator.engines.pairing import Pairing
+
 _GIB = 1024**3
 
 #: A requested length may differ from what the engine makes by this much and still be accepted.
@@ -71,6 +73,8 @@ class EngineSpec:
         fps_adjustable: whether ``--fps`` may change its rate (and so its length).
         keep_aspect: sizes follow the photo's aspect within ``size``'s area (sides divisible
             by ``size_multiple``) instead of the fixed landscape/portrait pair.
+        splits_guidance: it runs classifier-free guidance (two denoiser passes a step), so
+            one clip can share them with a peer on a second GPU (``generator.engines.pairing``).
     """
 
     backend: Backend
@@ -86,6 +90,7 @@ class EngineSpec:
     fps_adjustable: bool = False
     keep_aspect: bool = False
     size_multiple: int = 8
+    splits_guidance: bool = False
 
     def plan(self, duration: float | None, fps: int | None = None) -> ClipPlan:
         """The frames this engine makes for ``duration`` seconds (its default when ``None``),
@@ -210,16 +215,43 @@ class Engine(abc.ABC):
         request: Request,
         progress: ProgressFn | None = None,
         cancel: CancelFn | None = None,
+        pairing: Pairing | None = None,
     ) -> Frames:
-        """Animate ``photo`` (already the size ``spec.size_for`` chose) as ``request`` asks.
+        """Animate ``photo`` (already the size ``spec.size_for`` chose) as ``request`` asks;
+        with a leader's ``pairing`` (only where ``supports_split``), each guided step's two
+        passes are shared with the peer serving ``serve_peer`` for the same request.
 
         Raises:
-            InvalidRequest, BackendUnavailable, OutOfMemory, Cancelled.
+            InvalidRequest, BackendUnavailable, OutOfMemory, Cancelled; ``PeerLost``
+            (``generator.engines.pairing``) when the peer cannot be reached: nothing is kept,
+            and the same call without ``pairing`` makes the clip alone.
         """
 
     @abc.abstractmethod
     def unload(self) -> None:
         """Drop the model and give its memory back."""
+
+    @property
+    def supports_split(self) -> bool:
+        """Whether ``generate`` can share its guidance passes with a peer (``pairing``)."""
+        return self.spec.splits_guidance
+
+    def serve_peer(self, request: Request, pairing: Pairing) -> int:
+        """Be the peer (rank 1) of a leader making ``request``'s clip: load the same model
+        and profile, run half of each guided step until the leader stops; returns the calls
+        served. Engines that do not ``supports_split`` refuse.
+
+        Raises:
+            InvalidRequest: this engine has no guidance passes to share.
+            BackendUnavailable: the model cannot be loaded.
+            PeerLost: the leader did not join, or stopped answering.
+        """
+        raise InvalidRequest(f"{self.spec.title} has no guidance passes to share")
+
+    def refuse_pairing(self, pairing: Pairing | None) -> None:
+        """``InvalidRequest`` when asked to share a clip this engine cannot share."""
+        if pairing is not None and not self.supports_split:
+            raise InvalidRequest(f"{self.spec.title} has no guidance passes to share")
 
     def check(self, request: Request) -> ClipPlan:
         """The clip ``request`` will get, or ``InvalidRequest`` before any work."""

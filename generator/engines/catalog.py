@@ -50,6 +50,7 @@ def svd_spec(settings: GeneratorSettings) -> EngineSpec:
         min_vram_gib=6.0,  # its low-vram profile peaks at 5.7 GiB (PERF.md)
         steps=s.steps,
         fps_adjustable=True,  # --fps is both its conditioning and its playback rate
+        splits_guidance=s.max_guidance_scale > 1,  # guidance 1 runs one pass a step
     )
 
 

@@ -116,7 +116,7 @@ def split_guidance(module: torch.nn.Module) -> Callable[[], None]:
     Calls whose batch is odd (no guidance batch) run here alone; the peer is told to skip.
     """
     original = module.forward
-    device = _object_device(module)
+    device = object_device(module)
     module.forward = functools.partial(_leader_call, original, device)  # type: ignore[method-assign]
 
     def undo() -> None:
@@ -132,7 +132,7 @@ def pair_guidance(module: torch.nn.Module, negative: torch.Tensor) -> Callable[[
     ``encoder_hidden_states``: that is how the two calls of a step are told apart.
     """
     original = module.forward
-    device = _object_device(module)
+    device = object_device(module)
     dist.broadcast_object_list(
         [("negative", _Slot(tuple(negative.shape), negative.dtype))], src=LEADER, device=device
     )
@@ -177,7 +177,7 @@ def stop_peer(device: torch.device | None = None) -> None:
 def serve_half(module: torch.nn.Module) -> int:
     """Rank 1: run the second half of each of rank 0's calls until it stops; returns the
     number of calls served."""
-    device = _object_device(module)
+    device = object_device(module)
     served = 0
     negative: torch.Tensor | None = None
     while True:
@@ -219,7 +219,7 @@ def _param_device(module: torch.nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
-def _object_device(module: torch.nn.Module) -> torch.device | None:
+def object_device(module: torch.nn.Module) -> torch.device | None:
     """Where ``broadcast_object_list`` stages its bytes: the GPU under NCCL, else CPU."""
     device = _param_device(module)
     return device if device.type == "cuda" else None

@@ -40,6 +40,8 @@ from generator.options import Backend, Profile, Request
 if TYPE_CHECKING:
     import PIL.Image
 
+    from generator.engines.pairing import Pairing
+
 log = logging.getLogger(__name__)
 
 #: Frame counts are ``FRAME_STEP * k + 1``: the VAE's temporal compression.
@@ -180,6 +182,7 @@ class LtxEngine(PipelineEngine):
         request: Request,
         progress: ProgressFn | None = None,
         cancel: CancelFn | None = None,
+        pairing: Pairing | None = None,
     ) -> Frames:
         """Animate ``photo`` (frame 0 of the clip) into the frames ``request`` asks for.
 
@@ -189,6 +192,7 @@ class LtxEngine(PipelineEngine):
                 intensity and custom elements (the prompt), seed, steps, model, device, profile.
             progress: told "loading", then "denoising" step 1..n of n, then "decoding".
             cancel: polled after each step; ``True`` stops with ``Cancelled``.
+            pairing: refused (``InvalidRequest``): the distilled model runs one pass a step.
 
         Returns:
             ``Frames``: the frames, the fps, the seed used, the profile and the step count.
@@ -201,6 +205,7 @@ class LtxEngine(PipelineEngine):
         """
         s = self.settings
         # 1. Check inputs before any loading or GPU work.
+        self.refuse_pairing(pairing)
         plan = self.check(request)
         width, height = photo.size
         self._check_photo(photo)

@@ -56,6 +56,8 @@ from generator.engines.device import (
     report,
     step_end_callback,
 )
+from generator.engines.guidance_split import serve_half, split_guidance
+from generator.engines.pairing import Pairing, PeerLost, joined, leading
 from generator.errors import BackendUnavailable, InvalidRequest, OutOfMemory
 from generator.options import Backend, Profile, Request
 
@@ -237,6 +239,7 @@ class SvdBackend:
         device: str | None = None,
         on_progress: ProgressFn | None = None,
         should_cancel: CancelFn | None = None,
+        pairing: Pairing | None = None,
     ) -> SvdFrames:
         """Animate ``image`` into ``frames`` frames of the same size.
 
@@ -253,6 +256,8 @@ class SvdBackend:
             model, device: override the settings; the pipeline reloads if they change.
             on_progress: told "loading", then "denoising" step 1..n of n, then "decoding".
             should_cancel: polled after each step; ``True`` stops with ``Cancelled``.
+            pairing: the leader's side of a clip shared with a peer serving ``serve_peer``:
+                each step's guidance batch is split in two (``guidance_split``).
 
         Returns:
             ``SvdFrames`` with the frames, the fps, the seed used, the profile and steps.
@@ -262,6 +267,8 @@ class SvdBackend:
             BackendUnavailable: the model cannot be loaded.
             OutOfMemory: the GPU ran out; retrying with ``profile=Profile.LOW_VRAM`` may work.
             Cancelled: ``should_cancel`` said so; the pipeline stays usable.
+            PeerLost: the peer of ``pairing`` could not be reached; the same call without
+                ``pairing`` makes the clip alone.
         """
         s = self.settings
         steps = s.steps if steps is None else steps
@@ -271,20 +278,7 @@ class SvdBackend:
         self.check_inputs(image, motion_bucket=motion_bucket, fps=fps, steps=steps, frames=frames)
 
         # 2. Load (once per process) and place the pipeline for the chosen profile.
-        if not self._is_loaded_for(model, device):
-            started = self._clock()
-            report(on_progress, Progress("loading", backend=Backend.SVD))
-            self.load(model, device)
-            log.info("SVD model loaded in %.1f s", self._clock() - started)
-        if self._device is None:
-            raise RuntimeError("broken invariant: self._device is not None")
-        chosen = choose_profile(profile or s.profile, self._free_vram(), s.low_vram_threshold_gib)
-        try:
-            self._apply_profile(chosen)
-        except Exception as exc:
-            # Moving the weights onto the card is the first thing that can run out of memory.
-            self._profile = None  # half placed: set it up again next time
-            self._raise_failed(exc, chosen)
+        chosen = self._placed(profile, model, device, on_progress)
         decode_chunk = (
             s.decode_chunk_size if chosen is Profile.FAST else svd_speed.LOW_VRAM_DECODE_CHUNK
         )
@@ -314,8 +308,68 @@ class SvdBackend:
             decode_chunk=decode_chunk,
             on_progress=on_progress,
             should_cancel=should_cancel,
+            pairing=pairing,
         )
         return SvdFrames(frames=output, fps=fps, seed=seed, profile=chosen, steps=steps)
+
+    def serve_peer(
+        self,
+        pairing: Pairing,
+        *,
+        profile: Profile | None = None,
+        model: str | None = None,
+        device: str | None = None,
+    ) -> int:
+        """Be the peer of a leader's clip: load and place the pipeline as ``generate`` would
+        for the same arguments, then run the second half of each guidance batch until the
+        leader stops; returns the UNet calls served.
+
+        Raises:
+            BackendUnavailable: the model cannot be loaded.
+            OutOfMemory: placing the weights ran out of memory.
+            PeerLost: the leader did not join, or stopped answering.
+        """
+        if pairing.leads:
+            raise ValueError("serve_peer needs the peer's pairing (rank 1)")
+        self._placed(profile, model, device, None)
+        unet = self._pipe.unet
+        job = svd_speed.compile_job(self._pipe)
+        with joined(pairing, unet):
+            try:
+                # A compile beside the clip pauses until it ends, as for the leader's clips.
+                with job.serving() if job else contextlib.nullcontext():
+                    served = serve_half(unet)
+            except Exception as exc:
+                if is_oom(exc):
+                    self._raise_failed(exc, self._profile)
+                raise PeerLost(f"the leader stopped answering: {exc}") from exc
+        log.info("SVD: served %d guidance halves for the leader on port %d", served, pairing.port)
+        return served
+
+    def _placed(
+        self,
+        profile: Profile | None,
+        model: str | None,
+        device: str | None,
+        on_progress: ProgressFn | None,
+    ) -> Profile:
+        """Load (once per process) and place the pipeline for the chosen profile."""
+        s = self.settings
+        if not self._is_loaded_for(model, device):
+            started = self._clock()
+            report(on_progress, Progress("loading", backend=Backend.SVD))
+            self.load(model, device)
+            log.info("SVD model loaded in %.1f s", self._clock() - started)
+        if self._device is None:
+            raise RuntimeError("broken invariant: self._device is not None")
+        chosen = choose_profile(profile or s.profile, self._free_vram(), s.low_vram_threshold_gib)
+        try:
+            self._apply_profile(chosen)
+        except Exception as exc:
+            # Moving the weights onto the card is the first thing that can run out of memory.
+            self._profile = None  # half placed: set it up again next time
+            self._raise_failed(exc, chosen)
+        return chosen
 
     @staticmethod
     def check_inputs(
@@ -430,8 +484,10 @@ class SvdBackend:
         decode_chunk: int,
         on_progress: ProgressFn | None,
         should_cancel: CancelFn | None,
+        pairing: Pairing | None = None,
     ) -> list[PIL.Image.Image]:
-        """Call the pipeline once, translating out-of-memory at this edge.
+        """Call the pipeline once (its guidance batches shared with ``pairing``'s peer),
+        translating out-of-memory at this edge.
 
         A compiled module that fails to compile falls back to eager inside its own forward
         (``svd_speed.compile_module``), so compile problems never reach the user.
@@ -472,9 +528,14 @@ class SvdBackend:
             callback_on_step_end=on_step_end,
         )
         job = svd_speed.compile_job(pipe)
+        shared = leading(pairing, pipe.unet, split_guidance) if pairing else None
         try:
             # A compile beside the clip pauses until it ends (it slowed clips by 20-110%).
-            with torch.inference_mode(), job.serving() if job else contextlib.nullcontext():
+            with (
+                torch.inference_mode(),
+                job.serving() if job else contextlib.nullcontext(),
+                shared or contextlib.nullcontext(),
+            ):
                 return pipe(**call).frames[0]
         except Exception as exc:
             self._raise_failed(exc, self._profile)
@@ -537,8 +598,11 @@ class SvdEngine(Engine):
         request: Request,
         progress: ProgressFn | None = None,
         cancel: CancelFn | None = None,
+        pairing: Pairing | None = None,
     ) -> Frames:
-        """Animate ``photo`` with the motion bucket ``request``'s intensity (or motion) picks."""
+        """Animate ``photo`` with the motion bucket ``request``'s intensity (or motion) picks;
+        with a ``pairing``, each step's guidance batch is shared with its peer."""
+        self.refuse_pairing(pairing)  # guidance 1 has no second pass to share
         plan = self.check(request)  # a length SVD cannot make is refused before loading
         return self.svd.generate(
             photo,
@@ -552,6 +616,14 @@ class SvdEngine(Engine):
             device=request.device,
             on_progress=progress,
             should_cancel=cancel,
+            pairing=pairing,
+        )
+
+    def serve_peer(self, request: Request, pairing: Pairing) -> int:
+        """Serve half of each guidance batch of the leader's clip for ``request``."""
+        self.refuse_pairing(pairing)
+        return self.svd.serve_peer(
+            pairing, profile=request.profile, model=request.model, device=request.device
         )
 
     def resident_bytes(self) -> int:

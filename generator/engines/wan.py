@@ -35,6 +35,7 @@ from generator.engines.device import (
     device_type,
     step_end_callback,
 )
+from generator.engines.pairing import Pairing, PeerLost, joined, leading
 from generator.engines.pipeline import PipelineEngine
 from generator.errors import BackendUnavailable
 from generator.options import Backend, Profile, Request
@@ -74,6 +75,9 @@ def wan_spec(settings: WanSettings) -> EngineSpec:
         steps=settings.steps,
         keep_aspect=True,
         size_multiple=SIZE_MULTIPLE,
+        # Guidance 1 runs one pass a step; the first-block cache decides on one process what
+        # both passes of a step skip, which a peer running the other pass cannot see.
+        splits_guidance=settings.guidance_scale > 1 and not settings.first_block_cache,
     )
 
 
@@ -183,6 +187,7 @@ class WanEngine(PipelineEngine):
         request: Request,
         progress: ProgressFn | None = None,
         cancel: CancelFn | None = None,
+        pairing: Pairing | None = None,
     ) -> Frames:
         """Animate ``photo`` (frame 0 of the clip) into the frames ``request`` asks for.
 
@@ -192,6 +197,9 @@ class WanEngine(PipelineEngine):
                 intensity and custom elements (the prompt), seed, steps, model, device, profile.
             progress: told "loading", then "denoising" step 1..n of n, then "decoding".
             cancel: polled after each step; ``True`` stops with ``Cancelled``.
+            pairing: the leader's side of a clip shared with a peer serving ``serve_peer``
+                for the same request: the peer makes each step's unconditional pass while
+                this process makes the conditional one (``guidance_split.pair_guidance``).
 
         Returns:
             ``Frames``: the frames, the fps, the seed used, the profile and the step count.
@@ -201,9 +209,12 @@ class WanEngine(PipelineEngine):
             BackendUnavailable: the model cannot be loaded.
             OutOfMemory: the GPU ran out; the low-vram profile may work.
             Cancelled: ``cancel`` said so; the pipeline stays usable.
+            PeerLost: the peer of ``pairing`` could not be reached; the same call without
+                ``pairing`` makes the clip alone.
         """
         s = self.settings
         # 1. Check inputs before any loading or GPU work.
+        self.refuse_pairing(pairing)  # guidance 1 has no second pass to share
         plan = self.check(request)
         width, height = photo.size
         self._check_photo(photo)
@@ -233,8 +244,40 @@ class WanEngine(PipelineEngine):
             generator=generator,
             progress=progress,
             cancel=cancel,
+            pairing=pairing,
         )
         return Frames(frames=frames, fps=plan.fps, seed=seed, profile=chosen, steps=steps)
+
+    def serve_peer(self, request: Request, pairing: Pairing) -> int:
+        """Be the peer of a leader's clip for ``request``: load and place the weights as
+        ``generate`` would, then make each step's unconditional pass until the leader stops;
+        returns the passes made.
+
+        Raises:
+            BackendUnavailable: the model cannot be loaded.
+            OutOfMemory: placing the weights ran out of memory.
+            PeerLost: the leader did not join, or stopped answering.
+        """
+        import torch
+
+        from generator.engines.device import is_oom
+        from generator.engines.guidance_split import serve_half
+
+        self.refuse_pairing(pairing)
+        if pairing.leads:
+            raise ValueError("serve_peer needs the peer's pairing (rank 1)")
+        self._prepare(request, None)
+        transformer = self._pipe.transformer
+        with joined(pairing, transformer):
+            try:
+                with torch.inference_mode():
+                    served = serve_half(transformer)
+            except Exception as exc:
+                if is_oom(exc):
+                    self._raise_failed(exc, self._profile)
+                raise PeerLost(f"the leader stopped answering: {exc}") from exc
+        log.info("Wan 2.2: made %d unconditional passes for the leader", served)
+        return served
 
     def _place(self, profile: Profile) -> None:
         from generator.engines import wan_speed
@@ -256,8 +299,10 @@ class WanEngine(PipelineEngine):
         generator: Any,
         progress: ProgressFn | None,
         cancel: CancelFn | None,
+        pairing: Pairing | None = None,
     ) -> list[Any]:
-        """Call the pipeline once, translating out-of-memory at this edge.
+        """Call the pipeline once (its unconditional passes made by ``pairing``'s peer),
+        translating out-of-memory at this edge.
 
         ``wan_speed`` picks compiled or eager blocks for this clip's shape (a clip never
         waits for the compiler), supplies the prompt embeddings (cached per prompt, so the
@@ -267,6 +312,7 @@ class WanEngine(PipelineEngine):
         import torch
 
         from generator.engines import wan_speed
+        from generator.engines.guidance_split import pair_guidance
 
         pipe, s = self._pipe, self.settings
         on_step_end = step_end_callback(
@@ -290,14 +336,21 @@ class WanEngine(PipelineEngine):
                     s.guidance_batch
                     and self._profile is Profile.LOW_VRAM
                     and "negative_prompt_embeds" in embeds
+                    and pairing is None  # the peer makes the second pass instead
                 )
-                with (
-                    wan_speed.GuidanceBatch(
+                if pairing is not None:
+                    # The very tensor the pipeline passes tells the two calls of a step apart.
+                    negative = embeds["negative_prompt_embeds"]
+                    sharing = leading(
+                        pairing, pipe.transformer, lambda m: pair_guidance(m, negative)
+                    )
+                elif batched:
+                    sharing = wan_speed.GuidanceBatch(
                         pipe.transformer, embeds["prompt_embeds"], embeds["negative_prompt_embeds"]
                     )
-                    if batched
-                    else contextlib.nullcontext()
-                ):
+                else:
+                    sharing = contextlib.nullcontext()
+                with sharing:
                     video = pipe(
                         image=photo,
                         width=photo.width,

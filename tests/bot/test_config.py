@@ -113,6 +113,8 @@ def test_unknown_table_is_rejected(tmp_path: Path) -> None:
         ('[telegram]\nmode = "carrier-pigeon"', r"telegram\.mode"),
         ('[access]\nadmins = ["alice"]', r"access\.admins\[0\]"),
         ("[svd]\nsteps = 0", r"svd\.steps"),
+        ('[gpu]\nsplit = "sometimes"', r"gpu\.split"),
+        ("[gpu]\nsplit_timeout_s = 0", r"gpu\.split_timeout_s"),
     ],
 )
 def test_bad_value_is_rejected_with_its_key(tmp_path: Path, toml: str, key: str) -> None:

@@ -196,7 +196,7 @@ class OutOfMemoryEngine(Engine):
     def load(self, model=None, device=None) -> None:
         pass
 
-    def generate(self, photo, request, progress=None, cancel=None):
+    def generate(self, photo, request, progress=None, cancel=None, pairing=None):
         self.profiles.append(request.profile)
         raise OutOfMemory("CUDA out of memory")
 

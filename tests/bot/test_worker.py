@@ -19,7 +19,7 @@ import pytest
 from telegram import Bot
 
 from bot import texts
-from bot.config import LimitSettings, Settings, WorkerSettings
+from bot.config import GpuSettings, LimitSettings, Settings, WorkerSettings
 from bot.consumers import Workers, build_workers
 from bot.gpu import InlineRunner, ProcessRunner, WorkerCrashed, WorkerLost
 from bot.jobs import Job, JobOptions, NewJob, Outcome, Status
@@ -109,6 +109,8 @@ class World:
             worker=WorkerSettings(progress_edit_interval_s=3.0, shutdown_grace_s=0.0),
             limits=LimitSettings(**limits),
             veo=VeoCredentials(api_key="k"),  # as the module's generator has
+            # One clip per GPU: the split over two GPUs has its own tests at the end.
+            gpu=GpuSettings(split="off"),
         )
 
     async def submit(
@@ -838,3 +840,122 @@ async def test_an_idle_consumer_hears_of_a_job_queued_without_a_wake(world: Worl
 
     await world.fake.wait_for_video(ANN.id, timeout=20)
     assert (await world.finished(job)).status is Status.DONE
+
+
+# --- one clip on two GPUs: an idle consumer serves the clip's second guidance passes ---------
+
+
+class PeerStandsBy(SqlQueue):
+    """The real queue, but gpu1 never claims (it stands by as the peer), and once ``armed``
+    gpu0 claims only after gpu1 has looked and found nothing: gpu1 is then idle."""
+
+    def __init__(self, db) -> None:
+        super().__init__(db)
+        self.armed = False
+        self.peer_looked = asyncio.Event()
+
+    async def claim(self, worker_id: str, *, now: float) -> Job | None:
+        if worker_id == "gpu1":
+            if self.armed:
+                self.peer_looked.set()
+            return None
+        if not self.armed:
+            return None
+        await self.peer_looked.wait()
+        return await super().claim(worker_id, now=now)
+
+
+def dying_peer_generator(settings: GeneratorSettings):
+    """Runs in a GPU process: the real generator, whose process dies when asked to serve as
+    a peer (before it joins the leader)."""
+    inner = plain_child_generator(settings)
+
+    class DyingPeer:
+        async def generate(self, request, out_path, **kw):
+            return await inner.generate(request, out_path, **kw)
+
+        async def serve_peer(self, request, pairing):
+            os._exit(3)
+
+    return DyingPeer()
+
+
+async def split_world(world: World, factory, *, timeout_s: float) -> tuple[Workers, Job]:
+    """Two GPU processes, gpu1 idle, and one SVD job queued for gpu0 with split on."""
+    settings = dataclasses.replace(
+        world.settings(), gpu=GpuSettings(split="auto", split_timeout_s=timeout_s)
+    )
+    runners = [
+        ProcessRunner(settings.generator, generator_factory=factory, device=None) for _ in "01"
+    ]
+    queue = PeerStandsBy(world.store.db)
+    workers = await world.start_workers(runners, settings, queue=queue)
+    queue.armed = True
+    job = await world.submit(ANN)
+    workers.wake()
+    return workers, job
+
+
+async def test_one_job_on_two_idle_gpus_is_made_on_both_and_delivered(world: World, caplog):
+    caplog.set_level(logging.INFO, logger="bot.worker")
+    workers, job = await split_world(world, plain_child_generator, timeout_s=120)
+
+    video = await world.fake.wait_for_video(ANN.id, timeout=180)
+    done = await world.finished(job)
+
+    assert (done.status, done.attempts, done.failures, done.crashes) == (Status.DONE, 1, 0, 0)
+    assert done.worker_id == "gpu0"
+    assert len(decode(video.data, world.tmp_path)) == 2
+    # gpu1 ran half of both steps' guidance batch, and went back to the queue after.
+    assert "gpu1 served 2 guidance passes" in caplog.text
+    assert not workers.workers[1].lent
+
+
+async def test_a_peer_that_dies_costs_the_job_nothing_it_is_made_on_one_gpu(world: World, caplog):
+    caplog.set_level(logging.INFO, logger="bot.worker")
+    workers, job = await split_world(world, dying_peer_generator, timeout_s=5)
+
+    video = await world.fake.wait_for_video(ANN.id, timeout=180)
+    done = await world.finished(job)
+
+    # The leader waited for its peer, then made the clip alone: one attempt, nothing charged.
+    assert (done.status, done.attempts, done.failures, done.crashes) == (Status.DONE, 1, 0, 0)
+    assert len(decode(video.data, world.tmp_path)) == 2
+    assert "gpu1 could not serve as a peer: WorkerCrashed" in caplog.text
+    assert not workers.workers[1].lent
+
+
+def cancel_gated_child_generator(settings: GeneratorSettings):
+    """Runs in a GPU process: the real generator, whose step 1 holds until its owner
+    cancels (``should_cancel`` is the child's cancel flag, a ``threading.Event``)."""
+    inner = plain_child_generator(settings)
+
+    class HeldAtStep1:
+        async def generate(self, request, out_path, *, on_progress, should_cancel, **kw):
+            def progress(event):
+                on_progress(event)
+                if event.stage == "denoising" and event.step == 1:
+                    should_cancel.__self__.wait(120)
+
+            return await inner.generate(
+                request, out_path, on_progress=progress, should_cancel=should_cancel, **kw
+            )
+
+        async def serve_peer(self, request, pairing):
+            return await inner.serve_peer(request, pairing)
+
+    return HeldAtStep1()
+
+
+async def test_a_shared_clip_cancelled_by_its_owner_gives_the_peer_back(world: World, caplog):
+    caplog.set_level(logging.INFO, logger="bot.worker")
+    workers, job = await split_world(world, cancel_gated_child_generator, timeout_s=120)
+
+    await world.fake.wait_for_text(ANN.id, "step 1/2", timeout=180)
+    assert await SqlQueue(world.store.db).cancel(job.id, ANN.id, now=world.clock()) is not None
+    assert await workers.cancel(job.id)
+    done = await world.finished(job)
+
+    assert done.status is Status.CANCELLED
+    assert "gpu1 served 1 guidance passes" in caplog.text  # stopped with its leader
+    assert not workers.workers[1].lent
