@@ -142,8 +142,9 @@ class GpuSettings:
     # device, or one consumer on a machine without CUDA (CPU, Apple MPS)
     devices: tuple[str, ...] = ()
     # "auto": one clip shares its guidance passes with an idle GPU of this process when no
-    # other job waits (bot.split); "off": one clip per GPU
-    split: str = choice(SplitMode.AUTO.value, *(mode.value for mode in SplitMode))
+    # other job waits (bot.split); "off" (the default until it has run on two GPUs with
+    # NCCL): one clip per GPU
+    split: str = choice(SplitMode.OFF.value, *(mode.value for mode in SplitMode))
     # How long one GPU of a shared clip waits for the other (to join, and each exchange)
     # before the clip goes on alone
     split_timeout_s: float = number(300.0, 1.0, 3600.0)
