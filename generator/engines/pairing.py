@@ -94,8 +94,15 @@ def joined(pairing: Pairing, module: Any) -> Iterator[None]:
         PeerLost: the other side did not join within ``pairing.timeout_s``.
     """
     import torch.distributed as dist
+    from torch.distributed import distributed_c10d
 
     backend = "nccl" if _device_kind(module) == "cuda" else "gloo"
+    if not dist.is_initialized():
+        # Both sides name the group's keys in the rendezvous store after a process-wide
+        # counter that init_process_group raises and only destroy_process_group resets: a
+        # join that failed earlier (a peer that never came) leaves it one ahead, and every
+        # later join of this process would then wait for keys its peer never writes.
+        distributed_c10d._world.group_count = 0
     try:
         dist.init_process_group(
             backend,

@@ -172,6 +172,13 @@ def test_a_peer_dying_half_way_costs_the_clip_nothing_the_router_makes_it_alone(
     photo = tmp_path / "photo.png"
     _photo(Backend.SVD).save(photo)
     generator = Generator(_settings(Backend.SVD, tiny_svd_dir), total_vram=lambda: None)
+    # A join that failed earlier in this process (a peer that never came) must not spoil
+    # this one: torch names the group's rendezvous keys after a process-wide counter.
+    never = Pairing(LEADER, _free_port(), Backend.SVD, timeout_s=1.0)
+    with pytest.raises(PeerLost):
+        build_engine(Backend.SVD, _settings(Backend.SVD, tiny_svd_dir)).generate(
+            _photo(Backend.SVD), _request(Backend.SVD), pairing=never
+        )
     port = _free_port()
     peer = multiprocessing.get_context("spawn").Process(
         target=_peer_dying_at_the_first_call, args=(port,)
