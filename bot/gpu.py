@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from generator import errors, logsafe
 from generator.clip import Clip, Progress
@@ -619,6 +619,20 @@ class ProcessRunner:
                 raise WorkerLost(f"the GPU process {pid} exited while starting (code {code})")
             log.warning("GPU process %s died while idle (exit code %s); restarting it", pid, code)
 
+    async def _died(self, started: bool, what: str) -> NoReturn:
+        """The child died during a run (``what``): end it and say whose fault that is.
+
+        Raises:
+            WorkerLost: it died before it took the run (killed just before, or dying while
+                we handed it over): not the job's crash.
+            WorkerCrashed: it died after ``Started``: the job's crash.
+        """
+        code = self._process.exitcode if self._process else None
+        await self._kill()
+        if not started:
+            raise WorkerLost(f"the GPU process died before {what} (exit {code})")
+        raise WorkerCrashed(f"the GPU process died during {what} (exit code {code})")
+
     async def _kill(self) -> None:
         process, conn = self._process, self._conn
         self._process = self._conn = self._inbox = None
@@ -666,13 +680,7 @@ class ProcessRunner:
                 while True:
                     message = await inbox.get()
                     if isinstance(message, ChildGone):
-                        code = self._process.exitcode if self._process else None
-                        await self._kill()
-                        if not started:
-                            # Died before it took the job (killed just before, or dying while
-                            # we handed it over): not this job's crash.
-                            raise WorkerLost(f"the GPU process died before the job (exit {code})")
-                        raise WorkerCrashed(f"the GPU process died (exit code {code})")
+                        await self._died(started, "the job")
                     if isinstance(message, Ready) or message.seq != seq:
                         continue  # left over from a run this side stopped waiting for
                     if isinstance(message, Started):
@@ -722,11 +730,7 @@ class ProcessRunner:
                 while True:
                     message = await inbox.get()
                     if isinstance(message, ChildGone):
-                        code = self._process.exitcode if self._process else None
-                        await self._kill()
-                        if not started:
-                            raise WorkerLost(f"the GPU process died before serving (exit {code})")
-                        raise WorkerCrashed(f"the GPU process died serving (exit code {code})")
+                        await self._died(started, "serving")
                     if isinstance(message, Ready) or message.seq != seq:
                         continue
                     if isinstance(message, Started):

@@ -133,8 +133,8 @@ def leading(
             running out of memory (the peer died, or the link broke); nothing of the clip is
             kept, so the caller can make it alone.
     """
-    from generator.engines import guidance_split
     from generator.engines.device import is_oom
+    from generator.engines.guidance_split import object_device, stop_peer
 
     if not pairing.leads:
         raise ValueError("leading needs the leader's pairing (rank 0)")
@@ -159,6 +159,6 @@ def leading(
             undo()  # the module's own forward again, for later clips alone
             if not broken:  # a broken link has nobody to tell
                 try:
-                    guidance_split.stop_peer(guidance_split.object_device(module))
+                    stop_peer(object_device(module))
                 except Exception as exc:
                     log.warning("could not stop the guidance peer: %s", exc)
