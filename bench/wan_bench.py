@@ -24,7 +24,12 @@ In order, one process, the same modules and seed throughout:
 5. ``fast``: the first clip runs eagerly while the blocks compile behind it (what a user of
    a cold engine gets), then a clip through the compiled blocks; then the same with the VAE
    in bf16;
-6. ``low-vram`` under a 12 GiB cap (``torch.cuda.set_per_process_memory_fraction``).
+6. ``low-vram`` under a 12 GiB cap (``torch.cuda.set_per_process_memory_fraction``): the
+   first clip eagerly (the streamed blocks compile after it, while the GPU is idle), then a
+   clip through the compiled blocks, then (unless ``--profiles-only``) both guidance passes
+   batched.
+
+``--profiles-only`` skips 1, 2 and 4 (a shorter device call).
 
 Per clip: seconds per step (median of the steps after the first), the first step (prompt and
 photo encoding included), decode, seconds from photo to frames, peak allocated and reserved,
@@ -277,6 +282,7 @@ def run_clip(
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     compiled = False
+    graphs = None
     start = clock.now()
     with torch.inference_mode():
         if ours:
@@ -294,10 +300,14 @@ def run_clip(
                 if guidance_batch
                 else contextlib.nullcontext()
             )
+            graphs = _graphs()
             with batch:
                 out = pipe(**common, **embeds, output_type="pt" if decode else "latent")
             pipe_done = clock.now()
             frames = wan_speed.frames_to_uint8(out.frames[0]) if decode else None
+            # Graphs dynamo made during the clip: 0 unless the clip compiled inline.
+            graphs = _graphs() - graphs
+            wan_speed.after_clip(pipe)  # low-vram: a new shape compiles now, while idle
         else:
             out = pipe(
                 **common,
@@ -314,6 +324,7 @@ def run_clip(
     row: dict[str, Any] = dict(
         steps=steps,
         compiled=compiled,
+        graphs_compiled_during_clip=graphs,
         s_to_frames=done - start,
         first_step_s=marks[0] - start,
         s_per_step=statistics.median(per_step) if per_step else None,
@@ -584,6 +595,12 @@ def accuracy_study(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
 def _eager(model: Any, job: Any) -> Any:
     """The same fused weights through eager blocks and PyTorch's attention kernel."""
     job.swap_out()
@@ -598,6 +615,11 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=4, help="denoising steps per timed clip")
     p.add_argument("--cap-gib", type=float, default=12.0, help="low-vram cap; 0 skips it")
     p.add_argument("--accuracy", action="store_true", help="only one pass against fp32")
+    p.add_argument(
+        "--profiles-only",
+        action="store_true",
+        help="skip the decode and kernel studies and the second kernel: stock and the profiles",
+    )
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     if args.tiny:
@@ -656,7 +678,7 @@ def main() -> int:
 
     # 1. Warm-up (2 steps) whose final latents feed the decode study, and whose first
     # transformer call's inputs feed the kernel study.
-    warm = attempt("warmup", lambda: latents_for_decode(pipe, args))
+    warm = None if args.profiles_only else attempt("warmup", lambda: latents_for_decode(pipe, args))
     if warm is not None:
         attempt("decode_fp32_vs_bf16", lambda: decode_study(pipe, warm["_latents"], args))
         attempt("attention_kernels", lambda: attention_study(pipe, warm["_inputs"], args))
@@ -671,7 +693,8 @@ def main() -> int:
         finally:
             pipe.transformer.set_attention_backend("native")
 
-    attempt("stock_other_kernel", other_kernel)
+    if not args.profiles_only:
+        attempt("stock_other_kernel", other_kernel)
 
     # 3. The fast profile: the first clip eager with the compile behind it, then compiled.
     state: dict[str, Any] = {}
@@ -707,7 +730,7 @@ def main() -> int:
     if cuda and args.cap_gib:
 
         def low_vram() -> dict[str, Any]:
-            wan_speed.stop_compiling(pipe)  # streamed blocks stay eager
+            wan_speed.stop_compiling(pipe)  # the fast profile's compiled blocks: off
             prompt_cache(pipe).clear()
             pipe.transformer.to("cpu")
             pipe.text_encoder.to("cpu")
@@ -718,22 +741,40 @@ def main() -> int:
             start = time.perf_counter()
             wan_speed.apply_profile(pipe, Profile.LOW_VRAM, device=args.device)
             placed = time.perf_counter() - start
+            # The first clip of a shape is eager; it records the first block's inputs and
+            # the blocks compile after it, on a spare block (wan_speed.OffloadedCompile).
             row = compare(run_clip(pipe, args, ours=True, steps=args.steps), stock)
             row["place_s"] = placed
             row["cap_gib"] = args.cap_gib
+            job = getattr(pipe, "_wan_offloaded_compile", None)
+            if job is not None:
+                wait_start = time.perf_counter()
+                job.wait()
+                row["compile_after_clip_s"] = time.perf_counter() - wait_start
+                row["compile_s"] = list(job.compile_s.values())
+                row["compile_errors"] = list(job.errors.values())
             return row
 
         attempt("low_vram_12gib", low_vram)
 
-        def low_vram_batched() -> dict[str, Any]:
-            # [wan] guidance_batch: both passes of a step in one call, weights streamed once.
-            row = compare(
-                run_clip(pipe, args, ours=True, steps=args.steps, guidance_batch=True), stock
-            )
+        def low_vram_compiled() -> dict[str, Any]:
+            row = compare(run_clip(pipe, args, ours=True, steps=args.steps), stock)
             row["cap_gib"] = args.cap_gib
             return row
 
-        attempt("low_vram_12gib_guidance_batch", low_vram_batched)
+        attempt("low_vram_12gib_compiled", low_vram_compiled)
+
+        if not args.profiles_only:
+
+            def low_vram_batched() -> dict[str, Any]:
+                # [wan] guidance_batch: both passes of a step in one call, weights streamed once.
+                row = compare(
+                    run_clip(pipe, args, ours=True, steps=args.steps, guidance_batch=True), stock
+                )
+                row["cap_gib"] = args.cap_gib
+                return row
+
+            attempt("low_vram_12gib_guidance_batch", low_vram_batched)
     results["total_s"] = time.time() - T_START
     save()
     summary = {

@@ -304,10 +304,11 @@ class WanEngine(PipelineEngine):
         """Call the pipeline once (its unconditional passes made by ``pairing``'s peer),
         translating out-of-memory at this edge.
 
-        ``wan_speed`` picks compiled or eager blocks for this clip's shape (a clip never
-        waits for the compiler), supplies the prompt embeddings (cached per prompt, so the
-        UMT5-XXL encoder runs only for a new one) and the frames as ``uint8`` made on the
-        device.
+        ``wan_speed`` picks compiled or eager blocks for this clip's shape (in ``fast`` a
+        clip never waits for the compiler; in ``low-vram`` one may wait for the compile of
+        a shape that the clip before it was the first of), supplies the prompt embeddings
+        (cached per prompt, so the UMT5-XXL encoder runs only for a new one) and the frames
+        as ``uint8`` made on the device.
         """
         import torch
 
@@ -366,3 +367,5 @@ class WanEngine(PipelineEngine):
                 return list(wan_speed.frames_to_uint8(video))
         except Exception as exc:
             self._raise_failed(exc, self._profile)
+        finally:
+            wan_speed.after_clip(pipe)  # low-vram: a new shape compiles now, while idle

@@ -29,8 +29,10 @@ Profiles:
   ``enable_model_cpu_offload`` cannot even encode a prompt under a 12 GiB cap) streams layer
   by layer, and only for a prompt the cache has not seen: prompts are built deterministically
   from photo type x intensity x custom elements, so most clips never touch it. The VAE stays
-  on the GPU and decodes in large tiles (:data:`LOW_VRAM_TILE`). The blocks stay eager here:
-  a side-thread compile would run blocks that the offloading hooks move under a clip.
+  on the GPU and decodes in large tiles (:data:`LOW_VRAM_TILE`). The blocks compile too, but
+  differently (:class:`OffloadedCompile`): after the first clip of a shape, in the idle time
+  before the next one, on a spare copy of one block, so neither the offloading hooks nor a
+  clip's memory are touched; the streamed blocks then run the compiled graph.
 
 The prompt cache, the frames conversion and the allocator setting are the ones LTX-Video uses
 (``generator.engines.ltx_speed``); only Wan's ``encode_prompt`` (no attention masks) differs.
@@ -41,12 +43,18 @@ Example::
     >>> before_clip(pipe, height=704, width=1280, num_frames=121)   # compiled yet?
     >>> embeds = prompt_kwargs(pipe, prompt, negative, guidance_scale=5.0)
     >>> video = pipe(image=photo, **embeds, output_type="pt").frames[0]
+    >>> after_clip(pipe)                         # low-vram: compile this shape while idle
     >>> frames = frames_to_uint8(video)          # (frames, height, width, 3) uint8 on the CPU
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import logging
+import threading
+import time
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import torch
@@ -62,7 +70,14 @@ from generator.engines.ltx_speed import (
 )
 from generator.options import Profile
 
-__all__ = ["apply_profile", "before_clip", "compile_behind", "frames_to_uint8", "prompt_kwargs"]
+__all__ = [
+    "after_clip",
+    "apply_profile",
+    "before_clip",
+    "compile_behind",
+    "frames_to_uint8",
+    "prompt_kwargs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +93,7 @@ LOW_VRAM_TILE = (512, 448)
 UNTILED_DECODE_GIB = {torch.float32: 22.0, torch.bfloat16: 11.0, torch.float16: 11.0}
 
 _COMPILE_ATTR = "_wan_background_compile"
+_OFFLOADED_ATTR = "_wan_offloaded_compile"
 
 
 def apply_profile(
@@ -98,7 +114,8 @@ def apply_profile(
         profile: ``Profile.FAST`` (all on the GPU) or ``Profile.LOW_VRAM`` (transformer and
             text encoder streamed from CPU memory, VAE resident and tiled).
         device: ``"cuda"``, ``"cuda:1"``, ``"cpu"`` or ``"mps"``.
-        compile: ``fast`` only: compile the transformer's blocks behind eager clips.
+        compile: compile the transformer's blocks: in ``fast`` behind eager clips, in
+            ``low-vram`` between clips (:class:`OffloadedCompile`).
         attention: diffusers' attention backend name, used on Hopper; ``None`` keeps
             PyTorch's choice everywhere.
         fuse: fuse the attention projections (same function, fewer matrix products).
@@ -142,6 +159,12 @@ def apply_profile(
         return
     from diffusers.hooks import apply_group_offloading
 
+    # A spare copy of one block, taken before the hooks: the low-vram compile runs on it.
+    spare = (
+        copy.deepcopy(pipe.transformer.blocks[0]).to("cpu")
+        if compile and not _group_offloaded(pipe.transformer) and compile_available()
+        else None
+    )
     # 2. The VAE resident (1.4 GB in bf16, 2.8 GB in fp32): it encodes the photo and decodes
     # every clip, and group offloading its 3D convolutions gains nothing.
     pipe.vae.to(device)
@@ -167,6 +190,9 @@ def apply_profile(
         )
     # 5. Tiles keep the decode's activations (tens of GiB for 121 frames at 1280x704) small.
     pipe.vae.enable_tiling(*_tiles())
+    # 6. The streamed blocks compiled between clips.
+    if spare is not None:
+        compile_offloaded(pipe, spare, device=device)
 
 
 def _first_block_cache(transformer: Any, threshold: float) -> None:
@@ -230,9 +256,207 @@ def stop_compiling(pipe: Any) -> None:
 
 def before_clip(pipe: Any, *, height: int, width: int, num_frames: int) -> bool:
     """Call before each clip: compiled blocks if ready for this shape, else eager (and a shape
-    not compiled yet starts compiling behind this clip). Returns whether it runs compiled."""
+    not compiled yet starts compiling behind this clip, or after it under ``low-vram``).
+    Returns whether it runs compiled."""
+    shape = (height, width, num_frames)
     job = getattr(pipe, _COMPILE_ATTR, None)
-    return False if job is None else job.before_clip((height, width, num_frames))
+    if job is not None:
+        return bool(job.before_clip(shape))
+    offloaded: OffloadedCompile | None = getattr(pipe, _OFFLOADED_ATTR, None)
+    return False if offloaded is None else offloaded.before_clip(shape)
+
+
+def after_clip(pipe: Any) -> None:
+    """Call after each clip, whatever its outcome: under ``low-vram`` a shape first seen in
+    it compiles now, while the GPU is idle (:class:`OffloadedCompile`)."""
+    offloaded: OffloadedCompile | None = getattr(pipe, _OFFLOADED_ATTR, None)
+    if offloaded is not None:
+        offloaded.after_clip()
+
+
+def compile_offloaded(
+    pipe: Any,
+    spare: torch.nn.Module,
+    *,
+    device: str,
+    backend: str | Callable[..., Any] = "inductor",
+) -> OffloadedCompile | None:
+    """The pipeline's low-vram compile job, made once; ``None`` where the blocks' forwards
+    are not reachable under the offloading hooks (they then stay eager)."""
+    job = getattr(pipe, _OFFLOADED_ATTR, None)
+    if job is None:
+        try:
+            job = OffloadedCompile(pipe.transformer.blocks, spare, device=device, backend=backend)
+        except LookupError as exc:
+            log.warning("Wan 2.2: low-vram blocks stay eager (%s)", exc)
+            return None
+        setattr(pipe, _OFFLOADED_ATTR, job)
+    return job
+
+
+class OffloadedCompile:
+    """Compiled blocks under block-level group offloading (the ``low-vram`` profile).
+
+    A streamed block's weights live in CPU memory and reach the GPU only for its own forward,
+    inside diffusers' offloading hook; so the graph cannot be made by calling the real blocks
+    on a side thread (that would move weights under a running clip), nor during a clip
+    (someone would wait for the compiler). Instead:
+
+    1. The first clip of a shape runs eagerly and leaves a copy of the first block's inputs in
+       CPU memory (about 1.2 GB at 1280x704x121, mostly the per-token timestep embedding).
+    2. :meth:`after_clip` compiles that shape on a side thread, while the GPU is idle, by
+       calling the block class's compiled forward on ``spare``, a copy of one block made
+       before the hooks (0.33 GB), on the GPU for the few seconds it takes.
+    3. Later clips of that shape call the same compiled forward inside each block's hook,
+       after its weights arrived: the blocks share one class and shapes, so they share the
+       graph (``torch.compile`` treats a module's weights as inputs, not constants).
+
+    A clip that starts while a compile runs waits for it (once per shape and process: about
+    12 s on an H200's host for Wan's blocks) rather than sharing a 12 GB card with it. A
+    failed compile leaves that shape eager and says why in ``errors``.
+
+    Args:
+        blocks: the transformer's blocks, under block-level group offloading (or none).
+        spare: a copy of one block without hooks, anywhere (it moves to ``device`` to compile).
+        device: where the blocks run.
+        backend: ``torch.compile``'s backend (tests pass a cheap one).
+    """
+
+    def __init__(
+        self,
+        blocks: Any,
+        spare: torch.nn.Module,
+        *,
+        device: str,
+        backend: str | Callable[..., Any] = "inductor",
+    ) -> None:
+        self._blocks = list(blocks)
+        self._spare, self._device = spare, device
+        self._forward = torch.compile(type(spare).forward, backend=backend, dynamic=False)
+        self._active = False  # whether the clip now running uses the compiled forward
+        self._ready: set[Hashable] = set()
+        self.errors: dict[Hashable, str] = {}
+        self.compile_s: dict[Hashable, float] = {}
+        self.waited_s = 0.0  # what clips spent waiting for a compile in progress
+        self._recorded: tuple[Hashable, tuple[Any, ...], bool] | None = None
+        self._recording: Any = None
+        self._thread: threading.Thread | None = None
+        for block in self._blocks:
+            original = _own_forward(block)
+            original.holder.forward = functools.partial(self._call, block, original.forward)
+
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def ready(self, shape: Hashable) -> bool:
+        return shape in self._ready
+
+    def before_clip(self, shape: Hashable) -> bool:
+        """Wait for a compile in progress; compiled if ``shape`` is ready, else eager (and
+        this clip records the block inputs to compile it from). Returns whether compiled."""
+        self.wait()
+        self._active = shape in self._ready
+        if not self._active and shape not in self.errors and self._recording is None:
+            self._recording = self._blocks[0].register_forward_pre_hook(
+                lambda _m, args: self._record(shape, args)
+            )
+        return self._active
+
+    def after_clip(self) -> None:
+        """Compile what the clip recorded, on a side thread (returns at once)."""
+        self._active = False
+        if self._recording is not None:  # the clip stopped before its first block
+            self._recording.remove()
+            self._recording = None
+        recorded, self._recorded = self._recorded, None
+        if recorded is None or self.busy:
+            return
+        self._thread = threading.Thread(
+            target=self._compile, args=recorded, name="Wan low-vram compile", daemon=True
+        )
+        self._thread.start()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until a compile in progress is done; whether none runs now."""
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            start = time.perf_counter()
+            thread.join(timeout)
+            self.waited_s += time.perf_counter() - start
+            log.info("Wan 2.2: a clip waited %.1f s for the low-vram compile", self.waited_s)
+        return not self.busy
+
+    # --- inside -------------------------------------------------------------------------------
+
+    def _call(self, block: torch.nn.Module, eager: Callable[..., Any], *args: Any) -> Any:
+        return self._forward(block, *args) if self._active else eager(*args)
+
+    def _record(self, shape: Hashable, args: tuple[Any, ...]) -> None:
+        if self._recording is not None:
+            self._recording.remove()
+        self._recording = None
+        self._recorded = (shape, _to(args, "cpu"), torch.is_inference_mode_enabled())
+
+    def _compile(self, shape: Hashable, args: tuple[Any, ...], inference: bool) -> None:
+        start = time.perf_counter()
+        cuda = str(self._device).startswith("cuda")
+        # The clip's own mode, for the moves too: the hooks bring the real blocks' weights in
+        # under it, and the graph's guards must see the spare's weights made the same way.
+        with torch.inference_mode() if inference else torch.no_grad():
+            try:
+                spare = self._spare.to(self._device)
+                self._forward(spare, *_to(args, self._device))
+                if cuda:
+                    torch.cuda.synchronize(self._device)
+            except Exception as exc:  # any compile failure: this shape stays eager, say why
+                self.errors[shape] = f"{type(exc).__name__}: {exc}"
+                log.warning("Wan 2.2 low-vram compile for %s failed; eager (%s)", shape, exc)
+                return
+            finally:
+                self._spare.to("cpu")
+                if cuda:
+                    torch.cuda.empty_cache()  # the card's memory back for the next clip
+        self.compile_s[shape] = time.perf_counter() - start
+        self._ready.add(shape)
+        log.info("Wan 2.2: low-vram blocks for %s compiled in %.1f s", shape, self.compile_s[shape])
+
+
+class _Forward:
+    """Where a block's own forward is called from: the hook that wraps it, or the block."""
+
+    def __init__(self, holder: Any, forward: Callable[..., Any]) -> None:
+        self.holder, self.forward = holder, forward
+
+
+def _own_forward(block: torch.nn.Module) -> _Forward:
+    """The reference through which ``block``'s own forward is called: the innermost diffusers
+    hook's, or the block itself when no hook wraps it.
+
+    Raises:
+        LookupError: a hook wraps the block but none of them calls its own forward.
+    """
+    registry = getattr(block, "_diffusers_hook", None)
+    refs = list(getattr(registry, "_fn_refs", ()) or ())
+    if not refs:
+        return _Forward(block, block.forward)
+    for ref in refs:
+        fn = ref.forward
+        if (
+            getattr(fn, "__self__", None) is block
+            and getattr(fn, "__func__", None) is type(block).forward
+        ):
+            return _Forward(ref, fn)
+    raise LookupError(f"no hook of {type(block).__name__} calls its own forward")
+
+
+def _to(value: Any, device: str) -> Any:
+    """A copy of a block's inputs on ``device`` (tuples and lists kept)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to(device, copy=True)
+    if isinstance(value, tuple | list):
+        return type(value)(_to(v, device) for v in value)
+    return value
 
 
 def prompt_kwargs(

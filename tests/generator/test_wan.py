@@ -3,6 +3,7 @@ test_engines.py does not cover."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import subprocess
@@ -211,3 +212,77 @@ def test_guidance_batch_runs_both_passes_in_one_call_on_a_12_gb_card_for_the_sam
     assert fast_passes == [1] * (2 * steps)
     assert low_passes == [2] * steps
     assert np.abs(low.astype(int) - fast.astype(int)).max() <= 1  # rounding at most
+
+
+def offloaded_on_cpu(engine: Any) -> torch.nn.Module:
+    """The low-vram profile's block-level group offloading, onto and off the CPU (what a 12 GB
+    card runs, minus the streams); returns a spare copy of one block taken before the hooks."""
+    from diffusers.hooks import apply_group_offloading
+
+    transformer = engine.pipeline.transformer
+    spare = copy.deepcopy(transformer.blocks[0])
+    apply_group_offloading(
+        transformer,
+        onload_device=torch.device("cpu"),
+        offload_device=torch.device("cpu"),
+        offload_type="block_level",
+        num_blocks_per_group=1,
+    )
+    return spare
+
+
+def test_low_vram_blocks_compile_after_the_first_clip_and_then_run_compiled_under_the_hooks(
+    tiny_wan,
+) -> None:
+    engine = engine_for(tiny_wan)
+    request = Request(image=PHOTO, seed=5)
+    engine.generate(photo(), request)  # loaded and placed
+    spare = offloaded_on_cpu(engine)
+    gate = threading.Event()
+    graphs: list[torch.fx.GraphModule] = []
+    compiled_calls: list[int] = []
+
+    def backend(graph: torch.fx.GraphModule, _inputs: list[Any]) -> Any:
+        graphs.append(graph)
+        gate.wait(60)  # a compile that takes as long as the test wants
+
+        def run(*args: Any) -> Any:
+            compiled_calls.append(1)
+            return graph.forward(*args)
+
+        return run
+
+    job = wan_speed.compile_offloaded(engine.pipeline, spare, device="cpu", backend=backend)
+    assert job is not None
+    first = engine.generate(photo(), request)  # eager; records the blocks' inputs
+    compiling_after_first = job.busy and not compiled_calls
+    gate.set()
+    assert job.wait(60) and not job.errors
+    second = engine.generate(photo(), request)  # compiled, inside the offloading hooks
+
+    blocks, steps = len(engine.pipeline.transformer.blocks), tiny_wan.steps
+    assert compiling_after_first
+    assert len(graphs) == 1  # one graph serves every streamed block and step: no recompiles
+    # The spare block's one call, then every block's passes (both guidance halves).
+    assert len(compiled_calls) == 1 + blocks * 2 * steps
+    np.testing.assert_array_equal(np.stack(second.frames), np.stack(first.frames))
+
+
+def test_a_low_vram_compile_that_fails_leaves_clips_eager_and_says_why(tiny_wan) -> None:
+    engine = engine_for(tiny_wan)
+    request = Request(image=PHOTO, seed=5)
+    before = engine.generate(photo(), request)
+    spare = offloaded_on_cpu(engine)
+
+    def broken(_graph: torch.fx.GraphModule, _inputs: list[Any]) -> Any:
+        raise RuntimeError("no compiler here")
+
+    job = wan_speed.compile_offloaded(engine.pipeline, spare, device="cpu", backend=broken)
+    assert job is not None
+    engine.generate(photo(), request)
+    assert job.wait(60)
+    after = engine.generate(photo(), request)  # eager: the failed shape is not retried
+
+    assert list(job.errors.values()) and "no compiler here" in next(iter(job.errors.values()))
+    assert not job.busy and not job.compile_s
+    np.testing.assert_array_equal(np.stack(after.frames), np.stack(before.frames))
