@@ -49,6 +49,7 @@ import platform
 import re
 import statistics
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -595,6 +596,16 @@ def accuracy_study(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def sdp_switches() -> None:
+    """Log SDPA's kernel switches (process-wide) and the threads running."""
+    b = torch.backends.cuda
+    log(
+        f"sdp enabled: flash {b.flash_sdp_enabled()} efficient {b.mem_efficient_sdp_enabled()} "
+        f"math {b.math_sdp_enabled()} cudnn {b.cudnn_sdp_enabled()}; "
+        f"threads {[t.name for t in threading.enumerate()]}"
+    )
+
+
 def _graphs() -> int:
     from torch._dynamo.utils import counters
 
@@ -660,6 +671,8 @@ def main() -> int:
         except Exception as exc:  # record and go on: one failure must not lose the others
             results["errors"][name] = f"{type(exc).__name__}: {exc}"
             log(f"{name} failed:\n{traceback.format_exc()}")
+            if cuda:
+                sdp_switches()
             return None
         if isinstance(value, dict):
             shown = {k: v for k, v in value.items() if not k.startswith("_")}
@@ -700,8 +713,12 @@ def main() -> int:
     state: dict[str, Any] = {}
 
     def fast_first() -> dict[str, Any]:
+        if cuda:
+            sdp_switches()
         start = time.perf_counter()
         wan_speed.apply_profile(pipe, Profile.FAST, device=args.device)
+        if cuda:
+            sdp_switches()
         if args.tiny:  # on the CPU the profile compiles nothing; smoke the path anyway
             wan_speed.compile_behind(pipe, backend="eager")
         placed = time.perf_counter() - start
