@@ -395,7 +395,9 @@ class SvdBackend:
         ``width`` x ``height`` (and the other orientation) on a side thread, before any clip
         asks; return whether a compile started. Nothing happens without ``settings.compile``,
         off CUDA, or once the pipeline is placed.
-        The compile pauses while clips run (``SvdCompile``), so it uses the time between them.
+        The compile pauses while clips run (``SvdCompile``), so it uses the time between them;
+        it waits up to ``svd_speed.LOAD_GRACE_S`` for a first clip (a restarted worker's queued
+        job), which then runs alone.
         """
         if self._pipe is None or self._device is None or not self.settings.compile:
             return False
@@ -414,6 +416,7 @@ class SvdBackend:
             frames=s.frames,
             decode_chunk=chunk,
             guidance=s.max_guidance_scale > 1,
+            grace_s=svd_speed.LOAD_GRACE_S,
         )
         job = svd_speed.compile_job(self._pipe)
         return job is not None and job.busy
@@ -493,25 +496,6 @@ class SvdBackend:
         (``svd_speed.compile_module``), so compile problems never reach the user.
         """
         pipe, s = self._pipe, self.settings
-        # Compiled blocks once ready for this shape; until then eager, compiling behind it
-        # (the compile pauses while a clip runs: see job.serving below).
-        compiled = svd_speed.before_clip(
-            pipe,
-            height=image.height,
-            width=image.width,
-            frames=frames,
-            decode_chunk=decode_chunk,
-            guidance=s.max_guidance_scale > 1,
-        )
-        on_step_end = step_end_callback(
-            steps=steps,
-            backend=Backend.SVD,
-            progress=on_progress,
-            cancel=should_cancel,
-            clock=self._clock,
-            warming=not compiled and svd_speed.compile_job(pipe) is not None,
-        )
-
         call = dict(
             image=image,
             width=image.width,
@@ -525,18 +509,32 @@ class SvdBackend:
             noise_aug_strength=s.noise_aug_strength,
             decode_chunk_size=decode_chunk,
             generator=generator,
-            callback_on_step_end=on_step_end,
         )
         job = svd_speed.compile_job(pipe)
         shared = leading(pairing, pipe.unet, split_guidance) if pairing else None
         try:
             # A compile beside the clip pauses until it ends (it slowed clips by 20-110%).
-            with (
-                torch.inference_mode(),
-                job.serving() if job else contextlib.nullcontext(),
-                shared or contextlib.nullcontext(),
-            ):
-                return pipe(**call).frames[0]
+            with job.serving() if job else contextlib.nullcontext():
+                # Compiled blocks once ready for this shape; until then eager. Asked inside
+                # serving(), so a compile this clip starts begins only when the clip ends.
+                compiled = svd_speed.before_clip(
+                    pipe,
+                    height=image.height,
+                    width=image.width,
+                    frames=frames,
+                    decode_chunk=decode_chunk,
+                    guidance=s.max_guidance_scale > 1,
+                )
+                call["callback_on_step_end"] = step_end_callback(
+                    steps=steps,
+                    backend=Backend.SVD,
+                    progress=on_progress,
+                    cancel=should_cancel,
+                    clock=self._clock,
+                    warming=not compiled and job is not None,
+                )
+                with torch.inference_mode(), shared or contextlib.nullcontext():
+                    return pipe(**call).frames[0]
         except Exception as exc:
             self._raise_failed(exc, self._profile)
 

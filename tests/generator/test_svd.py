@@ -358,6 +358,7 @@ def test_loading_starts_the_compile_so_a_clip_after_it_runs_compiled(
     tiny_svd_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(svd_speed, "compile_available", lambda device: True)
+    monkeypatch.setattr(svd_speed, "LOAD_GRACE_S", 0.01)  # no clip comes: it starts alone
     calls = _count_compiles(monkeypatch, lambda fn: fn)
     backend = SvdBackend(tiny_settings(tiny_svd_dir, compile=True))
     backend.load()
@@ -371,6 +372,70 @@ def test_loading_starts_the_compile_so_a_clip_after_it_runs_compiled(
 
     assert not any(e.warming for e in _denoising(events))  # the first clip ran compiled
     assert job.swapped
+
+
+def _side_thread_unet_passes(backend: SvdBackend) -> list[bool]:
+    """Whether a clip was being served at each UNet pass the compile's side thread makes."""
+    pipe, main = backend.pipeline, threading.get_ident()
+    beside_clip: list[bool] = []
+
+    def on_unet(_module: torch.nn.Module, _args: object) -> None:
+        if threading.get_ident() != main:
+            job = svd_speed.compile_job(pipe)
+            beside_clip.append(job is not None and job.in_clip)
+
+    pipe.unet.register_forward_pre_hook(on_unet)
+    return beside_clip
+
+
+def test_the_clip_that_starts_the_compile_runs_alone(
+    tiny_svd_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(svd_speed, "compile_available", lambda device: True)
+    _count_compiles(monkeypatch, lambda fn: fn)
+    asked_in_clip: list[bool] = []
+    before_clip = svd_speed.SvdCompile.before_clip
+
+    def watched(job: svd_speed.SvdCompile, shape: svd_speed.ClipShape, **kw: float) -> bool:
+        asked_in_clip.append(job.in_clip)  # a compile started here waits for the clip's end
+        return before_clip(job, shape, **kw)
+
+    monkeypatch.setattr(svd_speed.SvdCompile, "before_clip", watched)
+    backend = SvdBackend(tiny_settings(tiny_svd_dir, compile=True))
+    backend.load()
+    beside_clip = _side_thread_unet_passes(backend)
+    events: list[Progress] = []
+
+    backend.generate(photo(), motion_bucket=127, fps=7, seed=4, on_progress=events.append)
+    job = svd_speed.compile_job(backend.pipeline)
+    assert job is not None and job.wait(120) and not job.errors
+
+    assert all(e.warming for e in _denoising(events))  # eager, and the card says so
+    assert asked_in_clip == [True]
+    assert beside_clip and not any(beside_clip)  # its passes, uncompiled parts too, came after
+
+
+def test_a_clip_right_after_loading_runs_before_the_compile_load_started(
+    tiny_svd_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(svd_speed, "compile_available", lambda device: True)
+    monkeypatch.setattr(svd_speed, "LOAD_GRACE_S", 600.0)  # the clip surely comes within it
+    _count_compiles(monkeypatch, lambda fn: fn)
+    backend = SvdBackend(tiny_settings(tiny_svd_dir, compile=True))
+    backend.load()
+    assert backend.prepare(32, 32)  # as a restarted worker's warm-up does
+    beside_clip = _side_thread_unet_passes(backend)
+    events: list[Progress] = []
+
+    backend.generate(photo(), motion_bucket=127, fps=7, seed=4, on_progress=events.append)
+    job = svd_speed.compile_job(backend.pipeline)
+    assert job is not None and job.wait(120) and not job.errors
+
+    assert all(e.warming for e in _denoising(events))  # the queued job's clip: eager, alone
+    assert beside_clip and not any(beside_clip)
+    later: list[Progress] = []
+    backend.generate(photo(), motion_bucket=127, fps=7, seed=4, on_progress=later.append)
+    assert not any(e.warming for e in _denoising(later))
 
 
 def test_a_compile_waits_while_a_clip_runs(
