@@ -14,8 +14,14 @@ import torch
 
 from generator.clip import Progress
 from generator.config import SvdSettings
-from generator.engines import svd_speed
-from generator.engines.svd import SvdBackend, choose_profile, resolve_device, resolve_dtype
+from generator.engines import svd, svd_speed
+from generator.engines.svd import (
+    SvdBackend,
+    choose_profile,
+    reads_onto_device,
+    resolve_device,
+    resolve_dtype,
+)
 from generator.errors import BackendUnavailable, Cancelled, InvalidRequest, OutOfMemory
 from generator.options import Backend, Profile
 from tests.support.tiny_svd import tiny_settings
@@ -159,6 +165,43 @@ def test_motion_and_fps_condition_the_clip(backend: SvdBackend) -> None:
 )
 def test_choose_profile(requested: Profile, free: int | None, expected: Profile) -> None:
     assert choose_profile(requested, free, threshold_gib=18.0) is expected
+
+
+@pytest.mark.parametrize(
+    ("device", "profile", "free", "expected"),
+    [
+        ("cuda", Profile.FAST, 2 * GIB, True),  # every weight ends up on the GPU
+        ("cuda", Profile.AUTO, 24 * GIB, True),  # auto resolves to fast
+        ("cuda", Profile.AUTO, 11 * GIB, False),  # ... or to low-vram: encoder in CPU memory
+        ("cuda", Profile.LOW_VRAM, 80 * GIB, False),
+        ("cuda:1", Profile.FAST, 80 * GIB, False),  # diffusers maps a pipeline to "cuda" only
+        ("mps", Profile.FAST, None, False),
+        ("cpu", Profile.FAST, None, False),  # the CPU loads as it always did
+    ],
+)
+def test_weights_are_read_straight_onto_the_gpu_only_for_the_fast_profile(
+    device: str, profile: Profile, free: int | None, expected: bool
+) -> None:
+    assert reads_onto_device(device, profile, free, threshold_gib=18.0) is expected
+
+
+def test_weights_read_straight_onto_the_device_make_the_same_clip(
+    tiny_svd_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    usual = SvdBackend(tiny_settings(tiny_svd_dir))
+    expected = usual.generate(photo(), motion_bucket=127, fps=7, seed=4, profile=Profile.FAST)
+    usual_low = usual.generate(photo(), motion_bucket=127, fps=7, seed=4, profile=Profile.LOW_VRAM)
+    # The CUDA decision, taken on the CPU: diffusers' device_map="cpu" is the same path.
+    monkeypatch.setattr(svd, "reads_onto_device", lambda *args: True)
+    straight = SvdBackend(tiny_settings(tiny_svd_dir))
+
+    fast = straight.generate(photo(), motion_bucket=127, fps=7, seed=4, profile=Profile.FAST)
+    low = straight.generate(photo(), motion_bucket=127, fps=7, seed=4, profile=Profile.LOW_VRAM)
+
+    assert usual.pipeline.hf_device_map is None  # tests (and any CPU) load as before
+    assert straight.pipeline.hf_device_map == "cpu"  # read through the device map
+    assert np.array_equal(as_array(fast.frames), as_array(expected.frames))
+    assert np.array_equal(as_array(low.frames), as_array(usual_low.frames))
 
 
 @pytest.mark.parametrize(
