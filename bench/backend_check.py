@@ -11,14 +11,22 @@ staying flat between jobs), then times the full-size architecture through the ba
 Cold start (``--coldstart``, empty ``--cache-dir``): stock, then the fast and low-vram
 profiles from their first clip (eager, compiling behind it) through the switch-over to their
 steady compiled clip, each clip timed; the UNet's error against fp32; one compiled UNet pass
-profiled (which attention kernel runs). ``--restart`` then times a new process with the warm
-cache from its start (``BENCH_T0``) to its first finished clip::
+profiled (which attention kernel runs). ``--restart`` then times a new process from its start
+(``BENCH_T0``) to its first finished clip, with each step's time since the start in
+``since_start_s`` (imports, CUDA ready, weights loaded, placed, first clip done)::
 
     BENCH_T0=$(date +%s.%N) python bench/backend_check.py --restart --out $OUT/restart.json
 
-``--warm --model-dir DIR`` saves the random-weight pipeline to ``DIR`` and fills the cache;
-``--restart --model-dir DIR`` then loads it through the engine's own ``from_pretrained``,
-as a restarted service loads its downloaded weights.
+``--save-model DIR`` only saves the random-weight full-size pipeline to ``DIR`` (seconds, no
+compile); ``--restart --model-dir DIR`` then loads it through the engine's own
+``from_pretrained``, as a restarted service loads its downloaded weights (``--load-via-cpu``:
+into CPU memory first, as before straight-to-GPU loading). ``--warm`` fills the cache with
+nothing else running (``--one-orientation``: landscape only, for ``--warm`` and
+``--restart``). ``--tiny`` runs any of them on the test model, on the CPU::
+
+    python bench/backend_check.py --save-model /tmp/m --tiny --device cpu
+    BENCH_T0=$(date +%s.%N) python bench/backend_check.py --restart --model-dir /tmp/m --tiny \
+        --device cpu --width 64 --height 32 --frames 2 --steps 2 --out restart.json
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import argparse
 import dataclasses
 import gc
 import json
+import os
 import sys
 import tempfile
 import time
@@ -50,7 +59,7 @@ from bench.svd_bench import (
     unet_inputs,
 )
 from generator.config import SvdSettings
-from generator.engines import svd_speed
+from generator.engines import svd, svd_speed
 from generator.engines.svd import SvdBackend
 from generator.errors import Cancelled, OutOfMemory
 from generator.options import Profile
@@ -263,16 +272,20 @@ def kernel_profile(backend: SvdBackend, args: argparse.Namespace) -> list[tuple[
     return [(e.key[:120], e.device_time_total / 1000) for e in rows]
 
 
+def tiny_compile() -> None:
+    """Let the CPU "compile" with torch.compile's do-nothing backend (the bench's smoke test)."""
+    svd_speed.compile_available = lambda device: True
+    real = torch.compile
+    torch.compile = lambda fn, **kw: real(fn, **{**kw, "backend": "eager"})
+
+
 def build(args: argparse.Namespace) -> Any:
-    """Full-size SVD-XT with random weights, or with ``--tiny`` the test model on the CPU
-    (with torch.compile's do-nothing backend: the bench's own smoke test)."""
+    """Full-size SVD-XT with random weights, or with ``--tiny`` the test model on the CPU."""
     if not args.tiny:
         return build_full(args.device, torch.float16)
     from bench.svd_bench import build_tiny
 
-    svd_speed.compile_available = lambda device: True
-    real = torch.compile
-    torch.compile = lambda fn, **kw: real(fn, **{**kw, "backend": "eager"})
+    tiny_compile()
     return build_tiny(Path(tempfile.mkdtemp()) / "tiny")
 
 
@@ -300,6 +313,19 @@ def variant(backend: SvdBackend, args: argparse.Namespace) -> dict[str, Any]:
         inductor_config.max_autotune_gemm_backends = "ATEN,TRITON"
         chosen["autotune_gemm"] = "ATEN,TRITON"
     return chosen
+
+
+def save_model(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """Save the random-weight pipeline to ``--save-model`` for a later ``--restart --model-dir``
+    (what a user's downloaded weights are): nothing compiled, nothing timed but the save."""
+    pipe = build(args)
+    results["built_since_start_s"] = time.time() - T_START
+    pipe.save_pretrained(args.save_model)
+    results["saved_since_start_s"] = time.time() - T_START
+    results["saved_gb"] = (
+        sum(f.stat().st_size for f in Path(args.save_model).rglob("*") if f.is_file()) / 1e9
+    )
+    log(f"saved {results}")
 
 
 def coldstart(args: argparse.Namespace, results: dict[str, Any], save: Any) -> None:
@@ -358,15 +384,16 @@ def coldstart(args: argparse.Namespace, results: dict[str, Any], save: Any) -> N
 
 
 def warm(args: argparse.Namespace, results: dict[str, Any]) -> None:
-    """Fill ``--cache-dir`` for a later ``--restart``: the full-size random-weight pipeline is
-    saved to ``--model-dir`` (what a user's downloaded weights are), then compiled for both
-    orientations with nothing else running."""
+    """Fill ``--cache-dir`` for a later ``--restart``: the full-size random-weight pipeline
+    (saved to ``--model-dir`` if given) compiled with nothing else running."""
     pipe = build(args)
-    pipe.save_pretrained(args.model_dir)
-    results["saved_since_start_s"] = time.time() - T_START
+    if args.model_dir:
+        pipe.save_pretrained(args.model_dir)
+        results["saved_since_start_s"] = time.time() - T_START
     backend = adopt(pipe, args, compile=True)
     del pipe
     backend.settings = dataclasses.replace(backend.settings, profile=Profile.FAST)
+    svd_speed.LOAD_GRACE_S = 0.0  # no clip is coming: compile at once
     backend.prepare(args.width, args.height)
     job = svd_speed.compile_job(backend.pipeline)
     if job is not None:
@@ -377,11 +404,29 @@ def warm(args: argparse.Namespace, results: dict[str, Any]) -> None:
     log(f"warm {results}")
 
 
-def restart(args: argparse.Namespace, results: dict[str, Any]) -> None:
-    """A new process with a warm cache: seconds from its start to its first finished clip.
-    With ``--model-dir`` the weights load through the engine's own ``from_pretrained`` path
-    (as a restarted service does); without it they are built at random in memory."""
+def restart(args: argparse.Namespace, results: dict[str, Any], save: Any) -> SvdBackend:
+    """A new process: seconds from its start (``BENCH_T0``) to each step of a restarted
+    service's first clip, in ``since_start_s``. With ``--model-dir`` the weights load through
+    the engine's own ``from_pretrained`` (as a restarted service does); without it they are
+    built at random in memory. Then, within ``--budget-s``, the compile and a second clip."""
+    since: dict[str, float] = {}
+    results["since_start_s"] = since
+
+    def mark(step: str) -> None:
+        since[step] = time.time() - T_START
+        log(f"{step} at {since[step]:.2f} s")
+        save()
+
+    # What SvdBackend.load imports first (diffusers, and transformers through SVD's pipeline).
+    from diffusers import StableVideoDiffusionPipeline  # noqa: F401
+
+    mark("imports")
+    if args.device.startswith("cuda"):
+        torch.cuda.mem_get_info()  # the CUDA context, which load's free-memory check makes
+        mark("cuda_ready")
     if args.model_dir:
+        if args.tiny:
+            tiny_compile()  # build() does this for the other branch
         settings = SvdSettings(
             model=args.model_dir,
             device=args.device,
@@ -391,24 +436,32 @@ def restart(args: argparse.Namespace, results: dict[str, Any]) -> None:
             profile=Profile.FAST,
         )
         backend = SvdBackend(settings)
+        if args.load_via_cpu:
+            svd.reads_onto_device = lambda *a: False
         backend.load()
-        results["loaded_since_start_s"] = time.time() - T_START
+        mark("loaded")
     else:
         pipe = build(args)
-        results["built_since_start_s"] = time.time() - T_START
+        mark("built")
         backend = adopt(pipe, args, compile=True)
         del pipe
+    results["weights_loaded_on"] = str(next(backend.pipeline.unet.parameters()).device)
     backend.settings = dataclasses.replace(backend.settings, profile=Profile.FAST)
     backend.prepare(args.width, args.height)  # what SvdEngine.load does: compile from now on
+    mark("placed")
     results["first_clip"] = one_clip(backend, Profile.FAST, args)
+    mark("first_clip")
     job = svd_speed.compile_job(backend.pipeline)
     if job is not None:
         job.wait(max(1.0, T_START + args.budget_s - time.time()))
         results["compile_s"] = {str(k): v for k, v in job.compile_s.items()}
         results["compile_errors"] = {str(k): v for k, v in job.errors.items()}
+        results["busy_at_deadline"] = job.busy
         if not job.busy:
             results["second_clip"] = one_clip(backend, Profile.FAST, args)
+            mark("second_clip")
     log(f"restart {results}")
+    return backend
 
 
 def main() -> None:
@@ -427,6 +480,9 @@ def main() -> None:
     p.add_argument("--restart", action="store_true", help="a new process with a warm cache")
     p.add_argument("--warm", action="store_true", help="save the weights, fill the cache")
     p.add_argument("--model-dir", default="", help="--warm saves, --restart loads it here")
+    p.add_argument("--save-model", default="", help="only save the random-weight model here")
+    p.add_argument("--load-via-cpu", action="store_true", help="--restart: the old loading")
+    p.add_argument("--one-orientation", action="store_true", help="compile landscape only")
     p.add_argument("--clips-while-compiling", action="store_true", help="no idle time")
     p.add_argument("--tiny", action="store_true", help="the test model on the CPU (smoke)")
     p.add_argument("--budget-s", type=float, default=420.0, help="stop starting phases after")
@@ -443,18 +499,35 @@ def main() -> None:
 
     if torch.cuda.is_available():
         results["gpu"] = torch.cuda.get_device_name()
+    if args.save_model:
+        results["date"] = time.strftime("%Y-%m-%d")
+        try:
+            save_model(args, results)
+        finally:
+            save()
+        return
     if args.coldstart or args.restart or args.warm:
         svd_speed.configure_torch(Path(args.cache_dir))
         results["date"] = time.strftime("%Y-%m-%d")
+        if args.one_orientation:
+            svd_speed.SvdCompile.both_orientations = False
+        backend = None
         try:
             if args.coldstart:
                 coldstart(args, results, save)
             elif args.warm:
                 warm(args, results)
             else:
-                restart(args, results)
+                backend = restart(args, results, save)
         finally:
             save()
+        job = svd_speed.compile_job(backend.pipeline) if backend is not None else None
+        if job is not None and job.busy:
+            # The budget ended with the compile still running (an empty cache): leave without
+            # waiting for it, as the device call's time is what the next command needs.
+            log("compile still running at the budget's end; exiting without it")
+            sys.stdout.flush()
+            os._exit(0)
         return
     checks(args.device, results)
     save()

@@ -49,7 +49,10 @@ class BackgroundCompile:
     side thread by calling ``work()`` for each; while it runs, a module called from that
     thread goes through its compiled twin and the same module called from a clip runs eagerly.
     While a side thread compiles, every clip runs eagerly, so the thread and the clips never
-    share a compiled graph (the compiler's caches are not made for two threads). The compiled
+    share a compiled graph (the compiler's caches are not made for two threads). An engine
+    that wraps its clips in :meth:`serving` gets them served alone: the side thread begins
+    each shape only between clips, and a compile started inside ``serving()`` (by the clip
+    that needs it) or just before a clip (``grace_s``, at load) waits for that clip. The compiled
     forwards share the modules' weights (no extra memory), and a clip never switches kernels
     halfway through. A failed compile leaves that shape eager and says why in ``errors``.
 
@@ -89,6 +92,7 @@ class BackgroundCompile:
         self._worker: int | None = None  # the side thread's ident while it compiles
         self._idle = threading.Event()  # cleared while an engine serves a clip (serving())
         self._idle.set()
+        self._clip_began = threading.Event()  # set when a clip enters serving() after start()
         self.name = name
         self.errors: dict[Hashable, str] = {}
         self.compile_s: dict[Hashable, float] = {}
@@ -102,6 +106,11 @@ class BackgroundCompile:
     def busy(self) -> bool:
         """Whether a side thread is compiling."""
         return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def in_clip(self) -> bool:
+        """Whether an engine is serving a clip now (inside :meth:`serving`)."""
+        return not self._idle.is_set()
 
     def ready(self, shape: Hashable) -> bool:
         return shape in self._ready
@@ -118,20 +127,34 @@ class BackgroundCompile:
         self._swap(compiled=compiled)
         return compiled
 
-    def start(self, work: list[tuple[Hashable, Callable[[], None]]], *, inference: bool) -> bool:
+    def start(
+        self,
+        work: list[tuple[Hashable, Callable[[], None]]],
+        *,
+        inference: bool,
+        grace_s: float = 0.0,
+    ) -> bool:
         """Compile each ``(shape, work)`` in turn on a side thread; ``False`` if one runs already.
 
         ``work()`` calls the modules with its shape's inputs; ``inference`` runs it under
-        ``torch.inference_mode`` (as the clips do, so the graphs' guards match them).
+        ``torch.inference_mode`` (as the clips do, so the graphs' guards match them). Each
+        shape begins only while no clip is served, so a compile started inside
+        :meth:`serving` begins when that clip ends. ``grace_s``: wait up to this long for a
+        clip before beginning (an engine starting its compile at load, when a queued job may
+        come at once); with no clip by then it begins alone, so nobody has to end the wait.
         """
         if self.busy or not self._modules or not work:
             return False
+        if self.in_clip:
+            self._clip_began.set()  # that clip is the one the grace waits for
+        else:
+            self._clip_began.clear()
         # From now on a module called from the side thread runs its compiled twin; called
         # from anywhere else, it runs eagerly.
         self._install(self._dispatch)
         self.swapped = False
         self._thread = threading.Thread(
-            target=self._run, args=(work, inference), name=self.name, daemon=True
+            target=self._run, args=(work, inference, grace_s), name=self.name, daemon=True
         )
         self._thread.start()
         return True
@@ -149,8 +172,12 @@ class BackgroundCompile:
 
     def call_compiled(self, index: int, *args: Any, **kwargs: Any) -> Any:
         """Call the compiled twin of ``modules[index]`` directly (on the side thread)."""
-        self._idle.wait()
+        self.pause()
         return self._compiled[index](*args, **kwargs)
+
+    def pause(self) -> None:
+        """On the side thread: wait here while a clip is served (between two parts of work)."""
+        self._idle.wait()
 
     @contextlib.contextmanager
     def serving(self) -> Iterator[None]:
@@ -160,9 +187,10 @@ class BackgroundCompile:
         with the clip's kernel launches, and both slow down (SVD on an H200: eager clips 17.4
         -> 21-38 s, and the compile did not finish in 290 s; bench/RESULTS.md). Paused, it
         compiles in the time between clips; a clip waits at most for the one module being
-        compiled when it started.
+        compiled when it started, and not at all for a compile it starts itself.
         """
         self._idle.clear()
+        self._clip_began.set()
         try:
             yield
         finally:
@@ -173,7 +201,7 @@ class BackgroundCompile:
     def _dispatcher(self, module: torch.nn.Module, fn: Callable[..., Any]) -> Callable[..., Any]:
         def dispatch(*args: Any, **kwargs: Any) -> Any:
             if threading.get_ident() == self._worker:
-                self._idle.wait()
+                self.pause()
                 return fn(*args, **kwargs)
             return module._call_impl(*args, **kwargs)
 
@@ -188,8 +216,14 @@ class BackgroundCompile:
         for i, module in enumerate(self._modules):
             module._compiled_call_impl = table[i] if table is not None else None
 
-    def _run(self, work: list[tuple[Hashable, Callable[[], None]]], inference: bool) -> None:
+    def _run(
+        self, work: list[tuple[Hashable, Callable[[], None]]], inference: bool, grace_s: float
+    ) -> None:
         self._worker = threading.get_ident()
+        if grace_s > 0:
+            # Blocked on an event, the thread holds no interpreter lock: a clip that comes
+            # meanwhile starts alone, and the pause in _compile_one holds it until it ends.
+            self._clip_began.wait(grace_s)
         # The compiler is Python holding the interpreter lock; a clip served meanwhile waits
         # for that lock between kernel launches. Shorter turns make those waits shorter.
         interval = sys.getswitchinterval()
@@ -208,6 +242,9 @@ class BackgroundCompile:
     def _compile_one(self, shape: Hashable, fn: Callable[[], None], inference: bool) -> None:
         if self.known(shape):
             return
+        # Not only the compiled modules wait for a clip: the work's uncompiled parts (a UNet's
+        # embeddings and convolutions, its random inputs) would run beside it too.
+        self.pause()
         start = time.perf_counter()
         mode = torch.inference_mode() if inference else torch.no_grad()
         try:

@@ -96,6 +96,32 @@ def resolve_dtype(setting: str, device: str) -> torch.dtype:
         raise InvalidRequest(f"unknown dtype {setting!r}; use auto, {', '.join(_DTYPES)}") from None
 
 
+def reads_onto_device(
+    device: str, profile: Profile, free_vram_bytes: int | None, threshold_gib: float
+) -> bool:
+    """Whether ``from_pretrained`` reads the weights straight into ``device``'s memory.
+
+    Only where every weight ends up there anyway: on ``cuda`` for ``FAST``, or ``AUTO`` that
+    resolves to it (``choose_profile``, the same free VRAM). ``LOW_VRAM`` keeps the image
+    encoder in CPU memory, and the CPU and MPS load as before. diffusers takes a pipeline's
+    device map as ``"cuda"`` only, not ``"cuda:N"``, so those load onto the CPU too.
+    """
+    if device != "cuda":
+        return False
+    return choose_profile(profile, free_vram_bytes, threshold_gib) is Profile.FAST
+
+
+def free_vram(device: str) -> int | None:
+    """Bytes this process could use on ``device`` if CUDA, else ``None``.
+
+    Memory this process's caching allocator already holds (our own pipeline) counts as free.
+    """
+    if device_type(device) != "cuda":
+        return None
+    free, _total = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device)
+
+
 #: What one SVD run made (the engine interface's ``Frames``; the name is kept for callers).
 SvdFrames = Frames
 
@@ -147,12 +173,17 @@ class SvdBackend:
         """The loaded diffusers ``StableVideoDiffusionPipeline`` (``None`` before ``load``)."""
         return self._pipe
 
-    def load(self, model: str | None = None, device: str | None = None) -> None:
+    def load(
+        self, model: str | None = None, device: str | None = None, *, profile: Profile | None = None
+    ) -> None:
         """Load the pipeline unless the same model is already loaded for the same device.
 
         Args:
             model: hub id or local folder; defaults to ``settings.model``.
             device: ``cuda``, ``mps``, ``cpu`` or ``auto``; defaults to ``settings.device``.
+            profile: the profile it will be placed for (default ``settings.profile``): on
+                CUDA, the fast one has the weights read straight into GPU memory
+                (``reads_onto_device``); the others load onto the CPU.
 
         Raises:
             BackendUnavailable: the device is missing, the folder is missing, the hub
@@ -173,13 +204,18 @@ class SvdBackend:
                 user_text="The local video engine's GPU is not available.",
             )
         self.unload()
-        dtype = resolve_dtype(self.settings.dtype, device)
-        log.info("Loading SVD model %s on %s (%s)", model, device, dtype)
-        pipe = self._from_pretrained(model, device, dtype)
+        s = self.settings
+        dtype = resolve_dtype(s.dtype, device)
+        straight = reads_onto_device(
+            device, profile or s.profile, free_vram(device), s.low_vram_threshold_gib
+        )
+        where = f"straight into {device} memory" if straight else f"for {device}"
+        log.info("Loading SVD model %s %s (%s)", model, where, dtype)
+        pipe = self._from_pretrained(model, device, dtype, straight=straight)
         # We report progress ourselves; diffusers' tqdm bar would only clutter the logs.
         pipe.set_progress_bar_config(disable=True)
         self._pipe, self._model, self._device, self._dtype = pipe, model, device, dtype
-        self._profile = None  # weights sit on the CPU until a profile places them
+        self._profile = None  # on the CPU (or the GPU, read straight there) until placed
 
     def adopt(self, pipe: Any, *, model: str, device: str) -> None:
         """Use a pipeline built elsewhere as if ``load(model, device)`` had made it.
@@ -202,9 +238,17 @@ class SvdBackend:
         self._fp8 = False
         free_device_memory()
 
-    def _from_pretrained(self, model: str, device: str, dtype: torch.dtype) -> Any:
-        """``StableVideoDiffusionPipeline.from_pretrained`` with our errors at the edge."""
+    def _from_pretrained(
+        self, model: str, device: str, dtype: torch.dtype, *, straight: bool = False
+    ) -> Any:
+        """``StableVideoDiffusionPipeline.from_pretrained`` with our errors at the edge.
+
+        ``straight``: read the weights from the files into ``device``'s memory (diffusers'
+        pipeline ``device_map``, through accelerate) instead of into CPU memory, from which
+        placing the profile would copy all 4 GB again.
+        """
         from diffusers import StableVideoDiffusionPipeline
+        from diffusers.utils import is_accelerate_available
 
         local = hub.looks_local(model)
         # fp16 weight files halve the download; only worth it on CUDA, and only if present.
@@ -214,6 +258,8 @@ class SvdBackend:
         elif variant and local and not _has_variant_files(Path(model).expanduser(), variant):
             variant = None
         kwargs: dict[str, Any] = {"dtype": dtype, "token": self._token}
+        if straight and is_accelerate_available():  # a dependency; diffusers needs it for this
+            kwargs["device_map"] = device_type(device)
         with hub.loading(model, key="svd.model"):  # one ModelUnavailable, with the ways out
             try:
                 return StableVideoDiffusionPipeline.from_pretrained(
@@ -358,7 +404,7 @@ class SvdBackend:
         if not self._is_loaded_for(model, device):
             started = self._clock()
             report(on_progress, Progress("loading", backend=Backend.SVD))
-            self.load(model, device)
+            self.load(model, device, profile=profile)
             log.info("SVD model loaded in %.1f s", self._clock() - started)
         if self._device is None:
             raise RuntimeError("broken invariant: self._device is not None")
@@ -395,7 +441,9 @@ class SvdBackend:
         ``width`` x ``height`` (and the other orientation) on a side thread, before any clip
         asks; return whether a compile started. Nothing happens without ``settings.compile``,
         off CUDA, or once the pipeline is placed.
-        The compile pauses while clips run (``SvdCompile``), so it uses the time between them.
+        The compile pauses while clips run (``SvdCompile``), so it uses the time between them;
+        it waits up to ``svd_speed.LOAD_GRACE_S`` for a first clip (a restarted worker's queued
+        job), which then runs alone.
         """
         if self._pipe is None or self._device is None or not self.settings.compile:
             return False
@@ -414,6 +462,7 @@ class SvdBackend:
             frames=s.frames,
             decode_chunk=chunk,
             guidance=s.max_guidance_scale > 1,
+            grace_s=svd_speed.LOAD_GRACE_S,
         )
         job = svd_speed.compile_job(self._pipe)
         return job is not None and job.busy
@@ -430,11 +479,7 @@ class SvdBackend:
         """Bytes this process could use on the CUDA device, or ``None`` off CUDA."""
         if self._device is None:
             raise RuntimeError("broken invariant: self._device is not None")
-        if device_type(self._device) != "cuda":
-            return None
-        free, _total = torch.cuda.mem_get_info(self._device)
-        # Memory our own pipeline already holds is ours to use, not "taken".
-        return free + torch.cuda.memory_reserved(self._device)
+        return free_vram(self._device)
 
     def _apply_profile(self, profile: Profile) -> None:
         """Place the pipeline for ``profile`` (``svd_speed`` undoes the other profile first)."""
@@ -449,7 +494,7 @@ class SvdBackend:
             # fp8 weights cannot be turned back into fp16 ones: start from the files again.
             model, device = self._model, self._device
             self.unload()
-            self.load(model, device)
+            self.load(model, device, profile=profile)
         pipe, device = self._pipe, self._device
         if device is None:
             raise RuntimeError("broken invariant: device is not None")
@@ -493,25 +538,6 @@ class SvdBackend:
         (``svd_speed.compile_module``), so compile problems never reach the user.
         """
         pipe, s = self._pipe, self.settings
-        # Compiled blocks once ready for this shape; until then eager, compiling behind it
-        # (the compile pauses while a clip runs: see job.serving below).
-        compiled = svd_speed.before_clip(
-            pipe,
-            height=image.height,
-            width=image.width,
-            frames=frames,
-            decode_chunk=decode_chunk,
-            guidance=s.max_guidance_scale > 1,
-        )
-        on_step_end = step_end_callback(
-            steps=steps,
-            backend=Backend.SVD,
-            progress=on_progress,
-            cancel=should_cancel,
-            clock=self._clock,
-            warming=not compiled and svd_speed.compile_job(pipe) is not None,
-        )
-
         call = dict(
             image=image,
             width=image.width,
@@ -525,18 +551,32 @@ class SvdBackend:
             noise_aug_strength=s.noise_aug_strength,
             decode_chunk_size=decode_chunk,
             generator=generator,
-            callback_on_step_end=on_step_end,
         )
         job = svd_speed.compile_job(pipe)
         shared = leading(pairing, pipe.unet, split_guidance) if pairing else None
         try:
             # A compile beside the clip pauses until it ends (it slowed clips by 20-110%).
-            with (
-                torch.inference_mode(),
-                job.serving() if job else contextlib.nullcontext(),
-                shared or contextlib.nullcontext(),
-            ):
-                return pipe(**call).frames[0]
+            with job.serving() if job else contextlib.nullcontext():
+                # Compiled blocks once ready for this shape; until then eager. Asked inside
+                # serving(), so a compile this clip starts begins only when the clip ends.
+                compiled = svd_speed.before_clip(
+                    pipe,
+                    height=image.height,
+                    width=image.width,
+                    frames=frames,
+                    decode_chunk=decode_chunk,
+                    guidance=s.max_guidance_scale > 1,
+                )
+                call["callback_on_step_end"] = step_end_callback(
+                    steps=steps,
+                    backend=Backend.SVD,
+                    progress=on_progress,
+                    cancel=should_cancel,
+                    clock=self._clock,
+                    warming=not compiled and job is not None,
+                )
+                with torch.inference_mode(), shared or contextlib.nullcontext():
+                    return pipe(**call).frames[0]
         except Exception as exc:
             self._raise_failed(exc, self._profile)
 

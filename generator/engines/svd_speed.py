@@ -11,9 +11,11 @@ Example::
     >>> applied = apply_fast(pipe, device="cuda", compile=True)
     >>> applied.steps
     ('on cuda', 'cross-attention shortcut (32 blocks)', ..., 'fused qkv (32 attentions)')
-    >>> before_clip(pipe, height=576, width=1024, frames=25, decode_chunk=FAST_DECODE_CHUNK)
+    >>> job = compile_job(pipe)
+    >>> with job.serving():                 # the compile it starts begins after this clip
+    ...     before_clip(pipe, height=576, width=1024, frames=25, decode_chunk=FAST_DECODE_CHUNK)
+    ...     frames = pipe(image, decode_chunk_size=FAST_DECODE_CHUNK).frames[0]
     False                                   # eager; compiling behind it
-    >>> frames = pipe(image, decode_chunk_size=FAST_DECODE_CHUNK).frames[0]
 
 Measured on an H100 (``bench/RESULTS.md``, ``bench/svd_bench.py``): stock 19.0 s a clip, fast
 12.9 s (0.68x), low-vram 13.2 s at 5.7 GiB peak allocated; a restart with a warm inductor
@@ -115,6 +117,10 @@ def is_compiled(module: nn.Module) -> bool:
 REGIONAL_BLOCKS = ("SpatioTemporalResBlock", "TransformerSpatioTemporalModel")
 #: Graphs per block class: about 15 shapes an orientation, two orientations, two batch sizes.
 RECOMPILE_LIMIT = 256
+#: How long a compile started at load (``SvdBackend.prepare``) waits for a first clip before it
+#: begins: a restarted worker with jobs queued takes one within a second or two, and that clip
+#: then runs alone; with none, the compile starts this much later (it takes 50-300 s anyway).
+LOAD_GRACE_S = 10.0
 
 _COMPILE_ATTR = "_svd_background_compile"
 
@@ -155,8 +161,12 @@ class SvdCompile(compiling.BackgroundCompile):
         )
         self._pipe = pipe
 
-    def before_clip(self, shape: ClipShape) -> bool:
-        """Compiled modules if ``shape`` is ready, else eager and compile it (and its turn)."""
+    def before_clip(self, shape: ClipShape, *, grace_s: float = 0.0) -> bool:
+        """Compiled modules if ``shape`` is ready, else eager and compile it (and its turn).
+
+        Called inside the clip's ``serving()``, the compile begins when that clip ends;
+        ``grace_s`` is for a call with no clip yet (see ``BackgroundCompile.start``).
+        """
         if self.use(shape):
             return True
         if not self.busy:
@@ -164,7 +174,8 @@ class SvdCompile(compiling.BackgroundCompile):
             turned: ClipShape = (profile, width, height, frames, chunk, batch)
             both = (shape, turned) if self.both_orientations else (shape,)
             todo = [s for s in dict.fromkeys(both) if not self.known(s)]
-            self.start([(s, lambda s=s: self._exercise(s)) for s in todo], inference=True)
+            work = [(s, lambda s=s: self._exercise(s)) for s in todo]
+            self.start(work, inference=True, grace_s=grace_s)
         return False
 
     def _exercise(self, shape: ClipShape) -> None:
@@ -186,26 +197,38 @@ class SvdCompile(compiling.BackgroundCompile):
             added_time_ids=torch.tensor([[6.0, 127.0, 0.02]] * batch).to(device, dtype),
             return_dict=False,
         )
+        self.pause()  # the decode's uncompiled parts wait for a clip as the decoder does
         pipe.decode_latents(rand(1, frames, pipe.vae.config.latent_channels, h, w), frames, chunk)
 
 
 def before_clip(
-    pipe: Any, *, height: int, width: int, frames: int, decode_chunk: int, guidance: bool = True
+    pipe: Any,
+    *,
+    height: int,
+    width: int,
+    frames: int,
+    decode_chunk: int,
+    guidance: bool = True,
+    grace_s: float = 0.0,
 ) -> bool:
-    """Call before each clip: whether it runs compiled (``False`` off CUDA or while compiling).
+    """Call at the start of each clip, inside its ``serving()``: whether it runs compiled
+    (``False`` off CUDA or while compiling).
 
     ``guidance``: whether the clip uses classifier-free guidance (``max_guidance_scale > 1``,
     SVD's default), which doubles the UNet's batch and so needs its own graphs.
+    ``grace_s``: for a call with no clip (at load), how long the compile waits for one.
 
     A shape not compiled yet runs eagerly and starts compiling behind the clip (see
-    :class:`SvdCompile`), so no clip waits for the compiler.
+    :class:`SvdCompile`): the compile begins when the clip ends, so no clip waits for it.
     """
     job: SvdCompile | None = getattr(pipe, _COMPILE_ATTR, None)
     if job is None:
         return False
     profile = getattr(pipe, _STATE, "")
     batch = 2 if guidance else 1
-    return job.before_clip((str(profile), height, width, frames, decode_chunk, batch))
+    return job.before_clip(
+        (str(profile), height, width, frames, decode_chunk, batch), grace_s=grace_s
+    )
 
 
 def compile_job(pipe: Any) -> SvdCompile | None:

@@ -14,8 +14,14 @@ import torch
 
 from generator.clip import Progress
 from generator.config import SvdSettings
-from generator.engines import svd_speed
-from generator.engines.svd import SvdBackend, choose_profile, resolve_device, resolve_dtype
+from generator.engines import svd, svd_speed
+from generator.engines.svd import (
+    SvdBackend,
+    choose_profile,
+    reads_onto_device,
+    resolve_device,
+    resolve_dtype,
+)
 from generator.errors import BackendUnavailable, Cancelled, InvalidRequest, OutOfMemory
 from generator.options import Backend, Profile
 from tests.support.tiny_svd import tiny_settings
@@ -159,6 +165,43 @@ def test_motion_and_fps_condition_the_clip(backend: SvdBackend) -> None:
 )
 def test_choose_profile(requested: Profile, free: int | None, expected: Profile) -> None:
     assert choose_profile(requested, free, threshold_gib=18.0) is expected
+
+
+@pytest.mark.parametrize(
+    ("device", "profile", "free", "expected"),
+    [
+        ("cuda", Profile.FAST, 2 * GIB, True),  # every weight ends up on the GPU
+        ("cuda", Profile.AUTO, 24 * GIB, True),  # auto resolves to fast
+        ("cuda", Profile.AUTO, 11 * GIB, False),  # ... or to low-vram: encoder in CPU memory
+        ("cuda", Profile.LOW_VRAM, 80 * GIB, False),
+        ("cuda:1", Profile.FAST, 80 * GIB, False),  # diffusers maps a pipeline to "cuda" only
+        ("mps", Profile.FAST, None, False),
+        ("cpu", Profile.FAST, None, False),  # the CPU loads as it always did
+    ],
+)
+def test_weights_are_read_straight_onto_the_gpu_only_for_the_fast_profile(
+    device: str, profile: Profile, free: int | None, expected: bool
+) -> None:
+    assert reads_onto_device(device, profile, free, threshold_gib=18.0) is expected
+
+
+def test_weights_read_straight_onto_the_device_make_the_same_clip(
+    tiny_svd_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    usual = SvdBackend(tiny_settings(tiny_svd_dir))
+    expected = usual.generate(photo(), motion_bucket=127, fps=7, seed=4, profile=Profile.FAST)
+    usual_low = usual.generate(photo(), motion_bucket=127, fps=7, seed=4, profile=Profile.LOW_VRAM)
+    # The CUDA decision, taken on the CPU: diffusers' device_map="cpu" is the same path.
+    monkeypatch.setattr(svd, "reads_onto_device", lambda *args: True)
+    straight = SvdBackend(tiny_settings(tiny_svd_dir))
+
+    fast = straight.generate(photo(), motion_bucket=127, fps=7, seed=4, profile=Profile.FAST)
+    low = straight.generate(photo(), motion_bucket=127, fps=7, seed=4, profile=Profile.LOW_VRAM)
+
+    assert usual.pipeline.hf_device_map is None  # tests (and any CPU) load as before
+    assert straight.pipeline.hf_device_map == "cpu"  # read through the device map
+    assert np.array_equal(as_array(fast.frames), as_array(expected.frames))
+    assert np.array_equal(as_array(low.frames), as_array(usual_low.frames))
 
 
 @pytest.mark.parametrize(
@@ -358,6 +401,7 @@ def test_loading_starts_the_compile_so_a_clip_after_it_runs_compiled(
     tiny_svd_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(svd_speed, "compile_available", lambda device: True)
+    monkeypatch.setattr(svd_speed, "LOAD_GRACE_S", 0.01)  # no clip comes: it starts alone
     calls = _count_compiles(monkeypatch, lambda fn: fn)
     backend = SvdBackend(tiny_settings(tiny_svd_dir, compile=True))
     backend.load()
@@ -371,6 +415,70 @@ def test_loading_starts_the_compile_so_a_clip_after_it_runs_compiled(
 
     assert not any(e.warming for e in _denoising(events))  # the first clip ran compiled
     assert job.swapped
+
+
+def _side_thread_unet_passes(backend: SvdBackend) -> list[bool]:
+    """Whether a clip was being served at each UNet pass the compile's side thread makes."""
+    pipe, main = backend.pipeline, threading.get_ident()
+    beside_clip: list[bool] = []
+
+    def on_unet(_module: torch.nn.Module, _args: object) -> None:
+        if threading.get_ident() != main:
+            job = svd_speed.compile_job(pipe)
+            beside_clip.append(job is not None and job.in_clip)
+
+    pipe.unet.register_forward_pre_hook(on_unet)
+    return beside_clip
+
+
+def test_the_clip_that_starts_the_compile_runs_alone(
+    tiny_svd_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(svd_speed, "compile_available", lambda device: True)
+    _count_compiles(monkeypatch, lambda fn: fn)
+    asked_in_clip: list[bool] = []
+    before_clip = svd_speed.SvdCompile.before_clip
+
+    def watched(job: svd_speed.SvdCompile, shape: svd_speed.ClipShape, **kw: float) -> bool:
+        asked_in_clip.append(job.in_clip)  # a compile started here waits for the clip's end
+        return before_clip(job, shape, **kw)
+
+    monkeypatch.setattr(svd_speed.SvdCompile, "before_clip", watched)
+    backend = SvdBackend(tiny_settings(tiny_svd_dir, compile=True))
+    backend.load()
+    beside_clip = _side_thread_unet_passes(backend)
+    events: list[Progress] = []
+
+    backend.generate(photo(), motion_bucket=127, fps=7, seed=4, on_progress=events.append)
+    job = svd_speed.compile_job(backend.pipeline)
+    assert job is not None and job.wait(120) and not job.errors
+
+    assert all(e.warming for e in _denoising(events))  # eager, and the card says so
+    assert asked_in_clip == [True]
+    assert beside_clip and not any(beside_clip)  # its passes, uncompiled parts too, came after
+
+
+def test_a_clip_right_after_loading_runs_before_the_compile_load_started(
+    tiny_svd_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(svd_speed, "compile_available", lambda device: True)
+    monkeypatch.setattr(svd_speed, "LOAD_GRACE_S", 600.0)  # the clip surely comes within it
+    _count_compiles(monkeypatch, lambda fn: fn)
+    backend = SvdBackend(tiny_settings(tiny_svd_dir, compile=True))
+    backend.load()
+    assert backend.prepare(32, 32)  # as a restarted worker's warm-up does
+    beside_clip = _side_thread_unet_passes(backend)
+    events: list[Progress] = []
+
+    backend.generate(photo(), motion_bucket=127, fps=7, seed=4, on_progress=events.append)
+    job = svd_speed.compile_job(backend.pipeline)
+    assert job is not None and job.wait(120) and not job.errors
+
+    assert all(e.warming for e in _denoising(events))  # the queued job's clip: eager, alone
+    assert beside_clip and not any(beside_clip)
+    later: list[Progress] = []
+    backend.generate(photo(), motion_bucket=127, fps=7, seed=4, on_progress=later.append)
+    assert not any(e.warming for e in _denoising(later))
 
 
 def test_a_compile_waits_while_a_clip_runs(

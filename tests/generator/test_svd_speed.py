@@ -316,3 +316,41 @@ def test_backend_check_times_a_cold_start_on_cpu(tmp_path: Path) -> None:
     assert not fast["compile_errors"] and len(fast["compile_s"]) == 2  # both orientations
     errors = results["unet_rel_l2_vs_fp32"]  # fp32 on the CPU: the shortcut is exact
     assert errors["fast_eager"] <= errors["stock"] + 1e-6
+
+
+def test_backend_check_times_a_restart_from_saved_weights_on_cpu(tmp_path: Path) -> None:
+    tiny = ["--tiny", "--device", "cpu", "--width", "64", "--height", "32"]
+    tiny += ["--frames", "2", "--steps", "2"]
+    model, out = tmp_path / "model", tmp_path / "restart.json"
+
+    def bench(*args: str) -> None:
+        proc = subprocess.run(
+            [sys.executable, "bench/backend_check.py", *args, *tiny],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+
+    bench("--save-model", str(model), "--out", str(tmp_path / "save.json"))
+    assert (model / "model_index.json").is_file()
+    bench(
+        "--restart",
+        "--model-dir",
+        str(model),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--budget-s",
+        "1",
+        "--out",
+        str(out),
+    )
+
+    results = json.loads(out.read_text())
+    since = results["since_start_s"]
+    steps = ["imports", "loaded", "placed", "first_clip"]
+    assert list(since)[:4] == steps  # each step of a restart, seconds from the process start
+    assert [since[s] for s in steps] == sorted(since[s] for s in steps)
+    assert results["weights_loaded_on"] == "cpu"
+    assert results["first_clip"]["warming"] and results["first_clip"]["frames"] == 2
