@@ -596,6 +596,18 @@ def accuracy_study(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def waited_for(job: Any, row: dict[str, Any], key: str) -> dict[str, Any]:
+    """``row`` plus how long ``job``'s compile still ran after the clip (``key``), its
+    seconds and its errors; ``row`` alone without a job."""
+    if job is not None:
+        start = time.perf_counter()
+        job.wait()
+        row[key] = time.perf_counter() - start
+        row["compile_s"] = list(job.compile_s.values())
+        row["compile_errors"] = list(job.errors.values())
+    return row
+
+
 def sdp_switches() -> None:
     """Log SDPA's kernel switches (process-wide) and the threads running."""
     b = torch.backends.cuda
@@ -726,13 +738,7 @@ def main() -> int:
         row["place_s"] = placed
         job = wan_speed.compile_behind(pipe, backend="eager" if args.tiny else "inductor")
         state["job"] = job
-        if job is not None:
-            wait_start = time.perf_counter()
-            job.wait()
-            row["compile_left_after_clip_s"] = time.perf_counter() - wait_start
-            row["compile_s"] = list(job.compile_s.values())
-            row["compile_errors"] = list(job.errors.values())
-        return row
+        return waited_for(job, row, "compile_left_after_clip_s")
 
     attempt("fast_first_clip_eager_while_compiling", fast_first)
     attempt("fast", lambda: compare(run_clip(pipe, args, ours=True, steps=args.steps), stock))
@@ -763,14 +769,7 @@ def main() -> int:
             row = compare(run_clip(pipe, args, ours=True, steps=args.steps), stock)
             row["place_s"] = placed
             row["cap_gib"] = args.cap_gib
-            job = getattr(pipe, "_wan_offloaded_compile", None)
-            if job is not None:
-                wait_start = time.perf_counter()
-                job.wait()
-                row["compile_after_clip_s"] = time.perf_counter() - wait_start
-                row["compile_s"] = list(job.compile_s.values())
-                row["compile_errors"] = list(job.errors.values())
-            return row
+            return waited_for(wan_speed.offloaded_compile(pipe), row, "compile_after_clip_s")
 
         attempt("low_vram_12gib", low_vram)
 

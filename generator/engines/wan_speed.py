@@ -262,16 +262,21 @@ def before_clip(pipe: Any, *, height: int, width: int, num_frames: int) -> bool:
     job = getattr(pipe, _COMPILE_ATTR, None)
     if job is not None:
         return bool(job.before_clip(shape))
-    offloaded: OffloadedCompile | None = getattr(pipe, _OFFLOADED_ATTR, None)
+    offloaded = offloaded_compile(pipe)
     return False if offloaded is None else offloaded.before_clip(shape)
 
 
 def after_clip(pipe: Any) -> None:
     """Call after each clip, whatever its outcome: under ``low-vram`` a shape first seen in
     it compiles now, while the GPU is idle (:class:`OffloadedCompile`)."""
-    offloaded: OffloadedCompile | None = getattr(pipe, _OFFLOADED_ATTR, None)
+    offloaded = offloaded_compile(pipe)
     if offloaded is not None:
         offloaded.after_clip()
+
+
+def offloaded_compile(pipe: Any) -> OffloadedCompile | None:
+    """The pipeline's low-vram compile job, if :func:`compile_offloaded` made one."""
+    return getattr(pipe, _OFFLOADED_ATTR, None)
 
 
 def compile_offloaded(
@@ -283,7 +288,7 @@ def compile_offloaded(
 ) -> OffloadedCompile | None:
     """The pipeline's low-vram compile job, made once; ``None`` where the blocks' forwards
     are not reachable under the offloading hooks (they then stay eager)."""
-    job = getattr(pipe, _OFFLOADED_ATTR, None)
+    job = offloaded_compile(pipe)
     if job is None:
         try:
             job = OffloadedCompile(pipe.transformer.blocks, spare, device=device, backend=backend)
@@ -333,8 +338,11 @@ class OffloadedCompile:
         self._blocks = list(blocks)
         self._spare, self._device = spare, device
         self._forward = torch.compile(type(spare).forward, backend=backend, dynamic=False)
-        self._active = False  # whether the clip now running uses the compiled forward
-        self._ready: set[Hashable] = set()
+        # The input shapes of the graph the clip now running may use (None: eager). A block
+        # call of other shapes (both guidance passes batched, say) runs eagerly instead of
+        # making a clip wait for a recompile.
+        self._active: tuple[Any, ...] | None = None
+        self._ready: dict[Hashable, tuple[Any, ...]] = {}
         self.errors: dict[Hashable, str] = {}
         self.compile_s: dict[Hashable, float] = {}
         self.waited_s = 0.0  # what clips spent waiting for a compile in progress
@@ -356,16 +364,16 @@ class OffloadedCompile:
         """Wait for a compile in progress; compiled if ``shape`` is ready, else eager (and
         this clip records the block inputs to compile it from). Returns whether compiled."""
         self.wait()
-        self._active = shape in self._ready
-        if not self._active and shape not in self.errors and self._recording is None:
+        self._active = self._ready.get(shape)
+        if self._active is None and shape not in self.errors and self._recording is None:
             self._recording = self._blocks[0].register_forward_pre_hook(
                 lambda _m, args: self._record(shape, args)
             )
-        return self._active
+        return self._active is not None
 
     def after_clip(self) -> None:
         """Compile what the clip recorded, on a side thread (returns at once)."""
-        self._active = False
+        self._active = None
         if self._recording is not None:  # the clip stopped before its first block
             self._recording.remove()
             self._recording = None
@@ -390,7 +398,9 @@ class OffloadedCompile:
     # --- inside -------------------------------------------------------------------------------
 
     def _call(self, block: torch.nn.Module, eager: Callable[..., Any], *args: Any) -> Any:
-        return self._forward(block, *args) if self._active else eager(*args)
+        if self._active is not None and _shapes(args) == self._active:
+            return self._forward(block, *args)
+        return eager(*args)
 
     def _record(self, shape: Hashable, args: tuple[Any, ...]) -> None:
         if self._recording is not None:
@@ -418,7 +428,7 @@ class OffloadedCompile:
                 if cuda:
                     torch.cuda.empty_cache()  # the card's memory back for the next clip
         self.compile_s[shape] = time.perf_counter() - start
-        self._ready.add(shape)
+        self._ready[shape] = _shapes(args)
         log.info("Wan 2.2: low-vram blocks for %s compiled in %.1f s", shape, self.compile_s[shape])
 
 
@@ -448,6 +458,15 @@ def _own_forward(block: torch.nn.Module) -> _Forward:
         ):
             return _Forward(ref, fn)
     raise LookupError(f"no hook of {type(block).__name__} calls its own forward")
+
+
+def _shapes(value: Any) -> Any:
+    """The tensor shapes in a block's inputs (what a graph compiled for them needs)."""
+    if isinstance(value, torch.Tensor):
+        return tuple(value.shape)
+    if isinstance(value, tuple | list):
+        return tuple(_shapes(v) for v in value)
+    return None
 
 
 def _to(value: Any, device: str) -> Any:

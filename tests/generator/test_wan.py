@@ -286,3 +286,33 @@ def test_a_low_vram_compile_that_fails_leaves_clips_eager_and_says_why(tiny_wan)
     assert list(job.errors.values()) and "no compiler here" in next(iter(job.errors.values()))
     assert not job.busy and not job.compile_s
     np.testing.assert_array_equal(np.stack(after.frames), np.stack(before.frames))
+
+
+def test_low_vram_block_calls_of_other_shapes_run_eagerly_instead_of_recompiling(
+    tiny_wan,
+) -> None:
+    from generator.options import Profile
+
+    engine = engine_for(tiny_wan)
+    request = Request(image=PHOTO, seed=5, profile=Profile.LOW_VRAM)
+    engine.generate(photo(), request)  # loaded and placed
+    spare = offloaded_on_cpu(engine)
+    graphs: list[torch.fx.GraphModule] = []
+    compiled_calls: list[int] = []
+
+    def backend(graph: torch.fx.GraphModule, _inputs: list[Any]) -> Any:
+        graphs.append(graph)
+        return lambda *args: compiled_calls.append(1) or graph.forward(*args)
+
+    job = wan_speed.compile_offloaded(engine.pipeline, spare, device="cpu", backend=backend)
+    assert job is not None
+    single = engine.generate(photo(), request)  # records batch-1 block inputs; compiles after
+    assert job.wait(60) and not job.errors
+    calls_after_compile = len(compiled_calls)
+    # [wan] guidance_batch: the same clip's blocks now see batch-2 inputs, which the graph was
+    # not made for: they run eagerly rather than make this clip wait for a second compile.
+    engine.settings = dataclasses.replace(engine.settings, guidance_batch=True)
+    batched = engine.generate(photo(), request)
+
+    assert len(graphs) == 1 and len(compiled_calls) == calls_after_compile
+    assert np.abs(np.stack(batched.frames).astype(int) - np.stack(single.frames)).max() <= 1
