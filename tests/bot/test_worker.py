@@ -19,7 +19,7 @@ import pytest
 from telegram import Bot
 
 from bot import texts
-from bot.config import GpuSettings, LimitSettings, Settings, WorkerSettings
+from bot.config import DAY_S, GpuSettings, LimitSettings, Settings, WorkerSettings
 from bot.consumers import Workers, build_workers
 from bot.gpu import InlineRunner, ProcessRunner, WorkerCrashed, WorkerLost
 from bot.jobs import Job, JobOptions, NewJob, Outcome, Status
@@ -709,6 +709,18 @@ def rendezvous_child_generator(
     return Rendezvous()
 
 
+def two_consumers_settings(world: World) -> Settings:
+    """Settings for two consumers sharing the test's :class:`Clock`, which moves 5 s a read.
+
+    With two consumers busy, 24 reads can pass between one consumer's real-time heartbeats,
+    and the other would then take its running job back as stale (``stale_after_s`` is 120 s
+    of that clock): these tests are about sharing the work, not about stale heartbeats."""
+    settings = world.settings()
+    return dataclasses.replace(
+        settings, worker=dataclasses.replace(settings.worker, stale_after_s=DAY_S)
+    )
+
+
 def meeting_runners(world: World, settings: Settings, *, hang_first: bool = False):
     """Two GPU processes on devices "0" and "1" whose first steps meet (see above)."""
     ctx = multiprocessing.get_context("spawn")
@@ -734,7 +746,7 @@ def meeting_runners(world: World, settings: Settings, *, hang_first: bool = Fals
 
 
 async def test_two_consumers_run_two_users_jobs_at_once_and_stay_fair(world: World):
-    settings = world.settings()
+    settings = two_consumers_settings(world)
     ann_first = await world.submit(ANN)
     ann_second = await world.submit(ANN)
     bob = await world.submit(BOB)
@@ -755,7 +767,7 @@ async def test_two_consumers_run_two_users_jobs_at_once_and_stay_fair(world: Wor
 
 
 async def test_killing_one_consumers_gpu_process_loses_nothing(world: World):
-    settings = world.settings()
+    settings = two_consumers_settings(world)
     runners = meeting_runners(world, settings, hang_first=True)
     ann, bob = await world.submit(ANN), await world.submit(BOB)
     workers = await world.start_workers(runners, settings)
@@ -883,7 +895,7 @@ def dying_peer_generator(settings: GeneratorSettings):
 async def split_world(world: World, factory, *, timeout_s: float) -> tuple[Workers, Job]:
     """Two GPU processes, gpu1 idle, and one SVD job queued for gpu0 with split on."""
     settings = dataclasses.replace(
-        world.settings(), gpu=GpuSettings(split="auto", split_timeout_s=timeout_s)
+        two_consumers_settings(world), gpu=GpuSettings(split="auto", split_timeout_s=timeout_s)
     )
     runners = [
         ProcessRunner(settings.generator, generator_factory=factory, device=None) for _ in "01"
