@@ -30,6 +30,20 @@ def is_oom(exc: BaseException) -> bool:
     )
 
 
+def free_vram(device: str) -> int | None:
+    """Bytes this process could use on ``device`` if CUDA, else ``None``.
+
+    Memory this process's caching allocator already holds (our own pipeline) counts as free:
+    it is ours to use, not "taken".
+    """
+    if device_type(device) != "cuda":
+        return None
+    import torch
+
+    free, _total = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device)
+
+
 def free_device_memory() -> None:
     """Give cached device memory back after an unload or an out-of-memory error."""
     import torch

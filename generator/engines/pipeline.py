@@ -14,7 +14,12 @@ from typing import Any, NoReturn
 
 from generator.clip import Progress, ProgressFn
 from generator.engines import Engine, EngineSpec, choose_profile
-from generator.engines.device import device_type, free_device_memory, is_oom, report
+from generator.engines.device import (
+    free_device_memory,
+    free_vram,
+    is_oom,
+    report,
+)
 from generator.errors import InvalidRequest, OutOfMemory
 from generator.options import Profile, Request
 from generator.prompt import build_ltx_prompt
@@ -107,13 +112,7 @@ class PipelineEngine(Engine):
 
     def _free_vram(self) -> int | None:
         """Free CUDA memory plus what our pipeline already holds; ``None`` off CUDA."""
-        import torch
-
-        if self._device is None or device_type(self._device) != "cuda":
-            return None
-        free, _total = torch.cuda.mem_get_info(self._device)
-        # Memory our own pipeline already holds is ours to use, not "taken".
-        return free + torch.cuda.memory_reserved(self._device)
+        return None if self._device is None else free_vram(self._device)
 
     # --- what each clip does first ---
 

@@ -52,6 +52,7 @@ from generator.engines import Engine, EngineSpec, Frames, choose_profile, svd_sp
 from generator.engines.device import (
     device_type,
     free_device_memory,
+    free_vram,
     is_oom,
     report,
     step_end_callback,
@@ -109,17 +110,6 @@ def reads_onto_device(
     if device != "cuda":
         return False
     return choose_profile(profile, free_vram_bytes, threshold_gib) is Profile.FAST
-
-
-def free_vram(device: str) -> int | None:
-    """Bytes this process could use on ``device`` if CUDA, else ``None``.
-
-    Memory this process's caching allocator already holds (our own pipeline) counts as free.
-    """
-    if device_type(device) != "cuda":
-        return None
-    free, _total = torch.cuda.mem_get_info(device)
-    return free + torch.cuda.memory_reserved(device)
 
 
 #: What one SVD run made (the engine interface's ``Frames``; the name is kept for callers).

@@ -391,8 +391,9 @@ class OffloadedCompile:
         if thread is not None and thread.is_alive():
             start = time.perf_counter()
             thread.join(timeout)
-            self.waited_s += time.perf_counter() - start
-            log.info("Wan 2.2: a clip waited %.1f s for the low-vram compile", self.waited_s)
+            waited = time.perf_counter() - start
+            self.waited_s += waited
+            log.info("Wan 2.2: a clip waited %.1f s for the low-vram compile", waited)
         return not self.busy
 
     # --- inside -------------------------------------------------------------------------------
