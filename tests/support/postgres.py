@@ -67,7 +67,9 @@ def _as_server_user(argv: list[str]) -> list[str]:
     """Run ``argv`` as an unprivileged user when we are root (the server refuses root)."""
     if os.geteuid() != 0:
         return argv
-    return ["runuser", "-u", _server_user(), "--", *argv]
+    # util-linux puts it in /usr/sbin, which a minimal PATH (env -i, some CI runners) lacks.
+    runuser = shutil.which("runuser") or shutil.which("runuser", path="/usr/sbin:/sbin")
+    return [runuser or "runuser", "-u", _server_user(), "--", *argv]
 
 
 def _server_user() -> str:
