@@ -78,14 +78,10 @@ class BackgroundCompile:
     ) -> None:
         self._modules = list(modules)
         self._dynamo_config = dict(dynamo_config or {})
-        self._compiled = [
-            torch.compile(
-                m._call_impl if entry == "call" else m.forward, backend=backend, dynamic=False
-            )
-            for m in self._modules
-        ]
+        self._compiled = self._make_twins(backend, entry)
         self._dispatch = [
-            self._dispatcher(m, fn) for m, fn in zip(self._modules, self._compiled, strict=True)
+            self._dispatcher(i, m, fn)
+            for i, (m, fn) in enumerate(zip(self._modules, self._compiled, strict=True))
         ]
         self._ready: set[Hashable] = set()
         self._thread: threading.Thread | None = None
@@ -198,7 +194,18 @@ class BackgroundCompile:
 
     # --- inside -------------------------------------------------------------------------------
 
-    def _dispatcher(self, module: torch.nn.Module, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def _make_twins(self, backend: str | Callable[..., Any], entry: str) -> list[Any]:
+        """The compiled twin of each module (a subclass may make them another way)."""
+        return [
+            torch.compile(
+                m._call_impl if entry == "call" else m.forward, backend=backend, dynamic=False
+            )
+            for m in self._modules
+        ]
+
+    def _dispatcher(
+        self, index: int, module: torch.nn.Module, fn: Callable[..., Any]
+    ) -> Callable[..., Any]:
         def dispatch(*args: Any, **kwargs: Any) -> Any:
             if threading.get_ident() == self._worker:
                 self.pause()
@@ -248,8 +255,7 @@ class BackgroundCompile:
         start = time.perf_counter()
         mode = torch.inference_mode() if inference else torch.no_grad()
         try:
-            with mode:
-                fn()
+            self._build(shape, fn, mode)
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
         except Exception as exc:  # any compile failure: this shape stays eager, say why
@@ -259,3 +265,9 @@ class BackgroundCompile:
         self.compile_s[shape] = time.perf_counter() - start
         self._ready.add(shape)
         log.info("%s: %s compiled in %.1f s", self.name, shape, self.compile_s[shape])
+
+    def _build(self, shape: Hashable, fn: Callable[[], None], mode: Any) -> None:
+        """Compile ``shape``: here, by calling the modules through their twins in ``fn``."""
+        del shape
+        with mode:
+            fn()

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from generator.engines import compiling
+from generator.engines import precompiled
 from generator.errors import BackendUnavailable
 from generator.options import Profile
 
@@ -123,22 +123,25 @@ RECOMPILE_LIMIT = 256
 LOAD_GRACE_S = 10.0
 
 _COMPILE_ATTR = "_svd_background_compile"
+#: ``torch.compile``'s backend for the blocks (tests set one that compiles nothing).
+COMPILE_BACKEND: str | Callable[..., Any] = "inductor"
 
 #: What one compiled graph set serves: (profile, height, width, frames, decode chunk, batch);
 #: the batch is 2 with classifier-free guidance (the pipeline's default), else 1.
 ClipShape = tuple[str, int, int, int, int, int]
 
 
-class SvdCompile(compiling.BackgroundCompile):
-    """Compile the UNet's repeated blocks and the VAE decoder behind eager clips.
+class SvdCompile(precompiled.PrecompiledBlocks):
+    """Compile the UNet's repeated blocks and the VAE decoder behind eager clips, and keep them.
 
     Before each clip the engine calls :meth:`before_clip` with the clip's shape. A shape
-    compiled already runs compiled. Any other runs eagerly, at stock speed, while a side thread
-    compiles that shape and its other orientation (portrait for landscape) by running one UNet
-    pass and one decode on random inputs of those sizes, pausing while clips run
-    (``serving``); the first clip after it is done runs compiled. With a warm inductor cache
-    (``configure_torch``) the side thread only reloads kernels. A failed compile leaves that
-    shape eager (``errors`` says why).
+    compiled already runs compiled; so does one whose graphs a former process saved (loaded in
+    seconds, no compiling: a restart's first clip runs at full speed). Any other runs eagerly,
+    at stock speed, while a side thread compiles that shape and its other orientation
+    (portrait for landscape) from one UNet pass and one decode on random inputs of those sizes,
+    pausing while clips run (``serving``), and saves the graphs beside inductor's cache
+    (``precompiled``); the first clip after it is done runs compiled. A failed compile leaves
+    that shape eager (``errors`` says why).
 
     The side thread's pass needs activation memory beside the running clip's, once per shape.
     """
@@ -146,13 +149,18 @@ class SvdCompile(compiling.BackgroundCompile):
     #: Compile the other orientation too (benchmarks turn it off to time one orientation).
     both_orientations = True
 
-    def __init__(self, pipe: Any, *, backend: str | Callable[..., Any] = "inductor") -> None:
+    def __init__(
+        self,
+        pipe: Any,
+        *,
+        backend: str | Callable[..., Any] = "inductor",
+        folder: Path | None = None,
+    ) -> None:
         blocks = [m for m in base_unet(pipe).modules() if type(m).__name__ in REGIONAL_BLOCKS]
-        # Each class's forward gets its own compile cache (graphs per shape, not per block).
         super().__init__(
             [*blocks, pipe.vae.decoder],
+            folder=folder,
             backend=backend,
-            entry="forward",
             name="SVD compile",
             dynamo_config={
                 "recompile_limit": RECOMPILE_LIMIT,
@@ -162,21 +170,22 @@ class SvdCompile(compiling.BackgroundCompile):
         self._pipe = pipe
 
     def before_clip(self, shape: ClipShape, *, grace_s: float = 0.0) -> bool:
-        """Compiled modules if ``shape`` is ready, else eager and compile it (and its turn).
+        """Compiled modules if ``shape`` is ready or saved, else eager and compile it (and its
+        turn) behind the clip.
 
         Called inside the clip's ``serving()``, the compile begins when that clip ends;
         ``grace_s`` is for a call with no clip yet (see ``BackgroundCompile.start``).
         """
-        if self.use(shape):
-            return True
         if not self.busy:
+            if not self.known(shape):
+                self.preload(shape)  # graphs a former process saved: no compiling
             profile, height, width, frames, chunk, batch = shape
             turned: ClipShape = (profile, width, height, frames, chunk, batch)
             both = (shape, turned) if self.both_orientations else (shape,)
             todo = [s for s in dict.fromkeys(both) if not self.known(s)]
             work = [(s, lambda s=s: self._exercise(s)) for s in todo]
             self.start(work, inference=True, grace_s=grace_s)
-        return False
+        return self.use(shape)
 
     def _exercise(self, shape: ClipShape) -> None:
         """One UNet pass (batch two with classifier-free guidance, as the pipeline calls it)
@@ -576,7 +585,7 @@ def _common(pipe: Any, *, device: str, compile: bool) -> tuple[list[str], list[s
         skipped.append(f"compile: torch.compile with Triton unavailable for {device}")
     elif compile:
         try:
-            setattr(pipe, _COMPILE_ATTR, SvdCompile(pipe))
+            setattr(pipe, _COMPILE_ATTR, SvdCompile(pipe, backend=COMPILE_BACKEND))
             steps.append("unet blocks and vae decoder compiled behind eager clips")
         except Exception as exc:  # torch.compile itself refused (old torch, bad backend)
             skipped.append(f"compile: {type(exc).__name__}: {exc}")

@@ -24,6 +24,7 @@ from generator.engines.svd import (
 )
 from generator.errors import BackendUnavailable, Cancelled, InvalidRequest, OutOfMemory
 from generator.options import Backend, Profile
+from tests.support.graphs import saveable_eager
 from tests.support.tiny_svd import tiny_settings
 
 GIB = 1024**3
@@ -341,13 +342,18 @@ def test_compile_refused_runs_eager(
     eager = SvdBackend(tiny_settings(tiny_svd_dir, compile=False))
     backend = SvdBackend(tiny_settings(tiny_svd_dir, compile=True))
 
-    with caplog.at_level(logging.WARNING, logger="generator.engines.svd_speed"):
+    with caplog.at_level(logging.WARNING, logger="generator.engines"):
         first = backend.generate(photo(), motion_bucket=127, fps=7, seed=4)
+        job = svd_speed.compile_job(backend.pipeline)
+        assert job is not None and job.wait(120)
         backend.generate(photo(), motion_bucket=127, fps=7, seed=4)
     expected = eager.generate(photo(), motion_bucket=127, fps=7, seed=4)
 
     assert len(calls) == 1  # once per placed pipeline, not per clip
-    assert any("runs eager" in r.getMessage() for r in caplog.records)
+    assert any(
+        "eager" in r.getMessage() and "Dynamo is not supported" in r.getMessage()
+        for r in caplog.records
+    )
     assert np.array_equal(as_array(first.frames), as_array(expected.frames))
 
 
@@ -626,3 +632,34 @@ def test_jobs_leave_no_tensors_behind(backend: SvdBackend) -> None:
             backend.generate(photo(), motion_bucket=127, fps=7, should_cancel=lambda: True)
 
     assert _live_tensors() <= baseline
+
+
+def test_a_restart_runs_its_first_clip_compiled_from_the_graphs_saved_before(
+    tiny_svd_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(svd_speed, "compile_available", lambda device: True)
+    monkeypatch.setattr(svd_speed, "COMPILE_BACKEND", saveable_eager)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "unused"))  # restored after
+    settings = tiny_settings(tiny_svd_dir, compile=True, cache_dir=str(tmp_path / "cache"))
+    expected = SvdBackend(tiny_settings(tiny_svd_dir, compile=False)).generate(
+        photo(), motion_bucket=127, fps=7, seed=4
+    )
+    before = SvdBackend(settings)
+    before.generate(photo(), motion_bucket=127, fps=7, seed=4)  # eager; compiles behind
+    job = svd_speed.compile_job(before.pipeline)
+    assert job is not None and job.wait(120) and not job.errors and job.saved_files
+    before.unload()
+
+    calls = _count_compiles(monkeypatch, lambda fn: pytest.fail("compiled after the restart"))
+    restarted = SvdBackend(settings)  # a new process loads the weights from the folder again
+    restarted.load()
+    assert not restarted.prepare(32, 32)  # as a restarted worker's warm-up: nothing to compile
+    events: list[Progress] = []
+    first = restarted.generate(photo(), motion_bucket=127, fps=7, seed=4, on_progress=events.append)
+
+    assert calls == []
+    assert not any(e.warming for e in _denoising(events))  # the card gives the usual estimate
+    job = svd_speed.compile_job(restarted.pipeline)
+    assert job is not None and job.swapped
+    assert job.loaded_files > 0 and job.saved_files == 0  # every graph came from the files
+    assert np.array_equal(as_array(first.frames), as_array(expected.frames))
