@@ -193,7 +193,14 @@ def compile_forward(
             fn.disable_guard_check()
             return fn, True
         except Exception as exc:  # any refusal: the ordinary compile below
-            log.info("aot_compile of %s refused (%s); compiling in memory", type(module), exc)
+            log.warning(
+                "aot_compile of %s refused (%s: %s); compiling it in memory, so a restart "
+                "compiles it again",
+                type(module).__name__,
+                type(exc).__name__,
+                exc,
+                exc_info=log.isEnabledFor(logging.DEBUG),
+            )
             compiled = torch.compile(forward, backend=backend, dynamic=False)
     compiled(module, *args, **kwargs)
     return compiled, False
@@ -298,6 +305,7 @@ class PrecompiledBlocks(BackgroundCompile):
         self._recorded.clear()
         self._shape_keys[shape] = []
         self._install(self._compiled)
+        failed: list[Exception] = []
         with mode:
             fn()  # eager, with each block call's signature recorded by dispatch()
             for key, (index, args, kwargs) in list(self._recorded.items()):
@@ -305,8 +313,20 @@ class PrecompiledBlocks(BackgroundCompile):
                 if key in self._graphs:
                     continue
                 self.pause()
-                self._graphs[key] = self._load_or_compile(key, index, args, kwargs)
+                try:
+                    self._graphs[key] = self._load_or_compile(key, index, args, kwargs)
+                except Exception as exc:  # that block stays eager; the others still compile
+                    failed.append(exc)
+                    log.warning(
+                        "%s: %s with %s stays eager",
+                        self.name,
+                        type(self._modules[index]).__name__,
+                        key[1],
+                        exc_info=True,
+                    )
         self._recorded.clear()
+        if failed and len(failed) == len(self._shape_keys[shape]):
+            raise failed[0]  # nothing compiled: the shape stays eager, with the reason
         self._write_index(shape)
 
     # --- keys, files -----------------------------------------------------------------------
@@ -385,9 +405,11 @@ class PrecompiledBlocks(BackgroundCompile):
         return graph
 
     def _write_index(self, shape: Hashable) -> None:
-        keys = self._shape_keys.get(shape, [])
-        if not keys or not all(self._file(k).exists() for k in keys):
-            return  # some graph lives only in memory: a restart compiles that shape again
+        # Graphs that live only in memory (compiled without aot_compile) or failed are left
+        # out: after a restart those blocks run eagerly, like a failed one here.
+        keys = [k for k in self._shape_keys.get(shape, []) if self._file(k).exists()]
+        if not keys:
+            return
         path = self._index(shape)
         with contextlib.suppress(OSError):
             path.parent.mkdir(parents=True, exist_ok=True)
