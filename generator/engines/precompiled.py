@@ -179,17 +179,18 @@ def compile_forward(
     run once here on the example inputs so the compile happens now and not in a clip.
     """
     forward = type(module).forward
-    compiled = torch.compile(
-        forward,
-        backend=backend,
-        dynamic=False,
-        fullgraph=True,
-        options={"guard_filter_fn": _no_guards},
-    )
-    ahead = getattr(compiled, "aot_compile", None)
-    if ahead is not None:
+    if ahead_of_time_available():
+        # torch 2.10-2.12 offer aot_compile only with this flag on when the wrapper is made.
+        with torch._dynamo.config.patch(enable_aot_compile=True):
+            guardless = torch.compile(
+                forward,
+                backend=backend,
+                dynamic=False,
+                fullgraph=True,
+                options={"guard_filter_fn": _no_guards},
+            )
         try:
-            fn = ahead(((module, *args), kwargs))
+            fn = guardless.aot_compile(((module, *args), kwargs))
             fn.disable_guard_check()
             return fn, True
         except Exception as exc:  # any refusal: the ordinary compile below
@@ -201,9 +202,18 @@ def compile_forward(
                 exc,
                 exc_info=log.isEnabledFor(logging.DEBUG),
             )
-            compiled = torch.compile(forward, backend=backend, dynamic=False)
+    # Never call the guardless wrapper: its graph would be cached on the class's forward with
+    # no guards, and every block of that class would run it whatever its shapes.
+    compiled = torch.compile(forward, backend=backend, dynamic=False)
     compiled(module, *args, **kwargs)
     return compiled, False
+
+
+def ahead_of_time_available() -> bool:
+    """Whether this torch can compile a function ahead of time and save it (>= 2.10)."""
+    return hasattr(torch.compiler, "load_compiled_function") and hasattr(
+        torch._dynamo.config, "enable_aot_compile"
+    )
 
 
 def save_graph(fn: Any, path: Path) -> None:
@@ -344,7 +354,9 @@ class PrecompiledBlocks(BackgroundCompile):
 
     def _salt_now(self) -> str:
         if self._salt is None:
-            self._salt = code_salt(self._modules)
+            backend = self._backend
+            name = backend if isinstance(backend, str) else getattr(backend, "__qualname__", "")
+            self._salt = f"{code_salt(self._modules)}-{name}"  # another backend, other graphs
         return self._salt
 
     def _file(self, key: GraphKey) -> Path:

@@ -346,10 +346,11 @@ def test_compile_refused_runs_eager(
         first = backend.generate(photo(), motion_bucket=127, fps=7, seed=4)
         job = svd_speed.compile_job(backend.pipeline)
         assert job is not None and job.wait(120)
+        tried = len(calls)
         backend.generate(photo(), motion_bucket=127, fps=7, seed=4)
     expected = eager.generate(photo(), motion_bucket=127, fps=7, seed=4)
 
-    assert len(calls) == 1  # once per placed pipeline, not per clip
+    assert tried and len(calls) == tried  # tried once per placed pipeline, not per clip
     assert any(
         "eager" in r.getMessage() and "Dynamo is not supported" in r.getMessage()
         for r in caplog.records

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from generator.engines import precompiled
 from generator.engines.precompiled import PrecompiledBlocks, call_signature
 from tests.support.graphs import saveable_eager
 
@@ -110,7 +111,7 @@ def test_an_unreadable_graph_file_is_compiled_and_replaced(tmp_path: Path) -> No
     assert job.wait(120) and not job.errors and job.use(SHAPE)
 
     assert job.saved_files == 2
-    assert PrecompiledBlocks(make_blocks(4), folder=tmp_path).preload(SHAPE)
+    assert PrecompiledBlocks(make_blocks(4), folder=tmp_path, backend=saveable_eager).preload(SHAPE)
 
 
 def test_a_call_the_graphs_were_not_made_for_runs_eagerly(
@@ -135,3 +136,38 @@ def test_a_call_signature_names_every_layout_and_refuses_what_it_cannot_key() ->
     assert call_signature((x,), {}) != call_signature((x.t().contiguous().t(),), {})
     assert call_signature((x,), {"n": 2}) != call_signature((x,), {"n": 3})
     assert call_signature((x, object()), {}) is None
+
+
+class Flatten(torch.nn.Module):
+    """A block whose graph bakes its input's batch in (dynamo specializes ``x.shape[0]``)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).reshape(x.shape[0], -1) * 2
+
+
+def test_without_ahead_of_time_compiling_each_block_still_gets_its_own_graph(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An older torch (or one refusing aot_compile): graphs live in memory, with dynamo's guards,
+    # so blocks of one class with other shapes never run each other's graph.
+    monkeypatch.setattr(precompiled, "ahead_of_time_available", lambda: False)
+    torch.manual_seed(0)
+    blocks = [Flatten(8), Flatten(16)]
+    xs = [torch.randn(3, 8), torch.randn(5, 16)]
+
+    def work() -> None:
+        for b, x in zip(blocks, xs, strict=True):
+            b(x)
+
+    job = PrecompiledBlocks(blocks, folder=tmp_path, backend="eager", name="test graphs")
+    assert job.start([(SHAPE, work)], inference=True)
+    assert job.wait(120) and not job.errors, job.errors
+    assert job.use(SHAPE) and len(job._graphs) == 2 and job.saved_files == 0
+
+    with torch.inference_mode():
+        for b, x in zip(blocks, xs, strict=True):
+            torch.testing.assert_close(b(x), b._call_impl(x))
