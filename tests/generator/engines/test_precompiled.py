@@ -4,7 +4,9 @@ never used for blocks it was not made for."""
 from __future__ import annotations
 
 import copy
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -171,3 +173,26 @@ def test_without_ahead_of_time_compiling_each_block_still_gets_its_own_graph(
     with torch.inference_mode():
         for b, x in zip(blocks, xs, strict=True):
             torch.testing.assert_close(b(x), b._call_impl(x))
+
+
+def test_a_fresh_graph_runs_once_before_any_clip_uses_it(tmp_path: Path) -> None:
+    # Its first call loads its kernels; that belongs to the side thread, not a user's clip.
+    first_calls: list[str] = []
+
+    def counting_backend(graph: torch.fx.GraphModule, inputs: list[Any]) -> Any:
+        compiled = saveable_eager(graph, inputs)
+        run = compiled.graph_module.forward
+
+        def forward(*args: Any) -> Any:
+            first_calls.append(threading.current_thread().name)
+            return run(*args)
+
+        compiled.graph_module.forward = forward
+        return compiled
+
+    blocks = make_blocks(0)
+    job = PrecompiledBlocks(blocks, folder=tmp_path, backend=counting_backend, name="graphs")
+    assert job.start([(SHAPE, lambda: run(blocks))], inference=True)
+    assert job.wait(120) and not job.errors
+
+    assert first_calls == ["graphs", "graphs"]  # one per graph, on the compile's own thread
