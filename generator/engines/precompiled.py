@@ -13,7 +13,9 @@ strides, dtype, device; each plain value) and a salt (torch, the GPU, the numeri
 source files of every class in the block). Blocks with equal keys share one graph (regional
 compilation), a call whose key has no graph runs eagerly, and a change to any of these (a new
 diffusers, a changed profile, another GPU) simply misses and compiles again. Dynamo's own guards
-are not kept: the key is the guard.
+are not kept: the key is the guard. The files are pickles and inductor code, which run when
+loaded, as inductor's own cache does: the folder must be writable by the service alone (the
+data folder is). Files are written under a temporary name, then renamed, readable by their owner.
 
 Example::
 
@@ -31,6 +33,7 @@ import inspect
 import json
 import logging
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -78,7 +81,8 @@ class TensorSpec:
 def _plain(value: Any) -> str | None:
     """A value's part of a call signature; ``None`` when it cannot be keyed exactly."""
     if isinstance(value, torch.Tensor):
-        return f"T{tuple(value.shape)}{tuple(value.stride())}{value.dtype}{value.device.type}"
+        # The device index too: inductor's code names the device it was compiled for.
+        return f"T{tuple(value.shape)}{tuple(value.stride())}{value.dtype}{value.device}"
     if value is None or isinstance(value, (bool, int, float, str)):
         return repr(value)
     if isinstance(value, (tuple, list)):
@@ -122,7 +126,7 @@ def module_fingerprint(module: torch.nn.Module) -> str:
                 lines.append(f" {key}={_setting(value)}")
         for kind, tensors in (("p", sub._parameters), ("b", sub._buffers)):
             for key, t in tensors.items():
-                spec = "None" if t is None else f"{tuple(t.shape)}{t.dtype}{t.device.type}"
+                spec = "None" if t is None else f"{tuple(t.shape)}{t.dtype}{t.device}"
                 lines.append(f" {kind}.{key}={spec}")
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:32]
 
@@ -131,6 +135,7 @@ def code_salt(modules: Iterable[torch.nn.Module]) -> str:
     """What no fingerprint shows but a graph depends on: torch, the GPU, the numeric flags
     and the source of every class the blocks (and their attention processors) run."""
     classes: set[type] = set()
+    modules = list(modules)
     for module in modules:
         for sub in module.modules():
             classes.add(type(sub))
@@ -143,8 +148,14 @@ def code_salt(modules: Iterable[torch.nn.Module]) -> str:
             files.add(inspect.getsourcefile(cls) or "")
     h = hashlib.sha256()
     gpu = ""
-    if torch.cuda.is_available():
-        gpu = f"{torch.cuda.get_device_name()} {torch.cuda.get_device_capability()}"
+    device = next((p.device for m in modules for p in m.parameters()), None)
+    if device is not None and device.type == "cuda":
+        gpu = f"{torch.cuda.get_device_name(device)} {torch.cuda.get_device_capability(device)}"
+    libraries = " ".join(
+        f"{name}={getattr(sys.modules[name], '__version__', '?')}"
+        for name in ("diffusers", "transformers", "triton")
+        if name in sys.modules
+    )
     import torch._inductor.config as inductor_config
 
     flags = (
@@ -154,6 +165,7 @@ def code_salt(modules: Iterable[torch.nn.Module]) -> str:
         inductor_config.max_autotune_gemm,
     )
     h.update(f"{FORMAT} {torch.__version__} {torch.version.cuda} {gpu} {flags}".encode())
+    h.update(libraries.encode())
     for path in sorted(f for f in files if f):
         with contextlib.suppress(OSError):
             h.update(path.encode() + Path(path).read_bytes())
@@ -438,11 +450,17 @@ class PrecompiledBlocks(BackgroundCompile):
             os.replace(tmp.name, path)
 
     def _prune(self) -> None:
-        cutoff = time.time() - KEEP_UNUSED_S
-        for old in self.folder.glob("*.graph"):
-            with contextlib.suppress(OSError):
-                if old.stat().st_mtime < cutoff:
-                    old.unlink()
+        now = time.time()
+        # Graphs nobody loaded for a month; half-written files a crash left behind.
+        for pattern, keep_s in (
+            ("*.graph", KEEP_UNUSED_S),
+            ("*.json", KEEP_UNUSED_S),
+            ("*.tmp", 3600.0),
+        ):
+            for old in self.folder.glob(pattern):
+                with contextlib.suppress(OSError):
+                    if old.stat().st_mtime < now - keep_s:
+                        old.unlink()
 
     def preload(self, shape: Hashable) -> bool:
         """Make ``shape`` ready from saved graphs, with no compiling; ``False`` when any of
@@ -471,6 +489,8 @@ class PrecompiledBlocks(BackgroundCompile):
                 log.info("%s: %s not loaded from disk (%s)", self.name, shape, exc)
                 return False
         self._graphs.update(graphs)
+        with contextlib.suppress(OSError):
+            os.utime(self._index(shape))  # in use: not old
         self.loaded_files += len(graphs)
         self._shape_keys[shape] = keys
         self._ready.add(shape)

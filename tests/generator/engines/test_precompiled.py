@@ -4,7 +4,9 @@ never used for blocks it was not made for."""
 from __future__ import annotations
 
 import copy
+import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -196,3 +198,22 @@ def test_a_fresh_graph_runs_once_before_any_clip_uses_it(tmp_path: Path) -> None
     assert job.wait(120) and not job.errors
 
     assert first_calls == ["graphs", "graphs"]  # one per graph, on the compile's own thread
+
+
+def test_saving_a_graph_deletes_graphs_unused_for_a_month_and_leftover_temp_files(
+    tmp_path: Path,
+) -> None:
+    month_ago = time.time() - precompiled.KEEP_UNUSED_S - 60
+    stale = tmp_path / "from-an-old-torch.graph"
+    half_written = tmp_path / "crashed-mid-write.tmp"
+    recent = tmp_path / "used-last-week.graph"
+    for f in (stale, half_written, recent):
+        f.write_bytes(b"x")
+    os.utime(stale, (month_ago, month_ago))
+    os.utime(half_written, (time.time() - 7200, time.time() - 7200))
+    os.utime(recent, (time.time() - 7 * 86400, time.time() - 7 * 86400))
+
+    compiled_job(make_blocks(0), tmp_path)
+
+    assert not stale.exists() and not half_written.exists()
+    assert recent.exists() and len(list(tmp_path.glob("*.graph"))) == 3
