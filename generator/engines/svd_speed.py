@@ -17,9 +17,9 @@ Example::
     ...     frames = pipe(image, decode_chunk_size=FAST_DECODE_CHUNK).frames[0]
     False                                   # eager; compiling behind it
 
-Measured on an H100 (``bench/RESULTS.md``, ``bench/svd_bench.py``): stock 19.0 s a clip, fast
-12.9 s (0.68x), low-vram 13.2 s at 5.7 GiB peak allocated; a restart with a warm inductor
-cache finishes its first clip 45 s after process start.
+Measured on an H200 (``bench/RESULTS.md``, ``bench/backend_check.py``): stock 18.2 s a clip,
+fast 11.9-12.0 s (0.66x), low-vram 12.2 s at 6.0 GiB peak allocated; a restart loads the saved
+graphs (``precompiled``) and finishes its first clip, compiled, 31.7 s after process start.
 """
 
 from __future__ import annotations
