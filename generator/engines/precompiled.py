@@ -109,10 +109,19 @@ def _setting(value: Any) -> str:
         return f"({','.join(_setting(v) for v in value)})"
     if isinstance(value, torch.dtype):
         return str(value)
+    if isinstance(value, torch.Tensor):  # a plain tensor attribute: a graph may bake it in
+        return f"T{tuple(value.shape)}{value.dtype}{value.device}{_small_content(value)}"
     # An object a forward may call (an attention processor, an activation function): which
     # one it is, not its contents; its class's source is in the salt.
     kind = value if inspect.isroutine(value) or isinstance(value, type) else type(value)
     return f"<{getattr(kind, '__module__', '')}.{getattr(kind, '__qualname__', repr(kind))}>"
+
+
+def _small_content(t: torch.Tensor) -> str:
+    if t.numel() > 4096 or t.is_meta:
+        return ""
+    raw = t.detach().reshape(-1).cpu().contiguous().view(torch.uint8).numpy().tobytes()
+    return hashlib.sha256(raw).hexdigest()[:16]
 
 
 def module_fingerprint(module: torch.nn.Module) -> str:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from generator.engines import precompiled
-from generator.engines.precompiled import PrecompiledBlocks, call_signature
+from generator.engines.precompiled import PrecompiledBlocks, call_signature, module_fingerprint
 from tests.support.graphs import saveable_eager
 
 SHAPE = ("clip", 4, 8)
@@ -217,3 +217,14 @@ def test_saving_a_graph_deletes_graphs_unused_for_a_month_and_leftover_temp_file
 
     assert not stale.exists() and not half_written.exists()
     assert recent.exists() and len(list(tmp_path.glob("*.graph"))) == 3
+
+
+def test_blocks_differing_only_in_a_plain_tensor_attribute_never_share_a_graph() -> None:
+    # A tensor kept as a plain attribute (not a buffer) is a constant a graph bakes in.
+    one, other = Block(8), Block(8)
+    one.table = torch.tensor([1.0, 2.0], dtype=torch.bfloat16)
+    other.table = torch.tensor([1.0, 3.0], dtype=torch.bfloat16)
+    copied = copy.deepcopy(one)
+
+    assert module_fingerprint(one) != module_fingerprint(other)
+    assert module_fingerprint(one) == module_fingerprint(copied)
