@@ -34,7 +34,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable
@@ -45,6 +44,7 @@ from typing import Any
 import torch
 
 from generator.engines.compiling import BackgroundCompile
+from generator.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -238,12 +238,8 @@ def ahead_of_time_available() -> bool:
 
 
 def save_graph(fn: Any, path: Path) -> None:
-    """Write an ``aot_compile``d function to ``path`` atomically (readable by this user only)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = type(fn).serialize(fn).serialized_data
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as tmp:
-        tmp.write(data)
-    os.replace(tmp.name, path)
+    """Write an ``aot_compile``d function to ``path`` (whole or not at all, owner-readable)."""
+    write_atomic(path, type(fn).serialize(fn).serialized_data)
 
 
 def load_graph(path: Path) -> Callable[..., Any]:
@@ -442,21 +438,13 @@ class PrecompiledBlocks(BackgroundCompile):
         keys = [k for k in self._shape_keys.get(shape, []) if self._file(k).exists()]
         if not keys:
             return
-        path = self._index(shape)
+        index = {
+            "shape": repr(shape),
+            "modules": self.fingerprints,
+            "graphs": [list(k) for k in keys],
+        }
         with contextlib.suppress(OSError):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(
-                "w", dir=path.parent, delete=False, suffix=".tmp"
-            ) as tmp:
-                json.dump(
-                    {
-                        "shape": repr(shape),
-                        "modules": self.fingerprints,
-                        "graphs": [list(k) for k in keys],
-                    },
-                    tmp,
-                )
-            os.replace(tmp.name, path)
+            write_atomic(self._index(shape), json.dumps(index).encode())
 
     def _prune(self) -> None:
         now = time.time()
@@ -464,7 +452,7 @@ class PrecompiledBlocks(BackgroundCompile):
         for pattern, keep_s in (
             ("*.graph", KEEP_UNUSED_S),
             ("*.json", KEEP_UNUSED_S),
-            ("*.tmp", 3600.0),
+            (".*.part", 3600.0),
         ):
             for old in self.folder.glob(pattern):
                 with contextlib.suppress(OSError):

@@ -205,7 +205,7 @@ def test_saving_a_graph_deletes_graphs_unused_for_a_month_and_leftover_temp_file
 ) -> None:
     month_ago = time.time() - precompiled.KEEP_UNUSED_S - 60
     stale = tmp_path / "from-an-old-torch.graph"
-    half_written = tmp_path / "crashed-mid-write.tmp"
+    half_written = tmp_path / ".x.graph.crashed-mid-write.part"
     recent = tmp_path / "used-last-week.graph"
     for f in (stale, half_written, recent):
         f.write_bytes(b"x")
