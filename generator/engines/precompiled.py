@@ -74,8 +74,28 @@ class TensorSpec:
     dtype: torch.dtype
     device: torch.device
 
-    def empty(self) -> torch.Tensor:
-        return torch.empty_strided(self.shape, self.stride, dtype=self.dtype, device=self.device)
+    @classmethod
+    def of(cls, value: Any) -> Any:
+        """``value`` (tensors in tuples, lists, dicts) with each tensor replaced by its spec:
+        recording a call keeps no activations alive."""
+        if isinstance(value, torch.Tensor):
+            return cls(tuple(value.shape), value.stride(), value.dtype, value.device)
+        if isinstance(value, dict):
+            return {k: cls.of(v) for k, v in value.items()}
+        return type(value)(cls.of(v) for v in value) if isinstance(value, (tuple, list)) else value
+
+    @classmethod
+    def made(cls, value: Any) -> Any:
+        """The reverse of :meth:`of`: an uninitialised tensor of each spec's layout."""
+        if isinstance(value, cls):
+            return torch.empty_strided(
+                value.shape, value.stride, dtype=value.dtype, device=value.device
+            )
+        if isinstance(value, dict):
+            return {k: cls.made(v) for k, v in value.items()}
+        return (
+            type(value)(cls.made(v) for v in value) if isinstance(value, (tuple, list)) else value
+        )
 
 
 def _plain(value: Any) -> str | None:
@@ -390,13 +410,7 @@ class PrecompiledBlocks(BackgroundCompile):
             return
         key = (self.fingerprints[index], signature)
         if key not in self._recorded:
-
-            def spec(v: Any) -> Any:
-                if isinstance(v, torch.Tensor):
-                    return TensorSpec(tuple(v.shape), v.stride(), v.dtype, v.device)
-                return tuple(spec(x) for x in v) if isinstance(v, tuple) else v
-
-            self._recorded[key] = (index, spec(args), {k: spec(v) for k, v in kwargs.items()})
+            self._recorded[key] = (index, *TensorSpec.of((args, kwargs)))
 
     def _load_or_compile(
         self, key: GraphKey, index: int, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -412,13 +426,8 @@ class PrecompiledBlocks(BackgroundCompile):
                     "%s: unreadable graph %s (%s); compiling it again", self.name, path, exc
                 )
 
-        def real(v: Any) -> Any:
-            if isinstance(v, TensorSpec):
-                return v.empty()
-            return tuple(real(x) for x in v) if isinstance(v, tuple) else v
-
         module = self._modules[index]
-        args, kwargs = tuple(real(a) for a in args), {k: real(v) for k, v in kwargs.items()}
+        args, kwargs = TensorSpec.made((args, kwargs))
         graph, saveable = compile_forward(module, args, kwargs, backend=self._backend)
         if saveable:
             # Its first call loads the kernels (on an H200 the first compiled SVD clip took
