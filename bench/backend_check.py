@@ -190,8 +190,10 @@ def one_clip(
     size = (args.height, args.width) if portrait else (args.width, args.height)
     photo = Image.new("RGB", size, (200, 120, 40))
     warming: list[bool] = []
+    stages: list[tuple[str, float]] = []  # each progress event's seconds since the clip began
 
     def on_progress(p: Any) -> None:
+        stages.append((p.stage, round(time.perf_counter() - t, 3)))
         if p.stage == "denoising":
             warming.append(p.warming)
 
@@ -216,6 +218,7 @@ def one_clip(
         warming=any(warming),  # ran on the not-yet-compiled path
         portrait=portrait,
         frames=len(out.frames),
+        stages=stages,
     )
     if args.device.startswith("cuda"):
         row["peak_gib"] = torch.cuda.max_memory_allocated() / GIB

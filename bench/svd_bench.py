@@ -37,11 +37,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 import torch  # noqa: E402
 
 from generator.engines import svd_speed  # noqa: E402
-from tests.support.tiny_svd import build_tiny_svd, svd_xt_scheduler  # noqa: E402
+
+# tests.support.tiny_svd (pytest with it) is imported where used: a --restart then imports
+# what the service's GPU process imports, so its "imports" time is the service's.
 
 GIB = 1024**3
 SEED_WEIGHTS = 0
 SEED_CLIP = 42
+
+
+def _tiny() -> Any:
+    import tests.support.tiny_svd as tiny
+
+    return tiny
 
 
 def log(msg: str) -> None:
@@ -99,7 +107,7 @@ def build_full(device: str, dtype: torch.dtype) -> Any:
         vae=vae.eval(),
         image_encoder=encoder.to(dtype).eval(),
         unet=unet.eval(),
-        scheduler=svd_xt_scheduler(),
+        scheduler=_tiny().svd_xt_scheduler(),
         feature_extractor=CLIPImageProcessor(crop_size=224, size=224),
     )
     pipe.set_progress_bar_config(disable=True)
@@ -111,7 +119,7 @@ def build_tiny(folder: Path) -> Any:
     from diffusers import StableVideoDiffusionPipeline
 
     if not (folder / "model_index.json").exists():
-        build_tiny_svd(folder)
+        _tiny().build_tiny_svd(folder)
     pipe = StableVideoDiffusionPipeline.from_pretrained(folder, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     return pipe
