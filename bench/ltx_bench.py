@@ -43,7 +43,7 @@ import torch  # noqa: E402
 
 from generator.config import EncodeSettings  # noqa: E402
 from generator.encode import encode_frames  # noqa: E402
-from generator.engines import ltx_speed  # noqa: E402
+from generator.engines import device, ltx_speed  # noqa: E402
 from generator.options import MOTION_BANDS, PhotoType, Profile  # noqa: E402
 from generator.prompt import NEGATIVE_PROMPT, build_prompt  # noqa: E402
 
@@ -291,7 +291,7 @@ def run_clip(
         embeds = cache.kwargs(pipe, prompt, NEGATIVE_PROMPT, guidance_scale=1.0)
         out = pipe(**common, **embeds, output_type="pt")
         frames_end_pipe = clock.now()
-        frames = ltx_speed.frames_to_uint8(out.frames[0])
+        frames = device.frames_to_uint8(out.frames[0])
     else:
         out = pipe(**common, prompt=prompt, negative_prompt=NEGATIVE_PROMPT, output_type="np")
         frames_end_pipe = clock.now()

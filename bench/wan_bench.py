@@ -64,7 +64,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from generator.config import WAN_NEGATIVE_PROMPT  # noqa: E402
-from generator.engines import wan_speed  # noqa: E402
+from generator.engines import device, wan_speed  # noqa: E402
 from generator.engines.ltx_speed import BackgroundCompile, prompt_cache  # noqa: E402
 from generator.options import MOTION_BANDS, PhotoType, Profile  # noqa: E402
 from generator.prompt import build_ltx_prompt  # noqa: E402
@@ -305,7 +305,7 @@ def run_clip(
             with batch:
                 out = pipe(**common, **embeds, output_type="pt" if decode else "latent")
             pipe_done = clock.now()
-            frames = wan_speed.frames_to_uint8(out.frames[0]) if decode else None
+            frames = device.frames_to_uint8(out.frames[0]) if decode else None
             # Graphs dynamo made during the clip: 0 unless the clip compiled inline.
             graphs = _graphs() - graphs
             wan_speed.after_clip(pipe)  # low-vram: a new shape compiles now, while idle

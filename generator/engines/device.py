@@ -1,16 +1,20 @@
-"""Device plumbing every local engine shares: device kind, out-of-memory test, freeing memory
-and a progress report that cannot break a clip."""
+"""Device plumbing every local engine shares: device kind, out-of-memory test, freeing memory,
+a progress report that cannot break a clip, and a clip's frames off the device."""
 
 from __future__ import annotations
 
 import gc
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from generator.clip import CancelFn, Progress, ProgressFn
 from generator.errors import Cancelled
 from generator.options import Backend
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -92,3 +96,18 @@ def step_end_callback(
         return kwargs
 
     return on_step_end
+
+
+def frames_to_uint8(video: torch.Tensor) -> np.ndarray:
+    """``(frames, 3, H, W)`` floats in 0-1 (``output_type="pt"``) to ``(frames, H, W, 3)`` uint8.
+
+    The conversion runs where the tensor is (the GPU), so only a quarter of the bytes cross to
+    the CPU. Rounding matches ``generator.encode`` on the stock float frames exactly: both go
+    through float32, scale by 255 and round half to even.
+    """
+    import torch
+
+    if video.ndim == 5:  # a batch of one clip
+        video = video[0]
+    scaled = video.float().clamp_(0.0, 1.0).mul_(255.0).round_()
+    return scaled.to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()

@@ -29,10 +29,7 @@ from generator import hub
 from generator.clip import CancelFn, ProgressFn
 from generator.config import LtxSettings
 from generator.engines import EngineSpec, Frames
-from generator.engines.device import (
-    device_type,
-    step_end_callback,
-)
+from generator.engines.device import device_type, frames_to_uint8, step_end_callback
 from generator.engines.pipeline import PipelineEngine
 from generator.errors import BackendUnavailable
 from generator.options import Backend, Profile, Request
@@ -304,6 +301,6 @@ class LtxEngine(PipelineEngine):
                     pipe, prompt, s.negative_prompt, guidance_scale=s.guidance_scale
                 )
                 video = pipe(**call).frames[0]
-                return list(ltx_speed.frames_to_uint8(video))
+                return list(frames_to_uint8(video))
         except Exception as exc:
             self._raise_failed(exc, self._profile)

@@ -13,7 +13,7 @@
   clips (:class:`BackgroundCompile`); nobody waits for the compiler.
 
 The engine asks the pipeline for frames as a GPU tensor (``output_type="pt"``) and turns them
-into ``uint8`` there (:func:`frames_to_uint8`): the stock float-numpy path spends about half a
+into ``uint8`` there (``device.frames_to_uint8``): the stock float-numpy path spends about half a
 second on 121 frames.
 
 Example::
@@ -22,7 +22,7 @@ Example::
     >>> before_clip(pipe, height=512, width=768, num_frames=121)   # compiled yet?
     >>> embeds = prompt_kwargs(pipe, prompt, negative, guidance_scale=1.0)
     >>> video = pipe(image=photo, **embeds, output_type="pt").frames[0]
-    >>> frames = frames_to_uint8(video)          # (frames, height, width, 3) uint8 on the CPU
+    >>> frames = device.frames_to_uint8(video)   # (frames, height, width, 3) uint8 on the CPU
 
 Measured on an H200 (``bench/ltx_bench.py``, ``bench/RESULTS.md``): stock 1.45 s from photo
 to frames; fast 0.85 s; low-vram under a 12 GiB cap 0.95 s (1.29 s for a new prompt).
@@ -37,7 +37,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from generator.engines import compiling
@@ -163,22 +162,6 @@ def _group_offloaded(module: torch.nn.Module) -> bool:
     except ImportError:
         return False
     return bool(_is_group_offload_enabled(module))
-
-
-# --- frames ---------------------------------------------------------------------------------
-
-
-def frames_to_uint8(video: torch.Tensor) -> np.ndarray:
-    """``(frames, 3, H, W)`` floats in 0-1 (``output_type="pt"``) to ``(frames, H, W, 3)`` uint8.
-
-    The conversion runs where the tensor is (the GPU), so only a quarter of the bytes cross to
-    the CPU. Rounding matches ``generator.encode`` on the stock float frames exactly: both go
-    through float32, scale by 255 and round half to even.
-    """
-    if video.ndim == 5:  # a batch of one clip
-        video = video[0]
-    scaled = video.float().clamp_(0.0, 1.0).mul_(255.0).round_()
-    return scaled.to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
 # --- prompt embeddings ------------------------------------------------------------------------

@@ -31,10 +31,7 @@ from typing import TYPE_CHECKING, Any
 from generator.clip import CancelFn, ProgressFn
 from generator.config import WanSettings
 from generator.engines import EngineSpec, Frames
-from generator.engines.device import (
-    device_type,
-    step_end_callback,
-)
+from generator.engines.device import device_type, frames_to_uint8, step_end_callback
 from generator.engines.pairing import Pairing, PeerLost, joined, leading
 from generator.engines.pipeline import PipelineEngine
 from generator.errors import BackendUnavailable
@@ -364,7 +361,7 @@ class WanEngine(PipelineEngine):
                         output_type="pt",
                         **embeds,
                     ).frames[0]
-                return list(wan_speed.frames_to_uint8(video))
+                return list(frames_to_uint8(video))
         except Exception as exc:
             self._raise_failed(exc, self._profile)
         finally:

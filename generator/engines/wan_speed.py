@@ -44,7 +44,7 @@ Example::
     >>> embeds = prompt_kwargs(pipe, prompt, negative, guidance_scale=5.0)
     >>> video = pipe(image=photo, **embeds, output_type="pt").frames[0]
     >>> after_clip(pipe)                         # low-vram: compile this shape while idle
-    >>> frames = frames_to_uint8(video)          # (frames, height, width, 3) uint8 on the CPU
+    >>> frames = device.frames_to_uint8(video)   # (frames, height, width, 3) uint8 on the CPU
 """
 
 from __future__ import annotations
@@ -65,7 +65,6 @@ from generator.engines.ltx_speed import (
     _group_offloaded,
     compile_available,
     expandable_segments,
-    frames_to_uint8,
     prompt_cache,
 )
 from generator.options import Profile
@@ -75,7 +74,6 @@ __all__ = [
     "apply_profile",
     "before_clip",
     "compile_behind",
-    "frames_to_uint8",
     "prompt_kwargs",
 ]
 

@@ -51,9 +51,26 @@ def test_clip_has_the_asked_frames_at_the_photo_size(backend: SvdBackend) -> Non
     result = backend.generate(photo(64, 32), motion_bucket=127, fps=7, frames=3, seed=1)
 
     assert len(result.frames) == 3
-    assert {f.size for f in result.frames} == {(64, 32)}
+    assert {(f.shape, str(f.dtype)) for f in result.frames} == {((32, 64, 3), "uint8")}
     assert (result.fps, result.seed, result.steps) == (7, 1, 2)
     assert result.profile is Profile.FAST
+
+
+def test_frames_made_on_the_device_are_the_bytes_of_stock_diffusers_pil_frames() -> None:
+    from diffusers.video_processor import VideoProcessor
+
+    from generator.engines.device import frames_to_uint8
+
+    # What SVD's decoder hands the pipeline: (batch, channels, frames, height, width) in [-1, 1],
+    # a little beyond, and values on each rounding edge (x.5 / 255).
+    decoded = torch.rand(1, 3, 4, 16, 24, generator=torch.Generator().manual_seed(0)) * 2.2 - 1.1
+    decoded[0, 0, 0, 0, :8] = torch.arange(8) * 2 / 255 - 1 + 1 / 255
+    processor = VideoProcessor(vae_scale_factor=8)
+
+    ours = frames_to_uint8(processor.postprocess_video(decoded, output_type="pt")[0])
+    stock = processor.postprocess_video(decoded, output_type="pil")[0]
+
+    assert np.array_equal(ours, np.stack([np.asarray(f) for f in stock]))
 
 
 def test_progress_reports_loading_each_step_then_decoding(
@@ -663,4 +680,5 @@ def test_a_restart_runs_its_first_clip_compiled_from_the_graphs_saved_before(
     job = svd_speed.compile_job(restarted.pipeline)
     assert job is not None and job.swapped
     assert job.loaded_files > 0 and job.saved_files == 0  # every graph came from the files
+    assert job.read_ahead_files == job.loaded_files  # read while the weights loaded
     assert np.array_equal(as_array(first.frames), as_array(expected.frames))

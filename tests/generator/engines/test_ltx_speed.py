@@ -16,6 +16,7 @@ import torch
 from bench.ltx_bench import build_pipe, photo
 from generator.encode import _rgb_array
 from generator.engines import ltx_speed
+from generator.engines.device import frames_to_uint8
 from generator.engines.ltx_speed import BackgroundCompile, PromptCache, PromptKey
 from generator.options import Profile
 
@@ -44,7 +45,7 @@ def make_clip(pipe: Any, **embeds: torch.Tensor) -> np.ndarray:
         **prompt,
         **embeds,
     )
-    return ltx_speed.frames_to_uint8(out.frames[0])
+    return frames_to_uint8(out.frames[0])
 
 
 def count_encoder_calls(pipe: Any) -> list[int]:
@@ -119,7 +120,7 @@ def test_uint8_frames_match_the_encoders_rounding_of_stock_float_frames() -> Non
     video[0, 0, 0, 0], video[0, 0, 0, 1] = 0.5 / 255, 1.0  # a tie and the top
     stock_float = video.permute(0, 2, 3, 1).numpy()  # what output_type="np" gives
     expected = np.stack([_rgb_array(frame) for frame in stock_float])
-    np.testing.assert_array_equal(ltx_speed.frames_to_uint8(video[None]), expected)
+    np.testing.assert_array_equal(frames_to_uint8(video[None]), expected)
 
 
 def test_clips_stay_eager_until_the_compiled_blocks_are_ready(pipe: Any) -> None:

@@ -228,3 +228,89 @@ def test_blocks_differing_only_in_a_plain_tensor_attribute_never_share_a_graph()
 
     assert module_fingerprint(one) != module_fingerprint(other)
     assert module_fingerprint(one) == module_fingerprint(copied)
+
+
+def _loads_by_thread(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The name of the thread each graph file is deserialized on, in order."""
+    threads: list[str] = []
+    load = torch.compiler.load_compiled_function
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(torch.compiler, "load_compiled_function", recorded)
+    return threads
+
+
+def test_a_restart_reads_the_graphs_used_last_before_its_blocks_exist(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compiled_job(make_blocks(0), tmp_path)
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("compiled on restart"))
+    threads = _loads_by_thread(monkeypatch)
+
+    assert precompiled.read_ahead(tmp_path) == 2  # as the weights start loading
+    restarted = make_blocks(7)  # the weights are loaded and placed meanwhile
+    expected = run(restarted)
+    job = PrecompiledBlocks(restarted, folder=tmp_path, backend=saveable_eager)
+
+    assert job.preload(SHAPE) and job.use(SHAPE)
+    got = run(restarted)
+
+    assert threads == ["graph read-ahead"] * 2  # nothing deserialized on the clip's thread
+    assert job.read_ahead_files == job.loaded_files == 2
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e)
+
+
+def test_a_graph_the_read_ahead_could_not_read_is_read_again_or_compiled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compiled_job(make_blocks(0), tmp_path)
+    for graph in tmp_path.glob("*.graph"):
+        graph.write_bytes(b"not a graph")
+    assert precompiled.read_ahead(tmp_path) == 2
+    blocks = make_blocks(3)
+    job = PrecompiledBlocks(blocks, folder=tmp_path, backend=saveable_eager)
+
+    assert not job.preload(SHAPE)  # as without the read-ahead: compile, replace
+    assert job.start([(SHAPE, lambda: run(blocks))], inference=True)
+    assert job.wait(120) and not job.errors and job.use(SHAPE)
+    assert job.saved_files == 2 and job.read_ahead_files == 0
+
+
+def test_the_shape_a_clip_used_last_is_the_one_read_ahead(tmp_path: Path) -> None:
+    blocks = make_blocks(0)
+    job = compiled_job(blocks, tmp_path)
+    other = ("clip", 8, 4)
+    wide = [torch.ones(5, 8), torch.ones(5, 8), torch.ones(5, 16)]
+    work = [(other, lambda: [b(x) for b, x in zip(blocks, wide, strict=True)])]
+    assert job.start(work, inference=True)
+    assert job.wait(120) and not job.errors
+    files = {s: {job._file(k) for k in job._shape_keys[s]} for s in (SHAPE, other)}
+    assert files[SHAPE].isdisjoint(files[other])
+
+    assert set(precompiled.newest_index_files(tmp_path)) == files[other]  # saved last
+    stamp = time.time() + 5  # a later clip, whatever the file system's clock resolution
+    os.utime(job._index(other), (stamp - 10, stamp - 10))
+    job.use(SHAPE)  # a clip of SHAPE
+    assert set(precompiled.newest_index_files(tmp_path)) == files[SHAPE]
+
+
+def test_graphs_read_ahead_for_another_shape_are_dropped(tmp_path: Path) -> None:
+    blocks = make_blocks(0)
+    job = compiled_job(blocks, tmp_path)
+    saved = precompiled.newest_index_files(tmp_path)
+    (tmp_path / "other.json").write_text('{"files": []}')  # stands in for another shape's
+    os.utime(job._index(SHAPE), (time.time() - 60, time.time() - 60))
+    assert precompiled.read_ahead(tmp_path) == 0  # the newest index lists nothing
+
+    for path in saved:  # nothing read ahead: each file is loaded by whoever asks
+        assert precompiled.READ_AHEAD.take(path) is None
+    os.utime(job._index(SHAPE))
+    assert precompiled.read_ahead(tmp_path) == 2
+    precompiled.READ_AHEAD.wait()
+    precompiled.READ_AHEAD.discard()
+
+    assert all(precompiled.READ_AHEAD.take(path) is None for path in saved)
