@@ -470,7 +470,6 @@ def restart(args: argparse.Namespace, results: dict[str, Any], save: Any) -> Svd
         results["compile_errors"] = {str(k): v for k, v in job.errors.items()}
         results["busy_at_deadline"] = job.busy
         results["graphs_loaded"] = job.loaded_files  # saved by an earlier process
-        results["graphs_read_ahead"] = job.read_ahead_files  # of those, while weights loaded
         results["graphs_saved"] = job.saved_files
         if not job.busy:
             results["second_clip"] = one_clip(backend, Profile.FAST, args)
@@ -497,7 +496,6 @@ def main() -> None:
     p.add_argument("--model-dir", default="", help="--warm saves, --restart loads it here")
     p.add_argument("--save-model", default="", help="only save the random-weight model here")
     p.add_argument("--load-via-cpu", action="store_true", help="--restart: the old loading")
-    p.add_argument("--no-read-ahead", action="store_true", help="--restart: graphs read late")
     p.add_argument("--one-orientation", action="store_true", help="compile landscape only")
     p.add_argument("--clips-while-compiling", action="store_true", help="no idle time")
     p.add_argument("--tiny", action="store_true", help="the test model on the CPU (smoke)")
@@ -528,8 +526,6 @@ def main() -> None:
         results["date"] = time.strftime("%Y-%m-%d")
         if args.one_orientation:
             svd_speed.SvdCompile.both_orientations = False
-        if args.no_read_ahead:
-            svd_speed.READ_AHEAD = False
         backend = None
         try:
             if args.coldstart:

@@ -5,7 +5,7 @@
 #   3. restarts with the graphs step 2 saved (--restarts N, default 2), seconds since process start;
 #   4. with --profile: one more restart under cProfile (restart.prof) and the imports' times.
 # --skip-first reuses /tmp/m and /tmp/c from an earlier run of this script on the same machine;
-# --tag T names this run's files; arguments after -- go to each restart (e.g. --no-read-ahead).
+# --tag T names this run's files; arguments after -- go to each restart (e.g. --load-via-cpu).
 # Usage (on the GPU machine, after installing diffusers):
 #   bash bench/svd_restart.sh [--profile] [--restarts N] [--skip-first] [--tag T] [-- ARGS]
 set -u
@@ -47,5 +47,5 @@ for f in sorted(pathlib.Path(sys.argv[1]).glob(f"{sys.argv[2]}*.json")):
     r = json.loads(f.read_text())
     clips = {k: {"s": round(r[k]["s"], 2), "first_event": r[k]["stages"][0][1]} for k in ("first_clip", "second_clip") if k in r}
     print(f.name, {k: round(v, 2) for k, v in (r.get("since_start_s") or {}).items()}, clips,
-          {k: r.get(k) for k in ("compile_s", "compile_errors", "graphs_loaded", "graphs_read_ahead", "graphs_saved")})
+          {k: r.get(k) for k in ("compile_s", "compile_errors", "graphs_loaded", "graphs_saved")})
 PY

@@ -23,10 +23,6 @@ Example::
     >>> job.preload(("fast", 576, 1024))    # False on a first start: nothing saved yet
     >>> job.start([(shape, exercise)], inference=True)   # record, compile, save on a side thread
     >>> ...                                 # a later process: job.preload(shape) -> True
-
-A restarted process can start reading its graphs before it has blocks to key them with:
-``read_ahead(folder)`` deserializes, on a side thread, the files of the shape used last (its
-index lists them), while the weights load; ``preload`` then takes them from there.
 """
 
 from __future__ import annotations
@@ -41,7 +37,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -267,114 +262,13 @@ def save_graph(fn: Any, path: Path) -> None:
     write_atomic(path, type(fn).serialize(fn).serialized_data)
 
 
-#: One graph deserializes at a time: loading touches inductor's process-wide caches and
-#: config, and the read-ahead thread loads beside the main one.
-_LOADING = threading.Lock()
-
-
 def load_graph(path: Path) -> Callable[..., Any]:
-    with path.open("rb") as f, _LOADING:
+    with path.open("rb") as f:
         fn = torch.compiler.load_compiled_function(f)
     fn.disable_guard_check()
     with contextlib.suppress(OSError):
         os.utime(path)  # in use: not old
     return fn
-
-
-class ReadAhead:
-    """Graph files deserialized on a side thread before anyone asks for them.
-
-    A restarted process knows which graphs it will want before it can key them (that needs
-    the placed blocks): the shape it used last, whose index names its files. Reading them
-    while the weights load takes the deserializing (about 4 s for SVD on an H200) off the way
-    to the first clip. :meth:`take` hands a file's graph over once, waiting if it is still
-    being read; ``None`` for a file not read ahead, or one that failed (the caller loads it).
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._pending: dict[Path, Future[Callable[..., Any]]] = {}
-        self._thread: threading.Thread | None = None
-
-    def start(self, folder: Path, *, device: torch.device | None = None) -> int:
-        """Read the files of the index used last in ``folder``; how many are being read.
-
-        ``device``: the CUDA device the graphs will run on (their kernels load onto it).
-        """
-        self.wait()  # one read at a time; what the last one left is dropped below
-        paths = newest_index_files(folder)
-        with self._lock:
-            self._pending = {path: Future() for path in paths}
-            if not paths:
-                return 0
-            thread = threading.Thread(
-                target=self._read,
-                args=(dict(self._pending), device),
-                name="graph read-ahead",
-                daemon=True,
-            )
-            self._thread = thread
-        thread.start()
-        log.info("reading %d saved graphs ahead from %s", len(paths), folder)
-        return len(paths)
-
-    @staticmethod
-    def _read(pending: dict[Path, Future[Any]], device: torch.device | None) -> None:
-        if device is not None and device.type == "cuda" and device.index is not None:
-            torch.cuda.set_device(device)  # kernels load onto the current device
-        for path, future in pending.items():
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(load_graph(path))
-            except BaseException as exc:  # the caller loads it again and hears why
-                future.set_exception(exc)
-
-    def take(self, path: Path) -> Callable[..., Any] | None:
-        with self._lock:
-            future = self._pending.pop(path, None)
-        if future is None:
-            return None
-        try:
-            return future.result()
-        except Exception as exc:
-            log.info("read-ahead of %s failed (%s); loading it again", path, exc)
-            return None
-
-    def discard(self) -> None:
-        """Drop what nobody took (another shape's graphs, or stale ones): memory stays bounded."""
-        with self._lock:
-            pending, self._pending = self._pending, {}
-        for future in pending.values():
-            future.cancel()  # not read yet: skipped; read: dropped with the dict
-
-    def wait(self) -> None:
-        """Until the side thread is done (a compile does not run beside it)."""
-        thread = self._thread
-        if thread is not None:
-            thread.join()
-
-
-def newest_index_files(folder: Path) -> list[Path]:
-    """The graph files the most recently used index in ``folder`` names (``preload`` and
-    saving touch an index), or none."""
-    try:
-        indexes = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-        names = json.loads(indexes[0].read_text()).get("files", []) if indexes else []
-    except (OSError, ValueError, AttributeError):
-        return []
-    paths = [folder / n for n in names if isinstance(n, str) and Path(n).name == n]
-    return [p for p in paths if p.suffix == ".graph" and p.is_file()]
-
-
-#: The process's read-ahead (``read_ahead`` starts it; ``PrecompiledBlocks`` takes from it).
-READ_AHEAD = ReadAhead()
-
-
-def read_ahead(folder: Path | None = None, *, device: torch.device | None = None) -> int:
-    """Start deserializing the graphs used last in ``folder`` (default: :func:`default_folder`)
-    on a side thread; how many files. Call it before loading the weights."""
-    return READ_AHEAD.start(folder if folder is not None else default_folder(), device=device)
 
 
 class PrecompiledBlocks(BackgroundCompile):
@@ -413,7 +307,6 @@ class PrecompiledBlocks(BackgroundCompile):
         self._shape_keys: dict[Hashable, list[GraphKey]] = {}
         self._compiled_clip = False
         self.loaded_files = 0
-        self.read_ahead_files = 0  # of loaded_files, read on the read-ahead thread
         self.saved_files = 0
         super().__init__(modules, backend=backend, name=name, dynamo_config=dynamo_config)
         self._compiled = self._dispatch  # a clip and the side thread share the dispatchers
@@ -444,9 +337,6 @@ class PrecompiledBlocks(BackgroundCompile):
         if not self._modules:
             return False
         self._compiled_clip = shape in self._ready
-        if self._compiled_clip:
-            with contextlib.suppress(OSError):  # the shape used last is the one read ahead
-                os.utime(self._index(shape))
         self._install(self._compiled)  # one dispatcher for both: it reads _compiled_clip
         self.swapped = self._compiled_clip
         return self._compiled_clip
@@ -459,7 +349,6 @@ class PrecompiledBlocks(BackgroundCompile):
     def _build(self, shape: Hashable, fn: Callable[[], None], mode: Any) -> None:
         if self.preload(shape):
             return
-        READ_AHEAD.wait()  # no compiling while it deserializes (shared inductor state)
         self._recorded.clear()
         self._shape_keys[shape] = []
         self._install(self._compiled)
@@ -529,7 +418,7 @@ class PrecompiledBlocks(BackgroundCompile):
         path = self._file(key)
         if path.exists():
             try:
-                graph = self._load(path)
+                graph = load_graph(path)
                 self.loaded_files += 1
                 return graph
             except Exception as exc:  # a bad file: compile and replace it
@@ -562,7 +451,6 @@ class PrecompiledBlocks(BackgroundCompile):
             "shape": repr(shape),
             "modules": self.fingerprints,
             "graphs": [list(k) for k in keys],
-            "files": [self._file(k).name for k in keys],  # for ReadAhead, which has no keys
         }
         with contextlib.suppress(OSError):
             write_atomic(self._index(shape), json.dumps(index).encode())
@@ -579,13 +467,6 @@ class PrecompiledBlocks(BackgroundCompile):
                 with contextlib.suppress(OSError):
                     if old.stat().st_mtime < now - keep_s:
                         old.unlink()
-
-    def _load(self, path: Path) -> Callable[..., Any]:
-        graph = READ_AHEAD.take(path)
-        if graph is not None:
-            self.read_ahead_files += 1
-            return graph
-        return load_graph(path)
 
     def preload(self, shape: Hashable) -> bool:
         """Make ``shape`` ready from saved graphs, with no compiling; ``False`` when any of
@@ -609,12 +490,11 @@ class PrecompiledBlocks(BackgroundCompile):
             if key in self._graphs:
                 continue
             try:
-                graphs[key] = self._load(self._file(key))
+                graphs[key] = load_graph(self._file(key))
             except Exception as exc:  # missing or bad: compile this shape
                 log.info("%s: %s not loaded from disk (%s)", self.name, shape, exc)
                 return False
         self._graphs.update(graphs)
-        READ_AHEAD.discard()  # what is left there was read for another shape
         with contextlib.suppress(OSError):
             os.utime(self._index(shape))  # in use: not old
         self.loaded_files += len(graphs)

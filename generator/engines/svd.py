@@ -197,10 +197,6 @@ class SvdBackend:
             )
         self.unload()
         s = self.settings
-        if s.compile:
-            # The graphs saved for the clip size used last deserialize while the weights load.
-            self._configure_torch()
-            svd_speed.read_saved_graphs(device)
         dtype = resolve_dtype(s.dtype, device)
         straight = reads_onto_device(
             device, profile or s.profile, free_vram(device), s.low_vram_threshold_gib
@@ -481,7 +477,11 @@ class SvdBackend:
         """Place the pipeline for ``profile`` (``svd_speed`` undoes the other profile first)."""
         if profile is self._profile:
             return
-        self._configure_torch()
+        if not self._torch_configured:
+            # Before the first compile: a fixed cache folder lets restarts skip compiling.
+            cache = Path(self.settings.cache_dir).expanduser() if self.settings.cache_dir else None
+            svd_speed.configure_torch(cache)
+            self._torch_configured = True
         if self._fp8:
             # fp8 weights cannot be turned back into fp16 ones: start from the files again.
             model, device = self._model, self._device
@@ -508,14 +508,6 @@ class SvdBackend:
         )
         self._profile = profile
         free_device_memory()
-
-    def _configure_torch(self) -> None:
-        """Once, before the first compile or graph read: a fixed cache folder lets restarts
-        skip compiling."""
-        if not self._torch_configured:
-            cache = Path(self.settings.cache_dir).expanduser() if self.settings.cache_dir else None
-            svd_speed.configure_torch(cache)
-            self._torch_configured = True
 
     def _run(
         self,

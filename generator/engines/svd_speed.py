@@ -240,20 +240,6 @@ def before_clip(
     )
 
 
-#: Read the graphs saved for the shape used last while the weights load (``read_saved_graphs``;
-#: benchmarks turn it off to time a restart without it).
-READ_AHEAD = True
-
-
-def read_saved_graphs(device: str) -> int:
-    """Start deserializing, on a side thread, the graphs a former process saved for the clip
-    shape it ran last, so a restart's first clip finds them read; how many files. Call before
-    loading the weights, after ``configure_torch``. Nothing off CUDA or without Triton."""
-    if not READ_AHEAD or not compile_available(device):
-        return 0
-    return precompiled.read_ahead(device=torch.device(device))
-
-
 def compile_job(pipe: Any) -> SvdCompile | None:
     """The pipeline's background compile (``None`` when the profile compiles nothing)."""
     return getattr(pipe, _COMPILE_ATTR, None)
