@@ -17,9 +17,10 @@ Example::
     ...     frames = pipe(image, decode_chunk_size=FAST_DECODE_CHUNK).frames[0]
     False                                   # eager; compiling behind it
 
-Measured on an H200 (``bench/RESULTS.md``, ``bench/backend_check.py``): stock 18.2 s a clip,
-fast 11.9-12.0 s (0.66x), low-vram 12.2 s at 6.0 GiB peak allocated; a restart loads the saved
-graphs (``precompiled``) and finishes its first clip, compiled, 31.7 s after process start.
+Measured on an H200 (``bench/RESULTS.md``, ``bench/backend_check.py``): stock 18.05-18.2 s a
+clip, fast 11.3-11.6 s (0.64x), low-vram 12.2 s at 6.0 GiB peak allocated; a restart loads the
+saved graphs (``precompiled``) and finishes its first clip, compiled, 24-28 s after process
+start (``bench/svd_restart.sh``; with Python's bytecode caches, as an install has them).
 """
 
 from __future__ import annotations
