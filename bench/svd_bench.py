@@ -46,12 +46,6 @@ SEED_WEIGHTS = 0
 SEED_CLIP = 42
 
 
-def _tiny() -> Any:
-    import tests.support.tiny_svd as tiny
-
-    return tiny
-
-
 def log(msg: str) -> None:
     print(f"[{time.time() - T_START:7.1f}s] {msg}", flush=True)
 
@@ -67,6 +61,8 @@ def build_full(device: str, dtype: torch.dtype) -> Any:
         UNetSpatioTemporalConditionModel,
     )
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from tests.support.tiny_svd import svd_xt_scheduler
 
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # initialise in fp16 directly: half the memory and time
@@ -107,7 +103,7 @@ def build_full(device: str, dtype: torch.dtype) -> Any:
         vae=vae.eval(),
         image_encoder=encoder.to(dtype).eval(),
         unet=unet.eval(),
-        scheduler=_tiny().svd_xt_scheduler(),
+        scheduler=svd_xt_scheduler(),
         feature_extractor=CLIPImageProcessor(crop_size=224, size=224),
     )
     pipe.set_progress_bar_config(disable=True)
@@ -119,7 +115,9 @@ def build_tiny(folder: Path) -> Any:
     from diffusers import StableVideoDiffusionPipeline
 
     if not (folder / "model_index.json").exists():
-        _tiny().build_tiny_svd(folder)
+        from tests.support.tiny_svd import build_tiny_svd
+
+        build_tiny_svd(folder)
     pipe = StableVideoDiffusionPipeline.from_pretrained(folder, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -58,10 +58,8 @@ class BackgroundCompile:
 
     Args:
         modules: the modules to compile (e.g. a transformer's repeated blocks).
-        backend: ``torch.compile``'s backend (tests pass a cheap one).
-        entry: ``"call"`` compiles ``module._call_impl`` (hooks included, like
-            ``nn.Module.compile``); ``"forward"`` compiles ``module.forward``, which gives each
-            block class its own compile cache (several classes of many shapes need that).
+        backend: ``torch.compile``'s backend (tests pass a cheap one); each module's
+            ``_call_impl`` is compiled (hooks included, like ``nn.Module.compile``).
         name: for logs and the thread's name.
         dynamo_config: ``torch._dynamo.config`` values for the side thread (recompile limits
             for many block shapes). Set there: that config is per thread in recent torch.
@@ -72,13 +70,12 @@ class BackgroundCompile:
         modules: Iterable[torch.nn.Module],
         *,
         backend: str | Callable[..., Any] = "inductor",
-        entry: str = "call",
         name: str = "compile",
         dynamo_config: dict[str, Any] | None = None,
     ) -> None:
         self._modules = list(modules)
         self._dynamo_config = dict(dynamo_config or {})
-        self._compiled = self._make_twins(backend, entry)
+        self._compiled = self._make_twins(backend)
         self._dispatch = [
             self._dispatcher(i, m, fn)
             for i, (m, fn) in enumerate(zip(self._modules, self._compiled, strict=True))
@@ -194,14 +191,9 @@ class BackgroundCompile:
 
     # --- inside -------------------------------------------------------------------------------
 
-    def _make_twins(self, backend: str | Callable[..., Any], entry: str) -> list[Any]:
+    def _make_twins(self, backend: str | Callable[..., Any]) -> list[Any]:
         """The compiled twin of each module (a subclass may make them another way)."""
-        return [
-            torch.compile(
-                m._call_impl if entry == "call" else m.forward, backend=backend, dynamic=False
-            )
-            for m in self._modules
-        ]
+        return [torch.compile(m._call_impl, backend=backend, dynamic=False) for m in self._modules]
 
     def _dispatcher(
         self, index: int, module: torch.nn.Module, fn: Callable[..., Any]

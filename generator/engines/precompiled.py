@@ -313,7 +313,7 @@ class PrecompiledBlocks(BackgroundCompile):
 
     # --- what BackgroundCompile calls ------------------------------------------------------
 
-    def _make_twins(self, backend: str | Callable[..., Any], entry: str) -> list[Any]:
+    def _make_twins(self, backend: str | Callable[..., Any]) -> list[Any]:
         return [None] * len(self._modules)  # no twins: one dispatcher per module (below)
 
     def _dispatcher(
